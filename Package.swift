@@ -1,0 +1,71 @@
+// swift-tools-version: 6.2
+// Switchboard: a single-threaded epoll chat relay. Layers import downward only:
+// C shims -> SwitchboardIO -> SwitchboardProtocol / SwitchboardStore -> SwitchboardRelay
+// -> SwitchboardServer / SwitchboardClient -> executables.
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .treatAllWarnings(as: .error),
+]
+
+let package = Package(
+    name: "switchboard",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "switchboard", targets: ["switchboard"]),
+        .executable(name: "sbchat", targets: ["sbchat"]),
+        .executable(name: "sbload", targets: ["sbload"]),
+        .library(name: "SwitchboardProtocol", targets: ["SwitchboardProtocol"]),
+        .library(name: "SwitchboardRelay", targets: ["SwitchboardRelay"]),
+        .library(name: "SwitchboardStore", targets: ["SwitchboardStore"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl",
+                       providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CLMDB", pkgConfig: "lmdb",
+                       providers: [.apt(["liblmdb-dev"])]),
+        .target(name: "CSwitchboard", dependencies: ["COpenSSL"]),
+        .target(name: "SwitchboardIO", dependencies: ["CSwitchboard"], swiftSettings: strict),
+        .target(name: "SwitchboardProtocol", dependencies: ["SwitchboardIO"], swiftSettings: strict),
+        .target(name: "SwitchboardStore",
+                dependencies: ["CLMDB", "CSwitchboard", "COpenSSL", "SwitchboardIO"],
+                swiftSettings: strict),
+        .target(name: "SwitchboardRelay",
+                dependencies: ["SwitchboardProtocol", "SwitchboardStore", "SwitchboardIO"],
+                swiftSettings: strict),
+        .target(name: "SwitchboardServer",
+                dependencies: ["SwitchboardRelay", "SwitchboardProtocol", "SwitchboardStore", "SwitchboardIO",
+                               .product(name: "Logging", package: "swift-log")],
+                swiftSettings: strict),
+        .target(name: "SwitchboardClient",
+                dependencies: ["SwitchboardProtocol", "SwitchboardIO", "CSwitchboard"],
+                swiftSettings: strict),
+        .executableTarget(name: "switchboard",
+                          dependencies: ["SwitchboardServer", "SwitchboardStore",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                                         .product(name: "Logging", package: "swift-log")],
+                          swiftSettings: strict),
+        .executableTarget(name: "sbchat",
+                          dependencies: ["SwitchboardClient", "SwitchboardProtocol",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          swiftSettings: strict),
+        .executableTarget(name: "sbload",
+                          dependencies: ["SwitchboardClient", "SwitchboardProtocol", "SwitchboardIO",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                                         .product(name: "Histogram", package: "hdrhistogram-swift")],
+                          swiftSettings: strict),
+        .testTarget(name: "SwitchboardIOTests", dependencies: ["SwitchboardIO"], swiftSettings: strict),
+        .testTarget(name: "SwitchboardProtocolTests", dependencies: ["SwitchboardProtocol"], swiftSettings: strict),
+        .testTarget(name: "SwitchboardStoreTests", dependencies: ["SwitchboardStore"], swiftSettings: strict),
+        .testTarget(name: "SwitchboardRelayTests", dependencies: ["SwitchboardRelay"], swiftSettings: strict),
+        .testTarget(name: "SwitchboardServerTests",
+                    dependencies: ["SwitchboardServer", "SwitchboardClient", "SwitchboardStore"],
+                    swiftSettings: strict),
+    ]
+)

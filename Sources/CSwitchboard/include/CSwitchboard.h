@@ -1,0 +1,43 @@
+// CSwitchboard: only what Swift cannot import from Glibc and OpenSSL on its own.
+// - sys/epoll.h and sys/eventfd.h are not part of Swift's Glibc module.
+// - accept4 needs _GNU_SOURCE, which must not leak into a public header (it breaks SwiftGlibc),
+//   so it is wrapped in the .c file.
+// - OpenSSL's SSL_CTX_set_mode & co. are function-like macros, invisible to the importer.
+#ifndef CSWITCHBOARD_H
+#define CSWITCHBOARD_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/uio.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <openssl/ssl.h>
+
+/// accept4(2) with SOCK_NONBLOCK|SOCK_CLOEXEC; returns -1 and sets errno like the syscall.
+int csb_accept4_nonblocking(int fd, struct sockaddr *addr, socklen_t *len);
+
+/// CLOCK_MONOTONIC_COARSE in milliseconds: read from the vDSO, no syscall, ~1-4 ms resolution.
+uint64_t csb_monotonic_coarse_ms(void);
+/// CLOCK_MONOTONIC in nanoseconds (vDSO).
+uint64_t csb_monotonic_ns(void);
+/// CLOCK_REALTIME in milliseconds since the Unix epoch.
+uint64_t csb_realtime_ms(void);
+
+// OpenSSL macros.
+long csb_SSL_CTX_set_mode(SSL_CTX *ctx, long mode);
+long csb_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version);
+long csb_SSL_set_tlsext_host_name(SSL *ssl, const char *name);
+long csb_SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mode);
+uint64_t csb_SSL_OP_NO_RENEGOTIATION(void);
+uint64_t csb_SSL_OP_NO_COMPRESSION(void);
+long csb_SSL_MODE_RELEASE_BUFFERS(void);
+long csb_SSL_MODE_ENABLE_PARTIAL_WRITE(void);
+long csb_SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER(void);
+int csb_TLS1_2_VERSION(void);
+int csb_TLS1_3_VERSION(void);
+
+#endif

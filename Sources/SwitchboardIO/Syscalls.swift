@@ -1,0 +1,106 @@
+// Thin wrappers over the syscalls the loop uses. Every wrapper retries EINTR, maps EAGAIN to
+// `.wouldBlock`, traps on EBADF/EFAULT (a bug here, never a peer's doing) and throws `SyscallError`
+// carrying the call's name and errno for everything else.
+import CSwitchboard
+import Glibc
+
+@inline(__always)
+private func isProgrammerError(_ code: Int32) -> Bool { code == EBADF || code == EFAULT }
+
+public enum Sys {
+    @inline(__always)
+    static func check(_ call: String, _ body: () -> Int) throws -> IOResult {
+        while true {
+            let result = body()
+            if result >= 0 { return .processed(result) }
+            let code = Glibc.errno
+            switch code {
+            case EINTR: continue
+            case EAGAIN, EWOULDBLOCK: return .wouldBlock
+            default:
+                precondition(!isProgrammerError(code), "\(call): \(SyscallError(call, errno: code))")
+                throw SyscallError(call, errno: code)
+            }
+        }
+    }
+
+    @inline(__always)
+    static func checkInt32(_ call: String, _ body: () -> Int32) throws -> Int32 {
+        while true {
+            let result = body()
+            if result >= 0 { return result }
+            let code = Glibc.errno
+            if code == EINTR { continue }
+            precondition(!isProgrammerError(code), "\(call): \(SyscallError(call, errno: code))")
+            throw SyscallError(call, errno: code)
+        }
+    }
+
+    public static func read(_ fd: Int32, _ buffer: UnsafeMutableRawBufferPointer) throws -> IOResult {
+        try check("read") { Glibc.read(fd, buffer.baseAddress, buffer.count) }
+    }
+
+    public static func write(_ fd: Int32, _ buffer: UnsafeRawBufferPointer) throws -> IOResult {
+        // send(MSG_NOSIGNAL) so a peer that went away yields EPIPE, never SIGPIPE.
+        try check("send") { Glibc.send(fd, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL)) }
+    }
+
+    public static func close(_ fd: Int32) {
+        // close(2) must not be retried on EINTR on Linux: the descriptor is already gone.
+        _ = Glibc.close(fd)
+    }
+
+    public static func eventfdCreate() throws -> Int32 {
+        try checkInt32("eventfd") { eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC)) }
+    }
+
+    public static func eventfdSignal(_ fd: Int32) {
+        var one: UInt64 = 1
+        // EAGAIN means the counter is saturated: a wake-up is pending anyway.
+        _ = try? check("eventfd write") { Glibc.write(fd, &one, 8) }
+    }
+
+    public static func eventfdDrain(_ fd: Int32) {
+        var value: UInt64 = 0
+        _ = try? check("eventfd read") { Glibc.read(fd, &value, 8) }
+    }
+
+    public static func setNonBlocking(_ fd: Int32) throws {
+        let flags = try checkInt32("fcntl(F_GETFL)") { fcntl(fd, F_GETFL) }
+        _ = try checkInt32("fcntl(F_SETFL)") { fcntl(fd, F_SETFL, flags | O_NONBLOCK) }
+    }
+
+    public static func setOption(_ fd: Int32, level: Int32, name: Int32, value: Int32) throws {
+        var v = value
+        _ = try checkInt32("setsockopt") {
+            setsockopt(fd, level, name, &v, socklen_t(MemoryLayout<Int32>.size))
+        }
+    }
+
+    public static func shutdownWrite(_ fd: Int32) {
+        _ = Glibc.shutdown(fd, Int32(SHUT_WR))
+    }
+
+    /// Raises RLIMIT_NOFILE's soft limit to the hard limit (or `wanted`, if lower); returns the new soft limit.
+    @discardableResult
+    public static func raiseFileLimit(wanted: UInt64 = .max) -> UInt64 {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 0 }
+        let target = min(UInt64(limit.rlim_max), wanted)
+        if UInt64(limit.rlim_cur) < target {
+            limit.rlim_cur = rlim_t(target)
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        }
+        return UInt64(limit.rlim_cur)
+    }
+
+    public static func ignoreSIGPIPE() { _ = signal(SIGPIPE, SIG_IGN) }
+}
+
+/// Clocks read from the vDSO (no syscall).
+public enum Clock {
+    /// Coarse monotonic milliseconds: good enough for timeouts, nearly free to read.
+    @inline(__always) public static func monotonicMs() -> UInt64 { csb_monotonic_coarse_ms() }
+    @inline(__always) public static func monotonicNs() -> UInt64 { csb_monotonic_ns() }
+    @inline(__always) public static func wallMs() -> UInt64 { csb_realtime_ms() }
+}
