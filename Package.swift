@@ -34,7 +34,7 @@ let package = Package(
         .target(name: "SwitchboardIO", dependencies: ["CSwitchboard"], swiftSettings: strict),
         .target(name: "SwitchboardProtocol", dependencies: ["SwitchboardIO"], swiftSettings: strict),
         .target(name: "SwitchboardStore",
-                dependencies: ["CLMDB", "CSwitchboard", "COpenSSL", "SwitchboardIO"],
+                dependencies: ["CLMDB", "COpenSSL"],
                 swiftSettings: strict),
         .target(name: "SwitchboardRelay",
                 dependencies: ["SwitchboardProtocol", "SwitchboardStore", "SwitchboardIO"],

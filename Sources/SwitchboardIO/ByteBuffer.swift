@@ -17,7 +17,7 @@ public final class ByteBuffer {
     public var writerIndex: Int
     /// Bytes from here on survive compaction even when already read (used for deliveries kept
     /// until the receiver acknowledges them).
-    public var retainIndex: Int
+    public private(set) var retainIndex: Int
     /// Number of bytes discarded from the front over the buffer's life.
     public private(set) var discardedBytes: UInt64 = 0
 
@@ -102,22 +102,36 @@ public final class ByteBuffer {
         readerIndex = 0; writerIndex = 0; retainIndex = 0
     }
 
-    /// Marks `count` read bytes consumed; when nothing remains the indices reset cheaply.
+    /// Marks `count` read bytes consumed, retaining nothing; when nothing remains the indices reset.
     public func moveReaderIndex(forwardBy count: Int) {
         precondition(count >= 0 && count <= readableBytes)
         readerIndex += count
-        if retainIndex > readerIndex { retainIndex = readerIndex }
-        if readerIndex == writerIndex && retainIndex == readerIndex {
+        retainIndex = readerIndex
+        if readerIndex == writerIndex {
             discardedBytes += UInt64(writerIndex)
             readerIndex = 0; writerIndex = 0; retainIndex = 0
         }
     }
 
-    /// Keeps bytes from `retainIndex` (which the caller moved back) when the reader advances.
-    @inlinable public func advanceReader(keepingFrom retain: Int, by count: Int) {
-        precondition(count >= 0 && count <= readableBytes && retain <= readerIndex)
+    /// Sets where retention starts: bytes from `index` on (even already read ones) survive
+    /// compaction. Clamped to the reader index; pass `readerIndex` to retain nothing.
+    public func retain(from index: Int) {
+        precondition(index >= 0)
+        retainIndex = min(index, readerIndex)
+        if retainIndex == writerIndex {
+            discardedBytes += UInt64(writerIndex)
+            readerIndex = 0; writerIndex = 0; retainIndex = 0
+        }
+    }
+
+    /// Advances the reader by `count` bytes without moving the retention start.
+    public func advanceReaderRetaining(by count: Int) {
+        precondition(count >= 0 && count <= readableBytes)
         readerIndex += count
-        retainIndex = retain
+        if retainIndex == writerIndex {
+            discardedBytes += UInt64(writerIndex)
+            readerIndex = 0; writerIndex = 0; retainIndex = 0
+        }
     }
 
     /// Writable region for a read syscall; call `didWrite` with the bytes produced.

@@ -4,16 +4,18 @@
 import SwitchboardIO
 
 public enum FrameEncoder {
-    /// Starts a frame; returns the index of its length prefix for `end`.
+    /// Starts a frame; returns where its length prefix is, for `end`. That is a stream position, not a buffer
+    /// index: any write of the frame may compact the buffer (`reserveWritable`), which moves the prefix.
     @inlinable public static func begin(_ out: ByteBuffer, _ type: FrameType) -> Int {
-        let start = out.writerIndex
+        let start = Int(out.streamPosition(ofIndex: out.writerIndex))
         out.writeInteger(UInt32(0))
         out.writeInteger(type.rawValue)
         return start
     }
 
     @inlinable public static func end(_ out: ByteBuffer, _ start: Int) {
-        out.setInteger(UInt32(out.writerIndex - start - 4), at: start)
+        let index = out.index(ofStreamPosition: UInt64(start))
+        out.setInteger(UInt32(out.writerIndex - index - 4), at: index)
     }
 
     @inlinable static func text(_ out: ByteBuffer, _ text: TextView) {

@@ -46,11 +46,12 @@ public struct ByteView: Equatable, CustomStringConvertible, @unchecked Sendable 
 }
 
 /// A UTF-8 string field; the decoder has validated it.
-public struct TextView: Equatable, CustomStringConvertible, ExpressibleByStringLiteral, Sendable {
+public struct TextView: Equatable, CustomStringConvertible, ExpressibleByStringInterpolation, Sendable {
     public let bytes: ByteView
     @inlinable public init(validatedBorrowing bytes: UnsafeRawBufferPointer) { self.bytes = ByteView(borrowing: bytes) }
     public init(_ string: String) { bytes = ByteView(string) }
     public init(stringLiteral value: String) { self.init(value) }
+    public init(stringInterpolation: DefaultStringInterpolation) { self.init(String(stringInterpolation: stringInterpolation)) }
     public var string: String { bytes.string }
     public var utf8Count: Int { bytes.count }
     public func owned() -> TextView { TextView(string) }

@@ -1,0 +1,244 @@
+// A logged-in (or logging-in) client session over a ChatConnection: request/answer pairing by
+// request id, pushed frames queued as events, automatic PONG, and a per-process memory of
+// (sender, message id) so a delivery the server repeats after a crash is shown once.
+import SwitchboardIO
+import SwitchboardProtocol
+
+public struct LoginInfo: Sendable, Equatable {
+    public var userID: UInt32
+    public var name: String
+    public var address: String
+    public var pendingMail: UInt32
+    public var contacts: [ContactInfo]
+}
+
+/// Something the server pushed.
+public enum ChatEvent: Equatable, Sendable {
+    case message(seq: UInt64, from: UInt32, messageID: UInt64, sentAtMs: UInt64, body: [UInt8])
+    case mail(seq: UInt64, from: UInt32, fromName: String, messageID: UInt64, sentAtMs: UInt64, body: [UInt8])
+    case mailEnd(count: UInt32)
+    case presence(userID: UInt32, online: Bool)
+    case contactUpdate(ContactInfo)
+    case sendAck(messageID: UInt64, status: SendStatus)
+    case sendError(messageID: UInt64, code: UInt16, message: String)
+    /// The server closes the connection after this.
+    case serverError(code: UInt16, message: String)
+}
+
+public final class ChatSession {
+    public let connection: ChatConnection
+    private var nextRequestID: UInt32 = 1
+    private var events: [ChatEvent] = []
+    private var eventHead = 0
+    private var seenDeliveries = Set<DeliveryKey>()
+    public private(set) var login: LoginInfo?
+    public var defaultTimeoutMs: Int32 = 15_000
+
+    private struct DeliveryKey: Hashable { let from: UInt32; let id: UInt64 }
+
+    public init(connection: ChatConnection) { self.connection = connection }
+
+    public convenience init(server: String, agent: String = "switchboard-client") throws {
+        self.init(connection: try ChatConnection(server: server, agent: agent))
+    }
+
+    private func requestID() -> UInt32 {
+        defer { nextRequestID &+= 1 }
+        return nextRequestID
+    }
+
+    // MARK: requests
+
+    public func register(name: String, password: String) throws {
+        let id = requestID()
+        try connection.sendFrame(.register(requestID: id, name: TextView(name), password: TextView(password)))
+        _ = try awaitAnswer(id)
+    }
+
+    @discardableResult
+    public func logIn(name: String, password: String) throws -> LoginInfo {
+        let id = requestID()
+        try connection.sendFrame(.login(requestID: id, name: TextView(name), password: TextView(password)))
+        guard case .loginOK(_, let userID, let loggedName, let address, let pending) = try awaitAnswer(id) else {
+            throw ClientError("unexpected answer to LOGIN")
+        }
+        let contacts = try awaitContactList(id)
+        let info = LoginInfo(userID: userID, name: loggedName.string, address: address.string, pendingMail: pending, contacts: contacts)
+        login = info
+        return info
+    }
+
+    public func contacts() throws -> [ContactInfo] {
+        let id = requestID()
+        try connection.sendFrame(.listContacts(requestID: id))
+        return try awaitContactList(id)
+    }
+
+    public func addContact(_ name: String) throws {
+        let id = requestID()
+        try connection.sendFrame(.contactAdd(requestID: id, name: TextView(name)))
+        _ = try awaitAnswer(id)
+    }
+
+    public func acceptContact(_ name: String) throws {
+        let id = requestID()
+        try connection.sendFrame(.contactAccept(requestID: id, name: TextView(name)))
+        _ = try awaitAnswer(id)
+    }
+
+    public func removeContact(_ name: String) throws {
+        let id = requestID()
+        try connection.sendFrame(.contactRemove(requestID: id, name: TextView(name)))
+        _ = try awaitAnswer(id)
+    }
+
+    public struct ChatStatus: Equatable, Sendable { public var online: Bool; public var text: String }
+
+    /// Opens a dialog with a contact: the server says whether it is online, or gives its offline notice.
+    public func openChat(with userID: UInt32) throws -> ChatStatus {
+        let id = requestID()
+        try connection.sendFrame(.openChat(requestID: id, contact: userID))
+        guard case .chatStatus(_, _, let online, let text) = try awaitAnswer(id) else { throw ClientError("unexpected answer to OPEN_CHAT") }
+        return ChatStatus(online: online, text: text.string)
+    }
+
+    /// Sends a message; the outcome arrives later as `.sendAck` or `.sendError` (see `awaitSendOutcome`).
+    public func send(to userID: UInt32, messageID: UInt64, body: [UInt8]) throws {
+        try connection.sendFrame(.send(to: userID, messageID: messageID, body: ByteView(body)))
+    }
+
+    /// Queues a SEND without writing (batching); call `flush()`.
+    public func queueSend(to userID: UInt32, messageID: UInt64, body: [UInt8]) {
+        connection.queueFrame(.send(to: userID, messageID: messageID, body: ByteView(body)))
+    }
+
+    public func flush() throws { try connection.flush() }
+
+    public enum SendOutcome: Equatable, Sendable { case delivered, storedOffline, refused(code: UInt16, message: String) }
+
+    /// Waits for the SEND_ACK or SEND_ERROR of one message; other events stay queued.
+    public func awaitSendOutcome(_ messageID: UInt64, timeoutMs: Int32? = nil) throws -> SendOutcome {
+        let deadline = Clock.monotonicMs() + UInt64(timeoutMs ?? defaultTimeoutMs)
+        while true {
+            for index in eventHead..<events.count {
+                switch events[index] {
+                case .sendAck(let id, let status) where id == messageID:
+                    events.remove(at: index)
+                    return status == .delivered ? .delivered : .storedOffline
+                case .sendError(let id, let code, let message) where id == messageID:
+                    events.remove(at: index)
+                    return .refused(code: code, message: message)
+                case .serverError(let code, let message):
+                    throw ClientError("server closed the session: \(message)", code: code)
+                default:
+                    continue
+                }
+            }
+            let now = Clock.monotonicMs()
+            guard now < deadline else { throw ClientError("no acknowledgement for message \(messageID) within the timeout") }
+            try pump(timeoutMs: Int32(deadline - now))
+        }
+    }
+
+    public func acknowledgeDeliveries(through seq: UInt64) throws { try connection.sendFrame(.deliveryAck(throughSeq: seq)) }
+    public func acknowledgeMail(through seq: UInt64) throws { try connection.sendFrame(.mailAck(throughSeq: seq)) }
+
+    /// The next pushed event, or nil after `timeoutMs` without one.
+    public func nextEvent(timeoutMs: Int32) throws -> ChatEvent? {
+        let deadline = Clock.monotonicMs() + UInt64(max(0, timeoutMs))
+        while eventHead >= events.count {
+            let now = Clock.monotonicMs()
+            if now >= deadline { return nil }
+            try pump(timeoutMs: Int32(deadline - now))
+        }
+        let event = events[eventHead]
+        eventHead += 1
+        if eventHead > 1024 && eventHead * 2 > events.count {
+            events.removeFirst(eventHead)
+            eventHead = 0
+        }
+        return event
+    }
+
+    // MARK: plumbing
+
+    /// Reads one frame (or times out) and files it as an event. Returns the frame when it answers a request.
+    @discardableResult
+    private func pump(timeoutMs: Int32) throws -> ServerFrame? {
+        guard let frame = try connection.nextFrame(timeoutMs: timeoutMs) else { return nil }
+        switch frame {
+        case .deliver(let seq, let from, let messageID, let sentAtMs, let body):
+            if seenDeliveries.insert(DeliveryKey(from: from, id: messageID)).inserted {
+                events.append(.message(seq: seq, from: from, messageID: messageID, sentAtMs: sentAtMs, body: body.array))
+            } else {
+                // Shown already: acknowledge so the server stops holding it.
+                try connection.sendFrame(.deliveryAck(throughSeq: seq))
+            }
+            return nil
+        case .mail(let seq, let from, let name, let messageID, let sentAtMs, let body):
+            events.append(.mail(seq: seq, from: from, fromName: name.string, messageID: messageID, sentAtMs: sentAtMs, body: body.array))
+            return nil
+        case .mailEnd(let count): events.append(.mailEnd(count: count)); return nil
+        case .presence(let user, let online): events.append(.presence(userID: user, online: online)); return nil
+        case .contactUpdate(let info): events.append(.contactUpdate(info)); return nil
+        case .sendAck(let id, let status):
+            events.append(.sendAck(messageID: id, status: SendStatus(rawValue: status) ?? .delivered)); return nil
+        case .sendError(let id, let code, let message):
+            events.append(.sendError(messageID: id, code: code, message: message.string)); return nil
+        case .ping(let token):
+            try connection.sendFrame(.pong(token: token)); return nil
+        case .error(0, let code, let message):
+            events.append(.serverError(code: code, message: message.string)); return nil
+        default:
+            return frame
+        }
+    }
+
+    private var answers: [UInt32: [ServerFrame]] = [:]
+
+    private func awaitAnswer(_ id: UInt32) throws -> ServerFrame {
+        let frame = try awaitFrame(for: id)
+        if case .error(_, let code, let message) = frame { throw ClientError(message.string, code: code) }
+        return frame
+    }
+
+    private func awaitFrame(for id: UInt32) throws -> ServerFrame {
+        let deadline = Clock.monotonicMs() + UInt64(defaultTimeoutMs)
+        while true {
+            if var queued = answers[id], !queued.isEmpty {
+                let first = queued.removeFirst()
+                answers[id] = queued.isEmpty ? nil : queued
+                return first
+            }
+            if let fatal = events[eventHead...].first(where: { if case .serverError = $0 { return true } else { return false } }),
+               case .serverError(let code, let message) = fatal {
+                throw ClientError(message, code: code)
+            }
+            let now = Clock.monotonicMs()
+            guard now < deadline else { throw ClientError("no answer from the server within \(defaultTimeoutMs) ms") }
+            if let frame = try pump(timeoutMs: Int32(deadline - now)) {
+                answers[frame.requestID ?? 0, default: []].append(frame)
+            }
+        }
+    }
+
+    private func awaitContactList(_ id: UInt32) throws -> [ContactInfo] {
+        var all: [ContactInfo] = []
+        while true {
+            guard case .contactList(_, let final, let contacts) = try awaitAnswer(id) else { throw ClientError("expected CONTACT_LIST") }
+            all.append(contentsOf: contacts)
+            if final { return all }
+        }
+    }
+}
+
+extension ServerFrame {
+    var requestID: UInt32? {
+        switch self {
+        case .ok(let id), .error(let id, _, _), .loginOK(let id, _, _, _, _), .contactList(let id, _, _), .chatStatus(let id, _, _, _):
+            return id
+        default:
+            return nil
+        }
+    }
+}

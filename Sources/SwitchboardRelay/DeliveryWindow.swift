@@ -1,0 +1,60 @@
+// Live deliveries sent on one connection and not yet acknowledged by the receiving client, oldest
+// first. Each entry carries the sequence number, whose message it was (to acknowledge the sender)
+// and where its frame sits in the connection's output stream (so, if the connection drops, the
+// frame can be re-read from the retained output bytes and moved to the mailbox without ever having
+// been copied elsewhere). A ring that grows to its high-water mark and then allocates no more.
+
+public struct PendingDelivery: Equatable, Sendable {
+    public var seq: UInt64
+    public var sender: UInt32
+    public var messageID: UInt64
+    /// Stream positions of the DELIVER frame in the connection's output.
+    public var frameStart: UInt64
+    public var frameEnd: UInt64
+    public init(seq: UInt64, sender: UInt32, messageID: UInt64, frameStart: UInt64, frameEnd: UInt64) {
+        self.seq = seq; self.sender = sender; self.messageID = messageID; self.frameStart = frameStart; self.frameEnd = frameEnd
+    }
+}
+
+public struct DeliveryWindow {
+    private var entries: [PendingDelivery] = []
+    private var head = 0
+    public private(set) var count = 0
+    public private(set) var lastSeq: UInt64 = 0
+
+    public init() {}
+
+    public var isEmpty: Bool { count == 0 }
+    public var oldest: PendingDelivery? { count == 0 ? nil : entries[head] }
+
+    /// Allocates the next sequence number for a delivery on this connection.
+    public mutating func nextSeq() -> UInt64 { lastSeq += 1; return lastSeq }
+
+    public mutating func append(_ delivery: PendingDelivery) {
+        if count == entries.count {
+            // Grow: unroll the ring into a larger array (amortised; steady state never gets here).
+            var grown: [PendingDelivery] = []
+            grown.reserveCapacity(max(16, entries.count * 2))
+            for i in 0..<count { grown.append(entries[(head + i) % entries.count]) }
+            entries = grown
+            entries.append(contentsOf: repeatElement(delivery, count: grown.capacity - grown.count))
+            head = 0
+        }
+        entries[(head + count) % entries.count] = delivery
+        count += 1
+    }
+
+    /// Removes and passes to `body` every delivery with seq <= `throughSeq`, oldest first.
+    public mutating func acknowledge(throughSeq: UInt64, _ body: (PendingDelivery) -> Void) {
+        while count > 0 && entries[head].seq <= throughSeq {
+            body(entries[head])
+            head = (head + 1) % entries.count
+            count -= 1
+        }
+    }
+
+    /// Removes everything (connection closed), oldest first.
+    public mutating func drain(_ body: (PendingDelivery) -> Void) {
+        acknowledge(throughSeq: .max, body)
+    }
+}

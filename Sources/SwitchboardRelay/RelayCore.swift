@@ -1,0 +1,308 @@
+// The relay's decisions, sans I/O: who is online on which connection, who may see whose presence,
+// where a message goes (live delivery, mailbox, or refusal), which resends are duplicates, and whose
+// acknowledgement a completed delivery releases. It never touches a socket, a clock or the disk:
+// callers pass time in and carry out the decisions. All state belongs to the loop thread.
+
+/// SwitchboardRelay owns the chat semantics of the server: sessions, presence visibility, contact
+/// views of online users, routing decisions, per-sender duplicate suppression, mailbox quotas and the
+/// bookkeeping of unacknowledged live deliveries (`DeliveryWindow`).
+import SwitchboardProtocol
+import SwitchboardStore
+
+/// The server's handle for one connection (opaque to the core).
+public struct ConnectionID: Hashable, Sendable, CustomStringConvertible {
+    public let raw: UInt64
+    public init(_ raw: UInt64) { self.raw = raw }
+    public var description: String { "conn#\(raw)" }
+}
+
+public struct RelayLimits: Sendable {
+    public var mailboxMaxMessages: Int
+    public var mailboxMaxBytes: Int
+    public var maxBodyBytes: Int
+    /// How many recent message ids per sender are remembered for duplicate suppression.
+    public var dedupeWindow: Int
+    public init(mailboxMaxMessages: Int = 10_000, mailboxMaxBytes: Int = 64 << 20, maxBodyBytes: Int = 65_472, dedupeWindow: Int = 1024) {
+        self.mailboxMaxMessages = mailboxMaxMessages; self.mailboxMaxBytes = mailboxMaxBytes
+        self.maxBodyBytes = maxBodyBytes; self.dedupeWindow = dedupeWindow
+    }
+}
+
+/// Where one SEND goes.
+public enum RouteDecision: Equatable, Sendable {
+    /// Write a DELIVER to this connection now.
+    case deliver(ConnectionID)
+    /// Store as mail with this mailbox sequence; ack once durable.
+    case store(recipient: UserID, mailSeq: UInt64)
+    /// Same (sender, id) is still in flight: its acknowledgement will come; drop this copy.
+    case dropInFlightDuplicate
+    /// Same (sender, id) already completed: acknowledge again with the recorded status, do nothing else.
+    case acknowledgeDuplicate(SendStatus)
+    case reject(ErrorCode, String)
+}
+
+public struct Session {
+    public let userID: UserID
+    public let name: String
+    public let connection: ConnectionID
+    public let address: String
+    /// How each contact relates to this user (incoming/outgoing requests and accepted contacts).
+    public var contacts: [UserID: ContactState]
+    public var contactNames: [UserID: String]
+    /// Set by the server while this user's output backlog is over its soft cap: new messages
+    /// are stored as mail instead of growing the backlog.
+    public var congested = false
+}
+
+public struct LoginOutcome {
+    /// The previous connection of the same user, to be told and closed.
+    public var takenOver: ConnectionID?
+    /// The user's contacts with relation and online status, sorted by name.
+    public var contacts: [ContactInfo]
+    /// Accepted contacts who are online and must be told this user is now online.
+    public var notifyOnline: [ConnectionID]
+}
+
+public final class RelayCore {
+    public let limits: RelayLimits
+    public private(set) var sessions: [UserID: Session] = [:]
+    private var connectionUsers: [ConnectionID: UserID] = [:]
+    private var recentIDs: [UserID: RecentMessageIDs] = [:]
+    private var mailboxes: [UserID: MailboxState] = [:]
+    /// Loads a mailbox's persisted usage the first time the core needs it (the store, in production).
+    private let loadMailboxUsage: (UserID) -> MailboxUsage
+
+    public struct MailboxState: Equatable, Sendable {
+        public var count: Int
+        public var bytes: Int
+        public var lastSeq: UInt64
+    }
+
+    public init(limits: RelayLimits, loadMailboxUsage: @escaping (UserID) -> MailboxUsage) {
+        self.limits = limits
+        self.loadMailboxUsage = loadMailboxUsage
+    }
+
+    public var onlineCount: Int { sessions.count }
+
+    public func session(of user: UserID) -> Session? { sessions[user] }
+    public func user(on connection: ConnectionID) -> UserID? { connectionUsers[connection] }
+    public func connection(of user: UserID) -> ConnectionID? { sessions[user]?.connection }
+
+    // MARK: sessions and presence
+
+    /// A user finished authentication on `connection`. `contacts` comes from the store.
+    public func login(user: UserID, name: String, connection: ConnectionID, address: String,
+                      contacts stored: [ContactEntry]) -> LoginOutcome {
+        var takenOver: ConnectionID?
+        var wasOnline = false
+        if let previous = sessions[user] {
+            takenOver = previous.connection
+            connectionUsers[previous.connection] = nil
+            wasOnline = true
+        }
+        var contactStates: [UserID: ContactState] = [:]
+        var names: [UserID: String] = [:]
+        contactStates.reserveCapacity(stored.count)
+        for entry in stored {
+            contactStates[entry.userID] = entry.state
+            names[entry.userID] = entry.name
+        }
+        sessions[user] = Session(userID: user, name: name, connection: connection, address: address,
+                                 contacts: contactStates, contactNames: names)
+        connectionUsers[connection] = user
+        var infos: [ContactInfo] = []
+        var notify: [ConnectionID] = []
+        for entry in stored {
+            let contactSession = sessions[entry.userID]
+            let mutual = entry.state == .accepted && contactSession?.contacts[user] == .accepted
+            infos.append(ContactInfo(userID: entry.userID, name: entry.name, relation: ContactRelation(entry.state),
+                                     online: mutual && contactSession != nil))
+            if mutual, !wasOnline, let contactSession { notify.append(contactSession.connection) }
+        }
+        infos.sort { $0.name < $1.name }
+        return LoginOutcome(takenOver: takenOver, contacts: infos, notifyOnline: notify)
+    }
+
+    /// The connection closed. Returns the connections to tell that the user went offline, or an
+    /// empty list when this connection was not (or no longer) the user's session.
+    public func connectionClosed(_ connection: ConnectionID) -> [ConnectionID] {
+        guard let user = connectionUsers.removeValue(forKey: connection), let session = sessions[user],
+              session.connection == connection else { return [] }
+        sessions[user] = nil
+        return visibleContactConnections(of: session)
+    }
+
+    /// Online users who see `session`'s presence (accepted both ways).
+    private func visibleContactConnections(of session: Session) -> [ConnectionID] {
+        var result: [ConnectionID] = []
+        for (contact, state) in session.contacts where state == .accepted {
+            if let other = sessions[contact], other.contacts[session.userID] == .accepted {
+                result.append(other.connection)
+            }
+        }
+        return result
+    }
+
+    public func setCongested(_ user: UserID, _ congested: Bool) {
+        sessions[user]?.congested = congested
+    }
+
+    /// Result of opening a chat dialog: whether the contact can be reached live.
+    public enum ChatStatus: Equatable, Sendable { case online, offline, notAContact }
+
+    public func openChat(from user: UserID, with contact: UserID) -> ChatStatus {
+        guard let session = sessions[user], session.contacts[contact] == .accepted else { return .notAContact }
+        return sessions[contact] == nil ? .offline : .online
+    }
+
+    // MARK: contacts
+
+    /// Pushes to send after the store committed a contact change.
+    public struct ContactPush: Equatable, Sendable {
+        public var connection: ConnectionID
+        public var info: ContactInfo
+    }
+
+    /// Applies a committed change to the online parties and says what each should be told.
+    /// `ownerView`/`otherView` are how each side now sees the other (nil: removed).
+    public func applyContactChange(owner: UserID, other: UserID, ownerView: ContactEntry?, otherView: ContactEntry?)
+        -> [ContactPush] {
+        func apply(_ user: UserID, _ counterpart: UserID, _ view: ContactEntry?) {
+            guard sessions[user] != nil else { return }
+            if let view {
+                sessions[user]!.contacts[counterpart] = view.state
+                sessions[user]!.contactNames[counterpart] = view.name
+            } else {
+                sessions[user]!.contacts[counterpart] = nil
+                sessions[user]!.contactNames[counterpart] = nil
+            }
+        }
+        apply(owner, other, ownerView)
+        apply(other, owner, otherView)
+        let mutual = ownerView?.state == .accepted && otherView?.state == .accepted
+        var pushes: [ContactPush] = []
+        func push(to user: UserID, about counterpart: UserID, view: ContactEntry?) {
+            guard let session = sessions[user] else { return }
+            let name = view?.name ?? session.contactNames[counterpart] ?? ""
+            let online = mutual && sessions[counterpart] != nil
+            pushes.append(ContactPush(connection: session.connection,
+                                      info: ContactInfo(userID: counterpart, name: name,
+                                                        relation: view.map { ContactRelation($0.state) } ?? .removed,
+                                                        online: online)))
+        }
+        push(to: owner, about: other, view: ownerView)
+        push(to: other, about: owner, view: otherView)
+        return pushes
+    }
+
+    /// Contact list of an online user, as for a listing request.
+    public func contactList(of user: UserID) -> [ContactInfo] {
+        guard let session = sessions[user] else { return [] }
+        var infos: [ContactInfo] = []
+        for (contact, state) in session.contacts {
+            let mutual = state == .accepted && sessions[contact]?.contacts[user] == .accepted
+            infos.append(ContactInfo(userID: contact, name: session.contactNames[contact] ?? "", relation: ContactRelation(state),
+                                     online: mutual))
+        }
+        infos.sort { $0.name < $1.name }
+        return infos
+    }
+
+    // MARK: messages (hot path: no allocation in steady state)
+
+    /// Decides where a SEND goes. The sender's identity comes from its session, never from the frame.
+    public func route(from sender: UserID, to recipient: UserID, messageID: UInt64, bodyBytes: Int) -> RouteDecision {
+        guard let session = sessions[sender] else { return .reject(.notAllowedNow, "not logged in") }
+        guard session.contacts[recipient] == .accepted else {
+            return .reject(.notAContact, "user \(recipient) is not an accepted contact")
+        }
+        guard bodyBytes <= limits.maxBodyBytes else {
+            return .reject(.invalidRequest, "message body of \(bodyBytes) bytes exceeds \(limits.maxBodyBytes)")
+        }
+        switch recentIDs[sender]?.lookup(messageID) {
+        case .some(.inFlight): return .dropInFlightDuplicate
+        case .some(.completed(let status)): return .acknowledgeDuplicate(status)
+        case .none: break
+        }
+        if let target = sessions[recipient], !target.congested {
+            remember(sender: sender, messageID: messageID)
+            return .deliver(target.connection)
+        }
+        return storeDecision(sender: sender, recipient: recipient, messageID: messageID, bodyBytes: bodyBytes)
+    }
+
+    /// A message that was delivered live but never acknowledged (the receiver dropped): goes to mail.
+    public func rerouteToMailbox(sender: UserID, recipient: UserID, messageID: UInt64, bodyBytes: Int) -> RouteDecision {
+        storeDecision(sender: sender, recipient: recipient, messageID: messageID, bodyBytes: bodyBytes, alreadyRemembered: true)
+    }
+
+    private func storeDecision(sender: UserID, recipient: UserID, messageID: UInt64, bodyBytes: Int,
+                               alreadyRemembered: Bool = false) -> RouteDecision {
+        var box = mailbox(of: recipient)
+        if box.count + 1 > limits.mailboxMaxMessages || box.bytes + bodyBytes > limits.mailboxMaxBytes {
+            if alreadyRemembered { forget(sender: sender, messageID: messageID) }
+            return .reject(.mailboxFull, "the recipient's mailbox is full (\(limits.mailboxMaxMessages) messages or \(limits.mailboxMaxBytes) bytes)")
+        }
+        box.count += 1
+        box.bytes += bodyBytes
+        box.lastSeq += 1
+        mailboxes[recipient] = box
+        if !alreadyRemembered { remember(sender: sender, messageID: messageID) }
+        return .store(recipient: recipient, mailSeq: box.lastSeq)
+    }
+
+    public func mailbox(of user: UserID) -> MailboxState {
+        if let box = mailboxes[user] { return box }
+        let usage = loadMailboxUsage(user)
+        let box = MailboxState(count: usage.count, bytes: usage.bytes, lastSeq: usage.lastSeq)
+        mailboxes[user] = box
+        return box
+    }
+
+    /// Mail left the mailbox (acknowledged by its recipient and deleted), or a store failed.
+    public func mailRemoved(recipient: UserID, count: Int, bytes: Int) {
+        guard var box = mailboxes[recipient] else { return }
+        box.count = max(0, box.count - count)
+        box.bytes = max(0, box.bytes - bytes)
+        mailboxes[recipient] = box
+    }
+
+    /// A message reached its final state; returns the sender's connection to acknowledge, if online.
+    public func completed(sender: UserID, messageID: UInt64, status: SendStatus) -> ConnectionID? {
+        recentIDs[sender]?.complete(messageID, status: status)
+        return sessions[sender]?.connection
+    }
+
+    /// A message failed for good (e.g. the store refused it): forget it so a resend is tried again.
+    public func failed(sender: UserID, messageID: UInt64) -> ConnectionID? {
+        forget(sender: sender, messageID: messageID)
+        return sessions[sender]?.connection
+    }
+
+    private func remember(sender: UserID, messageID: UInt64) {
+        if recentIDs[sender] == nil { recentIDs[sender] = RecentMessageIDs(capacity: limits.dedupeWindow) }
+        recentIDs[sender]!.insertInFlight(messageID)
+    }
+
+    private func forget(sender: UserID, messageID: UInt64) {
+        recentIDs[sender]?.remove(messageID)
+    }
+
+    /// Drops duplicate-suppression memory of users who are offline (called from a periodic sweep).
+    public func pruneRecentIDs() {
+        for user in Array(recentIDs.keys) where sessions[user] == nil {
+            if recentIDs[user]!.inFlightCount == 0 { recentIDs[user] = nil }
+        }
+    }
+}
+
+extension ContactRelation {
+    public init(_ state: ContactState) {
+        switch state {
+        case .outgoingRequest: self = .outgoingRequest
+        case .incomingRequest: self = .incomingRequest
+        case .accepted: self = .accepted
+        }
+    }
+}

@@ -1,0 +1,935 @@
+// The running relay. Invariants: everything here runs on the loop thread except `requestShutdown`;
+// connections are closed only at the end of a loop turn (never inside another connection's
+// handler); each connection is written at most once per turn (the pending-write list), and
+// EPOLLOUT is registered only for output that could not be written; a message is acknowledged to
+// its sender only when its receiver acknowledged it or its mail commit returned.
+import Glibc
+import Logging
+import SwitchboardIO
+import SwitchboardProtocol
+import SwitchboardRelay
+import SwitchboardStore
+
+public struct ServerStats: Sendable {
+    public var accepted: UInt64 = 0
+    public var closed: UInt64 = 0
+    public var framesIn: UInt64 = 0
+    public var relayedLive: UInt64 = 0
+    public var storedOffline: UInt64 = 0
+    public var duplicatesDropped: UInt64 = 0
+    public var storeBatches: UInt64 = 0
+    public var storeOps: UInt64 = 0
+    public var protocolErrors: UInt64 = 0
+    public var writes: UInt64 = 0
+    public var reads: UInt64 = 0
+}
+
+public final class RelayServer: EventHandler {
+    public let configuration: ServerConfiguration
+    public private(set) var stats = ServerStats()
+    public var logger: Logger
+
+    let loop: EventLoop
+    let store: Store
+    let core: RelayCore
+    private let workers: Workers
+    private var listenFD: Int32 = -1
+    private var listenRegistration: RegistrationID?
+    public private(set) var boundAddress: SocketAddress
+    private var connections: [UInt64: Connection] = [:]
+    private var nextConnectionID: UInt64 = 1
+    private var pendingWrites: [Connection] = []
+    private var toClose: [Connection] = []
+    private var storeBatch = StoreBatch()
+    private var storeInFlight = false
+    private var throttle: LoginThrottle
+    /// One read buffer for all connections: frames that arrive whole are handled from here and
+    /// never copied into per-connection memory.
+    private let readBuffer = ByteBuffer(capacity: 64 << 10)
+    private let readChunk = 64 << 10
+    private var shuttingDown = false
+    private let shutdownFD: Int32
+    private var shutdownRegistration: RegistrationID?
+    private let dummyHash: PasswordHash
+    private var userNameCache: [UserID: String] = [:]
+    private static let maintenanceToken = UInt64.max
+    private static let maintenanceIntervalMs: UInt64 = 30_000
+    private var lastDedupePrune: UInt64 = 0
+
+    public init(configuration: ServerConfiguration, logger: Logger = Logger(label: "switchboard")) throws {
+        self.configuration = configuration
+        self.logger = logger
+        Sys.ignoreSIGPIPE()
+        loop = try EventLoop()
+        store = try Store(directory: configuration.dataDirectory, mapSizeBytes: configuration.storeMapSizeBytes)
+        let store = self.store
+        let limits = configuration.limits
+        core = RelayCore(limits: RelayLimits(mailboxMaxMessages: Int(limits.mailboxMaxMessages),
+                                             mailboxMaxBytes: Int(limits.mailboxMaxBytes),
+                                             maxBodyBytes: limits.maxBodyBytes),
+                         loadMailboxUsage: { user in
+                             (try? store.mailboxUsage(of: user)) ?? MailboxUsage(count: 0, bytes: 0, lastSeq: 0)
+                         })
+        throttle = LoginThrottle(maxPerName: configuration.maxFailedLoginsPerUser,
+                                 maxPerAddress: configuration.maxFailedLoginsPerAddress,
+                                 windowMs: configuration.lockoutWindowMs)
+        dummyHash = PasswordHasher.hash(password: Array("not a real password".utf8), iterations: configuration.pbkdf2Iterations)
+        workers = try Workers(store: store, hashThreads: configuration.hashThreads)
+        shutdownFD = try Sys.eventfdCreate()
+        listenFD = try Socket.listen(on: configuration.listenAddress)
+        boundAddress = try Socket.localAddress(listenFD)
+        listenRegistration = try loop.register(fd: listenFD, interest: .readable, handler: self)
+        shutdownRegistration = try loop.register(fd: shutdownFD, interest: .readable, handler: ShutdownHandler(server: self))
+        try workers.hashResults.attach(to: loop) { [unowned self] in self.handleHashResults($0) }
+        try workers.storeResults.attach(to: loop) { [unowned self] in self.handleStoreResults($0) }
+        loop.onTurnEnd = { [unowned self] in self.endOfTurn() }
+        loop.onTimer = { [unowned self] in self.timerFired($0) }
+        loop.hasPendingWork = { [unowned self] in !self.toClose.isEmpty || !self.pendingWrites.isEmpty }
+        loop.schedule(at: loop.now + Self.maintenanceIntervalMs, token: Self.maintenanceToken)
+    }
+
+    deinit {
+        Sys.close(shutdownFD)
+        if listenFD >= 0 { Sys.close(listenFD) }
+    }
+
+    /// Runs the loop until shutdown completes: listener closed, clients told, unacknowledged
+    /// deliveries moved to mailboxes, every queued mail committed.
+    public func run() throws {
+        logger.info("listening", metadata: ["address": "\(boundAddress)", "data": "\(configuration.dataDirectory)"])
+        try loop.run()
+        workers.shutdown()
+        // Results that arrived after the loop stopped still carry acknowledgements (best effort now).
+        workers.storeResults.drain()
+        for connection in Array(connections.values) { finalizeClose(connection) }
+        store.close()
+        logger.info("stopped", metadata: ["accepted": "\(stats.accepted)", "relayed": "\(stats.relayedLive)",
+                                          "stored": "\(stats.storedOffline)"])
+    }
+
+    /// Thread- and signal-safe: asks the loop to shut down cleanly.
+    public func requestShutdown() { Sys.eventfdSignal(shutdownFD) }
+    /// The descriptor a signal handler writes to (eventfd, async-signal-safe).
+    public var shutdownEventFD: Int32 { shutdownFD }
+
+    private final class ShutdownHandler: EventHandler {
+        unowned let server: RelayServer
+        init(server: RelayServer) { self.server = server }
+        func handle(events: IOEvents, loop: EventLoop) {
+            Sys.eventfdDrain(server.shutdownFD)
+            server.beginShutdown()
+        }
+    }
+
+    private func beginShutdown() {
+        guard !shuttingDown else { return }
+        shuttingDown = true
+        logger.info("shutting down", metadata: ["connections": "\(connections.count)"])
+        if let listenRegistration { loop.deregister(listenRegistration) }
+        listenRegistration = nil
+        Sys.close(listenFD)
+        listenFD = -1
+        for connection in connections.values {
+            close(connection, code: .shuttingDown, "server shutting down")
+        }
+    }
+
+    // MARK: accepting
+
+    public func handle(events: IOEvents, loop: EventLoop) {
+        // Level-triggered: accept a bounded number per turn; the rest are reported again.
+        for _ in 0..<256 {
+            let accepted: (fd: Int32, peer: SocketAddress)?
+            do {
+                accepted = try Socket.accept(listenFD)
+            } catch {
+                logger.warning("accept failed", metadata: ["error": "\(error)"])
+                return
+            }
+            guard let (fd, peer) = accepted else { return }
+            stats.accepted += 1
+            if connections.count >= configuration.maxConnections {
+                refuse(fd: fd, code: .serverBusy, "server is at its connection limit (\(configuration.maxConnections))")
+                continue
+            }
+            try? Sys.setOption(fd, level: Int32(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
+            let id = ConnectionID(nextConnectionID)
+            nextConnectionID += 1
+            let connection = Connection(id: id, transport: PlainTransport(fd: fd), peer: peer, now: loop.now)
+            connection.server = self
+            do {
+                connection.registration = try loop.register(fd: fd, interest: .readable, handler: connection)
+            } catch {
+                logger.warning("register failed", metadata: ["error": "\(error)"])
+                connection.transport.close()
+                continue
+            }
+            connections[id.raw] = connection
+            scheduleTimer(connection, at: loop.now + UInt64(configuration.limits.loginTimeoutMs))
+            logger.trace("accepted", metadata: ["peer": "\(connection.peerText)", "conn": "\(id)"])
+        }
+    }
+
+    private func refuse(fd: Int32, code: ErrorCode, _ message: String) {
+        let out = ByteBuffer()
+        FrameEncoder.encode(ServerFrame.error(requestID: 0, code: code.rawValue, message: TextView(message)), into: out)
+        _ = try? Sys.write(fd, out.readableView)
+        Sys.close(fd)
+    }
+
+    // MARK: reading and decoding
+
+    func handle(_ connection: Connection, events: IOEvents) {
+        if connection.isClosing { return }
+        if events.contains(.readable) || events.contains(.error) || events.contains(.hangup) || events.contains(.readHangup) {
+            if !connection.readingPaused { readAndProcess(connection) }
+        }
+        if events.contains(.writable), !connection.isClosing {
+            flush(connection)
+        }
+    }
+
+    private func readAndProcess(_ connection: Connection) {
+        // Bytes of a partial frame live in the connection's own buffer; otherwise read into the
+        // shared buffer and keep only what is left of an incomplete frame.
+        let target = connection.input.isEmpty ? readBuffer : connection.input
+        let region = target.writableRegion(minimum: connection.input.isEmpty ? readChunk : 4096)
+        let result: IOResult
+        do {
+            result = try connection.transport.read(into: region)
+        } catch {
+            close(connection, code: nil, "read failed: \(error)")
+            return
+        }
+        stats.reads += 1
+        switch result {
+        case .wouldBlock:
+            return
+        case .processed(0):
+            close(connection, code: nil, "peer closed")
+            return
+        case .processed(let count):
+            target.didWrite(count)
+            connection.lastActivity = loop.now
+            connection.pingOutstanding = false
+            process(connection, from: target)
+            if target === readBuffer {
+                if readBuffer.readableBytes > 0 && !connection.isClosing {
+                    connection.input.writeBytes(readBuffer.readableView)
+                }
+                readBuffer.clear()
+            }
+        }
+    }
+
+    private func maxFrameBytes(_ connection: Connection) -> Int {
+        Int(connection.phase == .active ? configuration.limits.maxFrameBytes : configuration.limits.maxFrameBytesBeforeLogin)
+    }
+
+    /// Handles every complete frame in `buffer`, stopping early while authentication is in flight.
+    private func process(_ connection: Connection, from buffer: ByteBuffer) {
+        while !connection.isClosing && connection.phase != .authenticating {
+            switch FrameDecoder.split(buffer.readableView, maxFrameBytes: maxFrameBytes(connection)) {
+            case .needMore:
+                return
+            case .failure(let error):
+                protocolFailure(connection, error)
+                return
+            case .frame(let (type, body), let consumed):
+                stats.framesIn += 1
+                do {
+                    let frame = try FrameDecoder.clientFrame(type: type, body: body)
+                    handleFrame(connection, frame)
+                } catch {
+                    protocolFailure(connection, error)
+                    return
+                }
+                buffer.moveReaderIndex(forwardBy: consumed)
+            }
+        }
+    }
+
+    private func protocolFailure(_ connection: Connection, _ error: ProtocolError) {
+        stats.protocolErrors += 1
+        logger.debug("protocol error", metadata: ["peer": "\(connection.peerText)", "error": "\(error)"])
+        close(connection, code: error.code, error.message)
+    }
+
+    // MARK: frames
+
+    private func handleFrame(_ connection: Connection, _ frame: ClientFrame) {
+        switch connection.phase {
+        case .awaitingHello:
+            switch frame {
+            case .hello(let version, _):
+                guard version == ProtocolConstants.version else {
+                    close(connection, code: .unsupportedVersion,
+                          "protocol version \(version) is not supported; this server speaks \(ProtocolConstants.version)")
+                    return
+                }
+                connection.phase = .awaitingAuth
+                send(connection, .welcome(Welcome(limits: configuration.limits, serverName: TextView(configuration.serverName))))
+            case .ping(let token):
+                send(connection, .pong(token: token))
+            default:
+                close(connection, code: .notAllowedNow, "send HELLO first")
+            }
+        case .awaitingAuth:
+            switch frame {
+            case .register(let requestID, let name, let password):
+                startRegistration(connection, requestID: requestID, name: name.string, password: password.bytes.array)
+            case .login(let requestID, let name, let password):
+                startLogin(connection, requestID: requestID, name: name.string, password: password.bytes.array)
+            case .ping(let token):
+                send(connection, .pong(token: token))
+            case .pong:
+                break
+            default:
+                close(connection, code: .notAllowedNow, "only REGISTER, LOGIN and PING are allowed before login")
+            }
+        case .active:
+            handleActiveFrame(connection, frame)
+        case .authenticating, .closing:
+            break
+        }
+    }
+
+    private func handleActiveFrame(_ connection: Connection, _ frame: ClientFrame) {
+        switch frame {
+        case .send(let to, let messageID, let body):
+            relay(from: connection, to: to, messageID: messageID, body: body)
+        case .deliveryAck(let throughSeq):
+            acknowledgeDeliveries(connection, throughSeq: throughSeq)
+        case .mailAck(let throughSeq):
+            acknowledgeMail(connection, throughSeq: throughSeq)
+        case .ping(let token):
+            send(connection, .pong(token: token))
+        case .pong:
+            break
+        case .openChat(let requestID, let contact):
+            switch core.openChat(from: connection.userID, with: contact) {
+            case .online:
+                send(connection, .chatStatus(requestID: requestID, userID: contact, online: true, text: "Contact online"))
+            case .offline:
+                send(connection, .chatStatus(requestID: requestID, userID: contact, online: false,
+                                             text: TextView(ProtocolConstants.offlineNotice)))
+            case .notAContact:
+                send(connection, .error(requestID: requestID, code: ErrorCode.notAContact.rawValue,
+                                        message: "user \(contact) is not an accepted contact"))
+            }
+        case .listContacts(let requestID):
+            sendContactList(connection, requestID: requestID, contacts: core.contactList(of: connection.userID))
+        case .contactAdd(let requestID, let name):
+            contactChange(connection, requestID: requestID, name: name.string) { .contactAdd(owner: $0, contactName: $1) }
+        case .contactAccept(let requestID, let name):
+            contactChange(connection, requestID: requestID, name: name.string) { .contactAccept(owner: $0, contactName: $1) }
+        case .contactRemove(let requestID, let name):
+            contactChange(connection, requestID: requestID, name: name.string) { .contactRemove(owner: $0, contactName: $1) }
+        case .register(let requestID, _, _), .login(let requestID, _, _):
+            send(connection, .error(requestID: requestID, code: ErrorCode.alreadyLoggedIn.rawValue,
+                                    message: "already logged in as \(connection.userName)"))
+        case .hello:
+            close(connection, code: .notAllowedNow, "HELLO was already received")
+        }
+    }
+
+    // MARK: registration and login
+
+    private func startRegistration(_ connection: Connection, requestID: UInt32, name: String, password: [UInt8]) {
+        guard Store.isValidUserName(name) else {
+            send(connection, .error(requestID: requestID, code: ErrorCode.invalidName.rawValue,
+                                    message: "user names are 1-32 characters of A-Z a-z 0-9 _ . -"))
+            return
+        }
+        guard password.count >= ProtocolConstants.minPasswordBytes else {
+            send(connection, .error(requestID: requestID, code: ErrorCode.invalidPassword.rawValue,
+                                    message: "passwords need at least \(ProtocolConstants.minPasswordBytes) bytes"))
+            return
+        }
+        park(connection)
+        workers.hashJobs.push(.hashForRegistration(connection: connection.id.raw, requestID: requestID, name: name,
+                                                   password: password, iterations: configuration.pbkdf2Iterations))
+    }
+
+    private func startLogin(_ connection: Connection, requestID: UInt32, name: String, password: [UInt8]) {
+        let host = connection.peer.host
+        if throttle.isLocked(name: name, address: host, now: loop.now) {
+            logger.notice("login locked out", metadata: ["user": "\(name)", "peer": "\(connection.peerText)"])
+            close(connection, code: .lockedOut, "too many failed logins; try again later")
+            return
+        }
+        let account: AccountRecord?
+        do {
+            account = Store.isValidUserName(name) ? try store.account(named: name) : nil
+        } catch {
+            logger.error("account lookup failed", metadata: ["error": "\(error)"])
+            send(connection, .error(requestID: requestID, code: ErrorCode.internalError.rawValue, message: "account lookup failed"))
+            return
+        }
+        park(connection)
+        workers.hashJobs.push(.verifyLogin(connection: connection.id.raw, requestID: requestID, name: name,
+                                           password: password, account: account, dummy: dummyHash))
+    }
+
+    /// Stops reading while a helper thread works for this connection; frames already received
+    /// wait in its input buffer.
+    private func park(_ connection: Connection) {
+        connection.phase = .authenticating
+        connection.readingPaused = true
+        updateInterest(connection)
+    }
+
+    private func unpark(_ connection: Connection, phase: Connection.Phase) {
+        connection.phase = phase
+        connection.readingPaused = false
+        updateInterest(connection)
+        // Frames that arrived while parked.
+        if !connection.input.isEmpty { process(connection, from: connection.input) }
+    }
+
+    private func handleHashResults(_ results: [HashResult]) {
+        for result in results {
+            switch result {
+            case .hashed(let id, let requestID, let name, let hash):
+                guard let connection = connections[id], !connection.isClosing else { continue }
+                storeBatch.append(.createAccount(name: name, password: hash), .createAccount(connection: id, requestID: requestID))
+            case .verified(let id, let requestID, let name, let account, let ok):
+                guard let connection = connections[id], !connection.isClosing else { continue }
+                guard ok, let account else {
+                    throttle.recordFailure(name: name, address: connection.peer.host, now: loop.now)
+                    logger.info("login failed", metadata: ["user": "\(name)", "peer": "\(connection.peerText)"])
+                    send(connection, .error(requestID: requestID, code: ErrorCode.authenticationFailed.rawValue,
+                                            message: "wrong user name or password"))
+                    unpark(connection, phase: .awaitingAuth)
+                    continue
+                }
+                throttle.recordSuccess(name: name)
+                completeLogin(connection, requestID: requestID, account: account)
+            }
+        }
+    }
+
+    private func completeLogin(_ connection: Connection, requestID: UInt32, account: AccountRecord) {
+        let contacts: [ContactEntry]
+        do {
+            contacts = try store.contacts(of: account.userID)
+        } catch {
+            logger.error("contact lookup failed", metadata: ["error": "\(error)"])
+            send(connection, .error(requestID: requestID, code: ErrorCode.internalError.rawValue, message: "contact lookup failed"))
+            unpark(connection, phase: .awaitingAuth)
+            return
+        }
+        connection.userID = account.userID
+        connection.userName = account.name
+        userNameCache[account.userID] = account.name
+        let outcome = core.login(user: account.userID, name: account.name, connection: connection.id,
+                                 address: connection.peerText, contacts: contacts)
+        if let old = outcome.takenOver, let oldConnection = connections[old.raw] {
+            logger.info("session taken over", metadata: ["user": "\(account.name)", "old": "\(oldConnection.peerText)",
+                                                         "new": "\(connection.peerText)"])
+            oldConnection.userID = 0 // its deliveries still go to the mailbox, but it is no longer the session
+            close(oldConnection, code: .sessionTakenOver, "logged in from \(connection.peerText)", keepUserForReroute: account.userID)
+        }
+        let box = core.mailbox(of: account.userID)
+        send(connection, .loginOK(requestID: requestID, userID: account.userID, name: TextView(account.name),
+                                  address: TextView(connection.peerText), pendingMail: UInt32(clamping: box.count)))
+        sendContactList(connection, requestID: requestID, contacts: outcome.contacts)
+        for target in outcome.notifyOnline {
+            if let other = connections[target.raw] { send(other, .presence(userID: account.userID, online: true)) }
+        }
+        logger.info("login", metadata: ["user": "\(account.name)", "peer": "\(connection.peerText)"])
+        connection.mailPaging = .notStarted
+        sendMailPage(connection)
+        unpark(connection, phase: .active)
+    }
+
+    private func sendContactList(_ connection: Connection, requestID: UInt32, contacts: [ContactInfo]) {
+        let chunk = 500
+        var start = 0
+        repeat {
+            let end = min(start + chunk, contacts.count)
+            send(connection, .contactList(requestID: requestID, final: end == contacts.count, contacts: Array(contacts[start..<end])))
+            start = end
+        } while start < contacts.count
+    }
+
+    // MARK: stored mail
+
+    private func userName(_ id: UserID) -> String {
+        if let name = userNameCache[id] { return name }
+        let name = (try? store.userName(of: id)) ?? nil
+        if let name {
+            if userNameCache.count > 100_000 { userNameCache.removeAll(keepingCapacity: true) }
+            userNameCache[id] = name
+        }
+        return name ?? "user\(id)"
+    }
+
+    private func sendMailPage(_ connection: Connection) {
+        let mails: [StoredMail]
+        do {
+            mails = try store.mail(for: connection.userID, afterSeq: connection.mailCursor, limit: configuration.mailPageSize)
+        } catch {
+            logger.error("mail read failed", metadata: ["error": "\(error)", "user": "\(connection.userName)"])
+            return
+        }
+        for mail in mails { sendMail(connection, mail) }
+        if mails.count < configuration.mailPageSize {
+            connection.mailPaging = .done
+            send(connection, .mailEnd(count: connection.mailSentCount))
+        } else {
+            connection.mailPaging = .awaitingAck
+        }
+    }
+
+    private func sendMail(_ connection: Connection, _ mail: StoredMail) {
+        send(connection, .mail(seq: mail.seq, from: mail.sender, fromName: TextView(userName(mail.sender)),
+                               messageID: mail.messageID, sentAtMs: mail.sentAtMs, body: ByteView(mail.body)))
+        connection.mailCursor = max(connection.mailCursor, mail.seq)
+        connection.mailSentCount &+= 1
+        connection.mailInFlight.append((mail.seq, mail.body.count))
+    }
+
+    private func acknowledgeMail(_ connection: Connection, throughSeq: UInt64) {
+        var count = 0
+        var bytes = 0
+        while let first = connection.mailInFlight.first, first.seq <= throughSeq {
+            count += 1
+            bytes += first.bytes
+            connection.mailInFlight.removeFirst()
+        }
+        if count > 0 {
+            storeBatch.append(.deleteMail(recipient: connection.userID, throughSeq: throughSeq),
+                              .deleteMail(recipient: connection.userID, count: count, bytes: bytes))
+        }
+        if connection.mailPaging == .awaitingAck && throughSeq >= connection.mailCursor {
+            sendMailPage(connection)
+        }
+    }
+
+    // MARK: contacts
+
+    private func contactChange(_ connection: Connection, requestID: UInt32, name: String, _ op: (UserID, String) -> WriteOp) {
+        guard Store.isValidUserName(name) else {
+            send(connection, .error(requestID: requestID, code: ErrorCode.invalidName.rawValue, message: "'\(name)' is not a valid user name"))
+            return
+        }
+        storeBatch.append(op(connection.userID, name), .contact(connection: connection.id.raw, requestID: requestID, owner: connection.userID))
+    }
+
+    // MARK: relaying (hot path)
+
+    private func relay(from sender: Connection, to recipient: UInt32, messageID: UInt64, body: ByteView) {
+        let bodyBytes = body.count
+        switch core.route(from: sender.userID, to: recipient, messageID: messageID, bodyBytes: bodyBytes) {
+        case .deliver(let targetID):
+            guard let target = connections[targetID.raw] else {
+                // The session ended this turn; its close is pending. Store instead.
+                storeMail(sender: sender, recipient: recipient, messageID: messageID, body: body, decision: core.rerouteToMailbox(
+                    sender: sender.userID, recipient: recipient, messageID: messageID, bodyBytes: bodyBytes))
+                return
+            }
+            deliver(to: target, sender: sender.userID, messageID: messageID, sentAtMs: Clock.wallMs(), body: body)
+            stats.relayedLive += 1
+        case .store(let recipientID, let seq):
+            let mail = StoredMail(recipient: recipientID, seq: seq, sender: sender.userID, messageID: messageID,
+                                  sentAtMs: Clock.wallMs(), body: body.array)
+            storeBatch.append(.putMail(mail), .mail(mail, senderConnection: sender.id.raw))
+        case .dropInFlightDuplicate:
+            stats.duplicatesDropped += 1
+        case .acknowledgeDuplicate(let status):
+            stats.duplicatesDropped += 1
+            FrameEncoder.writeSendAck(into: sender.output, messageID: messageID, status: status.rawValue)
+            enqueueWrite(sender)
+        case .reject(let code, let message):
+            send(sender, .sendError(messageID: messageID, code: code.rawValue, message: TextView(message)))
+        }
+    }
+
+    private func storeMail(sender: Connection, recipient: UInt32, messageID: UInt64, body: ByteView, decision: RouteDecision) {
+        switch decision {
+        case .store(let recipientID, let seq):
+            let mail = StoredMail(recipient: recipientID, seq: seq, sender: sender.userID, messageID: messageID,
+                                  sentAtMs: Clock.wallMs(), body: body.array)
+            storeBatch.append(.putMail(mail), .mail(mail, senderConnection: sender.id.raw))
+        case .reject(let code, let message):
+            send(sender, .sendError(messageID: messageID, code: code.rawValue, message: TextView(message)))
+        default:
+            break
+        }
+    }
+
+    /// Writes one DELIVER into the receiver's output (the body's only copy) and remembers it until acknowledged.
+    private func deliver(to target: Connection, sender: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView) {
+        let seq = target.window.nextSeq()
+        let out = target.output
+        body.withUnsafeBytes { raw in
+            out.reserveWritable(33 + raw.count)
+            let start = out.streamPosition(ofIndex: out.writerIndex)
+            FrameEncoder.writeDeliver(into: out, seq: seq, from: sender, messageID: messageID, sentAtMs: sentAtMs, body: raw)
+            target.window.append(PendingDelivery(seq: seq, sender: sender, messageID: messageID, frameStart: start,
+                                                 frameEnd: out.streamPosition(ofIndex: out.writerIndex)))
+        }
+        enqueueWrite(target)
+        checkBacklog(target)
+    }
+
+    private func acknowledgeDeliveries(_ connection: Connection, throughSeq: UInt64) {
+        connection.window.acknowledge(throughSeq: throughSeq) { delivery in
+            if let senderID = core.completed(sender: delivery.sender, messageID: delivery.messageID, status: .delivered),
+               let sender = connections[senderID.raw], !sender.isClosing {
+                FrameEncoder.writeSendAck(into: sender.output, messageID: delivery.messageID, status: SendStatus.delivered.rawValue)
+                enqueueWrite(sender)
+            }
+        }
+        updateRetention(connection)
+        checkBacklog(connection)
+    }
+
+    /// Output bytes held for this connection: queued plus kept for unacknowledged deliveries.
+    private func backlog(_ connection: Connection) -> Int { connection.output.retainedBytes }
+
+    private func checkBacklog(_ connection: Connection) {
+        let held = backlog(connection)
+        if held > configuration.outputHardCapBytes {
+            close(connection, code: .slowConsumer, "output backlog over \(configuration.outputHardCapBytes) bytes")
+            return
+        }
+        if !connection.congested && held > configuration.outputSoftCapBytes {
+            connection.congested = true
+            if connection.userID != 0 { core.setCongested(connection.userID, true) }
+        } else if connection.congested && held < configuration.outputSoftCapBytes / 2 {
+            connection.congested = false
+            if connection.userID != 0 { core.setCongested(connection.userID, false) }
+        }
+    }
+
+    private func updateRetention(_ connection: Connection) {
+        let out = connection.output
+        if let oldest = connection.window.oldest {
+            out.retain(from: out.index(ofStreamPosition: oldest.frameStart))
+        } else {
+            out.retain(from: out.readerIndex)
+        }
+    }
+
+    // MARK: writing
+
+    private func send(_ connection: Connection, _ frame: ServerFrame) {
+        guard !connection.isClosing else { return }
+        FrameEncoder.encode(frame, into: connection.output)
+        enqueueWrite(connection)
+    }
+
+    private func enqueueWrite(_ connection: Connection) {
+        if !connection.isPendingWrite {
+            connection.isPendingWrite = true
+            pendingWrites.append(connection)
+        }
+    }
+
+    /// Writes what the connection has queued, up to the per-turn cap; what is left waits for EPOLLOUT.
+    private func flush(_ connection: Connection) {
+        let out = connection.output
+        var budget = configuration.maxWriteBytesPerTurn
+        writeLoop: while out.readableBytes > 0 && budget > 0 {
+            let chunk = min(out.readableBytes, budget)
+            do {
+                switch try connection.transport.write(from: out.view(from: out.readerIndex, to: out.readerIndex + chunk)) {
+                case .processed(let written):
+                    stats.writes += 1
+                    out.advanceReaderRetaining(by: written)
+                    budget -= written
+                    if written < chunk { break writeLoop }
+                case .wouldBlock:
+                    break writeLoop
+                }
+            } catch {
+                close(connection, code: nil, "write failed: \(error)")
+                return
+            }
+        }
+        updateRetention(connection)
+        updateInterest(connection)
+    }
+
+    private func updateInterest(_ connection: Connection) {
+        guard let registration = connection.registration, !connection.isClosing else { return }
+        var interest: IOEvents = []
+        if !connection.readingPaused { interest.insert(.readable) }
+        if connection.output.readableBytes > 0 { interest.insert(.writable) }
+        loop.setInterest(registration, interest)
+    }
+
+    // MARK: closing
+
+    /// Marks a connection for closing at the end of this turn, after a last attempt to send `code`.
+    private func close(_ connection: Connection, code: ErrorCode?, _ reason: String, keepUserForReroute: UserID = 0) {
+        guard !connection.isClosing else { return }
+        if let code {
+            FrameEncoder.encode(ServerFrame.error(requestID: 0, code: code.rawValue, message: TextView(reason)), into: connection.output)
+        }
+        logger.debug("closing", metadata: ["peer": "\(connection.peerText)", "reason": "\(reason)"])
+        connection.rerouteOwner = keepUserForReroute != 0 ? keepUserForReroute : connection.userID
+        connection.phase = .closing
+        toClose.append(connection)
+    }
+
+    private func finalizeClose(_ connection: Connection) {
+        guard connections[connection.id.raw] != nil else { return }
+        // Best effort: the ERROR frame (and anything queued) goes out if the socket takes it now.
+        let out = connection.output
+        if out.readableBytes > 0 {
+            _ = try? connection.transport.write(from: out.readableView)
+        }
+        if let registration = connection.registration { loop.deregister(registration) }
+        connection.registration = nil
+        connection.transport.close()
+        connections[connection.id.raw] = nil
+        stats.closed += 1
+        for target in core.connectionClosed(connection.id) {
+            if let other = connections[target.raw] { send(other, .presence(userID: connection.userID, online: false)) }
+        }
+        // Live deliveries the receiver never acknowledged move to its mailbox; their frames are
+        // still in the retained output bytes.
+        let owner = connection.rerouteOwner
+        connection.window.drain { delivery in
+            let frameBytes = out.view(from: out.index(ofStreamPosition: delivery.frameStart),
+                                      to: out.index(ofStreamPosition: delivery.frameEnd))
+            guard case .frame(let (type, body), _) = FrameDecoder.split(frameBytes, maxFrameBytes: Int.max),
+                  case .deliver(_, let from, let messageID, let sentAtMs, let payload)? = try? FrameDecoder.serverFrame(type: type, body: body)
+            else {
+                logger.error("retained delivery frame unreadable", metadata: ["conn": "\(connection.id)"])
+                return
+            }
+            let decision = core.rerouteToMailbox(sender: from, recipient: owner, messageID: messageID, bodyBytes: payload.count)
+            switch decision {
+            case .store(let recipient, let seq):
+                let mail = StoredMail(recipient: recipient, seq: seq, sender: from, messageID: messageID, sentAtMs: sentAtMs,
+                                      body: payload.array)
+                storeBatch.append(.putMail(mail), .mail(mail, senderConnection: 0))
+            case .reject(let code, let message):
+                if let senderID = core.failed(sender: from, messageID: messageID), let sender = connections[senderID.raw] {
+                    send(sender, .sendError(messageID: messageID, code: code.rawValue, message: TextView(message)))
+                }
+            default:
+                break
+            }
+        }
+        out.clear()
+        out.releaseIfEmpty()
+        connection.input.clear()
+        connection.input.releaseIfEmpty()
+    }
+
+    // MARK: end of turn
+
+    private func endOfTurn() {
+        while !toClose.isEmpty {
+            let closing = toClose
+            toClose.removeAll(keepingCapacity: true)
+            for connection in closing { finalizeClose(connection) }
+        }
+        if !pendingWrites.isEmpty {
+            let writing = pendingWrites
+            pendingWrites.removeAll(keepingCapacity: true)
+            for connection in writing {
+                connection.isPendingWrite = false
+                if !connection.isClosing { flush(connection) }
+            }
+        }
+        submitStoreBatch()
+        if shuttingDown && toClose.isEmpty && storeBatch.isEmpty && !storeInFlight && connections.isEmpty {
+            loop.stop()
+        }
+    }
+
+    /// Group commit: everything queued since the last commit goes in one transaction; while one is
+    /// in flight the next batch keeps growing.
+    private func submitStoreBatch() {
+        guard !storeInFlight, !storeBatch.isEmpty else { return }
+        storeInFlight = true
+        stats.storeBatches += 1
+        stats.storeOps += UInt64(storeBatch.ops.count)
+        workers.storeJobs.push(storeBatch)
+        storeBatch = StoreBatch()
+    }
+
+    private func handleStoreResults(_ results: [StoreBatchResult]) {
+        for result in results {
+            storeInFlight = false
+            switch result.results {
+            case .success(let writeResults):
+                for (context, outcome) in zip(result.batch.contexts, writeResults) { complete(context, outcome) }
+            case .failure(let error):
+                logger.error("store batch failed", metadata: ["error": "\(error)", "ops": "\(result.batch.ops.count)"])
+                for context in result.batch.contexts { fail(context, error.description) }
+            }
+        }
+        submitStoreBatch()
+    }
+
+    private func complete(_ context: StoreContext, _ outcome: WriteResult) {
+        switch context {
+        case .createAccount(let id, let requestID):
+            guard let connection = connections[id], !connection.isClosing else { return }
+            switch outcome {
+            case .accountCreated:
+                send(connection, .ok(requestID: requestID))
+            case .nameTaken:
+                send(connection, .error(requestID: requestID, code: ErrorCode.nameTaken.rawValue, message: "that name is taken"))
+            case .invalidRequest(let why):
+                send(connection, .error(requestID: requestID, code: ErrorCode.invalidName.rawValue, message: TextView(why)))
+            default:
+                send(connection, .error(requestID: requestID, code: ErrorCode.internalError.rawValue, message: "unexpected store result"))
+            }
+            unpark(connection, phase: .awaitingAuth)
+        case .contact(let id, let requestID, let owner):
+            let connection = connections[id].flatMap { $0.isClosing ? nil : $0 }
+            switch outcome {
+            case .contactChanged(let ownerView, let otherView, let ownerID, let otherID):
+                for push in core.applyContactChange(owner: ownerID, other: otherID, ownerView: ownerView, otherView: otherView) {
+                    if let target = connections[push.connection.raw] { send(target, .contactUpdate(contact: push.info)) }
+                }
+                if let connection { send(connection, .ok(requestID: requestID)) }
+            case .alreadyInThatState:
+                if let connection { send(connection, .ok(requestID: requestID)) }
+            case .noSuchUser:
+                if let connection { send(connection, .error(requestID: requestID, code: ErrorCode.noSuchUser.rawValue, message: "no such user")) }
+            case .invalidRequest(let why):
+                if let connection { send(connection, .error(requestID: requestID, code: ErrorCode.invalidRequest.rawValue, message: TextView(why))) }
+            default:
+                if let connection { send(connection, .error(requestID: requestID, code: ErrorCode.internalError.rawValue, message: "unexpected store result")) }
+            }
+            _ = owner
+        case .mail(let mail, _):
+            switch outcome {
+            case .mailStored:
+                stats.storedOffline += 1
+                ackStored(mail)
+                // The recipient may have come online meanwhile: push it once its login backlog is done.
+                if let recipientID = core.connection(of: mail.recipient), let recipient = connections[recipientID.raw],
+                   recipient.mailPaging == .done {
+                    sendMail(recipient, mail)
+                }
+            case .duplicateMail:
+                // Stored before (e.g. acknowledged just before a crash): give the reserved slot back, ack again.
+                core.mailRemoved(recipient: mail.recipient, count: 1, bytes: mail.body.count)
+                stats.duplicatesDropped += 1
+                ackStored(mail)
+            default:
+                core.mailRemoved(recipient: mail.recipient, count: 1, bytes: mail.body.count)
+                failMail(mail, "unexpected store result")
+            }
+        case .deleteMail(let recipient, let count, let bytes):
+            core.mailRemoved(recipient: recipient, count: count, bytes: bytes)
+        case .prune:
+            break
+        }
+    }
+
+    private func ackStored(_ mail: StoredMail) {
+        if let senderID = core.completed(sender: mail.sender, messageID: mail.messageID, status: .storedOffline),
+           let sender = connections[senderID.raw], !sender.isClosing {
+            FrameEncoder.writeSendAck(into: sender.output, messageID: mail.messageID, status: SendStatus.storedOffline.rawValue)
+            enqueueWrite(sender)
+        }
+    }
+
+    private func failMail(_ mail: StoredMail, _ why: String) {
+        if let senderID = core.failed(sender: mail.sender, messageID: mail.messageID), let sender = connections[senderID.raw] {
+            send(sender, .sendError(messageID: mail.messageID, code: ErrorCode.internalError.rawValue,
+                                    message: TextView("could not store the message: \(why)")))
+        }
+    }
+
+    private func fail(_ context: StoreContext, _ why: String) {
+        switch context {
+        case .createAccount(let id, let requestID):
+            if let connection = connections[id], !connection.isClosing {
+                send(connection, .error(requestID: requestID, code: ErrorCode.internalError.rawValue, message: "could not create the account"))
+                unpark(connection, phase: .awaitingAuth)
+            }
+        case .contact(let id, let requestID, _):
+            if let connection = connections[id], !connection.isClosing {
+                send(connection, .error(requestID: requestID, code: ErrorCode.internalError.rawValue, message: "could not change contacts"))
+            }
+        case .mail(let mail, _):
+            core.mailRemoved(recipient: mail.recipient, count: 1, bytes: mail.body.count)
+            failMail(mail, why)
+        case .deleteMail, .prune:
+            break // the mail stays; it is delivered again at the next login
+        }
+    }
+
+    // MARK: timers
+
+    private func scheduleTimer(_ connection: Connection, at deadline: UInt64) {
+        if connection.timerDeadline != 0 && connection.timerDeadline <= deadline { return }
+        connection.timerDeadline = deadline
+        loop.schedule(at: deadline, token: connection.id.raw)
+    }
+
+    private func nextDeadline(_ connection: Connection) -> UInt64 {
+        let limits = configuration.limits
+        switch connection.phase {
+        case .awaitingHello, .awaitingAuth, .authenticating:
+            return connection.createdAt + UInt64(limits.loginTimeoutMs)
+        case .active:
+            let idle = connection.lastActivity + UInt64(limits.idleTimeoutMs)
+            if connection.pingOutstanding { return idle }
+            return min(idle, connection.lastActivity + UInt64(limits.pingIntervalMs))
+        case .closing:
+            return .max
+        }
+    }
+
+    private func timerFired(_ token: UInt64) {
+        if token == Self.maintenanceToken {
+            maintenance()
+            return
+        }
+        guard let connection = connections[token], !connection.isClosing else { return }
+        connection.timerDeadline = 0
+        let now = loop.now
+        let deadline = nextDeadline(connection)
+        if deadline > now {
+            scheduleTimer(connection, at: deadline)
+            return
+        }
+        switch connection.phase {
+        case .awaitingHello, .awaitingAuth, .authenticating:
+            close(connection, code: .loginTimeout, "login not completed within \(configuration.limits.loginTimeoutMs) ms")
+        case .active:
+            if now >= connection.lastActivity + UInt64(configuration.limits.idleTimeoutMs) {
+                close(connection, code: .idleTimeout, "no traffic for \(configuration.limits.idleTimeoutMs) ms")
+            } else {
+                connection.pingOutstanding = true
+                send(connection, .ping(token: now))
+                if connection.output.isEmpty == false && connection.window.isEmpty && connection.mailInFlight.isEmpty {
+                    // nothing else to release
+                }
+                scheduleTimer(connection, at: nextDeadline(connection))
+            }
+        case .closing:
+            break
+        }
+    }
+
+    private func maintenance() {
+        let now = loop.now
+        throttle.sweep(now: now)
+        core.pruneRecentIDs()
+        // Idle connections give their buffer memory back.
+        for connection in connections.values where !connection.isClosing && connection.window.isEmpty {
+            connection.output.releaseIfEmpty()
+            connection.input.releaseIfEmpty()
+        }
+        if now - lastDedupePrune > 3_600_000 || lastDedupePrune == 0 {
+            lastDedupePrune = now
+            let cutoff = Clock.wallMs() &- configuration.dedupeRetentionMs
+            if cutoff < Clock.wallMs() { storeBatch.append(.pruneDedupe(olderThanMs: cutoff), .prune) }
+        }
+        loop.schedule(at: now + Self.maintenanceIntervalMs, token: Self.maintenanceToken)
+    }
+}

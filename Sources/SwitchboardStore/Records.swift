@@ -1,0 +1,100 @@
+// The values the store hands in and out. They are plain copies: nothing here points into the LMDB map,
+// so they outlive the transaction that read them and cross threads freely.
+
+public typealias UserID = UInt32   // 0 is never a valid user: ids are allocated from 1.
+
+public struct AccountRecord: Sendable, Equatable {
+    public var userID: UserID
+    public var name: String
+    public var password: PasswordHash
+
+    public init(userID: UserID, name: String, password: PasswordHash) {
+        self.userID = userID
+        self.name = name
+        self.password = password
+    }
+}
+
+/// How the owner of a contact entry sees the other user. The raw values are the stored byte.
+public enum ContactState: UInt8, Sendable {
+    case outgoingRequest = 1
+    case incomingRequest = 2
+    case accepted = 3
+}
+
+public struct ContactEntry: Sendable, Equatable {
+    public var userID: UserID
+    public var name: String
+    public var state: ContactState
+
+    public init(userID: UserID, name: String, state: ContactState) {
+        self.userID = userID
+        self.name = name
+        self.state = state
+    }
+}
+
+public struct StoredMail: Sendable, Equatable {
+    public var recipient: UserID
+    /// Per-recipient mailbox sequence, assigned by the caller, strictly increasing (starting at 1).
+    public var seq: UInt64
+    public var sender: UserID
+    /// Sender-chosen id, the dedupe key together with `sender`.
+    public var messageID: UInt64
+    public var sentAtMs: UInt64
+    public var body: [UInt8]
+
+    public init(recipient: UserID, seq: UInt64, sender: UserID, messageID: UInt64, sentAtMs: UInt64, body: [UInt8]) {
+        self.recipient = recipient
+        self.seq = seq
+        self.sender = sender
+        self.messageID = messageID
+        self.sentAtMs = sentAtMs
+        self.body = body
+    }
+}
+
+public struct MailboxUsage: Sendable, Equatable {
+    public var count: Int
+    /// Sum of the stored bodies' sizes (envelopes not counted).
+    public var bytes: Int
+    /// Highest seq ever stored for the recipient, even if since deleted; 0 if none ever was.
+    public var lastSeq: UInt64
+
+    public init(count: Int, bytes: Int, lastSeq: UInt64) {
+        self.count = count
+        self.bytes = bytes
+        self.lastSeq = lastSeq
+    }
+}
+
+public enum WriteOp: Sendable {
+    case createAccount(name: String, password: PasswordHash)
+    case contactAdd(owner: UserID, contactName: String)
+    case contactAccept(owner: UserID, contactName: String)
+    case contactRemove(owner: UserID, contactName: String)
+    /// Also writes a dedupe record (sender, messageID) -> (recipient, seq, storedAtMs = sentAtMs).
+    case putMail(StoredMail)
+    /// Deletes all mail of `recipient` with seq <= `throughSeq` (cumulative ack). Dedupe records stay.
+    case deleteMail(recipient: UserID, throughSeq: UInt64)
+    /// Removes dedupe records whose storedAtMs < `olderThanMs`.
+    case pruneDedupe(olderThanMs: UInt64)
+}
+
+public enum WriteResult: Sendable, Equatable {
+    case accountCreated(UserID)
+    case nameTaken
+    case noSuchUser
+    /// The request cannot be honoured as asked (adding yourself, invalid name, non-increasing seq...).
+    case invalidRequest(String)
+    /// `owner`: how the owner now sees the other (nil = removed);
+    /// `other`: how the other now sees the owner (nil = removed).
+    case contactChanged(owner: ContactEntry?, other: ContactEntry?, ownerID: UserID, otherID: UserID)
+    /// Nothing to do: e.g. adding an accepted contact again, re-sending a request, removing a non-contact.
+    case alreadyInThatState
+    case mailStored
+    /// A dedupe record for (sender, messageID) exists: nothing was written.
+    case duplicateMail
+    case mailDeleted(count: Int)
+    case pruned(count: Int)
+}

@@ -1,0 +1,194 @@
+// `switchboard`: the relay server's command line. `serve` runs it; `users` holds admin tasks that
+// write straight into LMDB (for load tests) and must not run while a server uses the same data.
+import ArgumentParser
+import Glibc
+import Logging
+import SwitchboardIO
+import SwitchboardProtocol
+import SwitchboardServer
+import SwitchboardStore
+
+@main
+struct SwitchboardCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "switchboard",
+        abstract: "A single-threaded epoll chat relay with offline mail in LMDB.",
+        subcommands: [Serve.self, Users.self],
+        defaultSubcommand: Serve.self)
+}
+
+/// The signal handler may only do async-signal-safe things: it writes to the server's eventfd.
+nonisolated(unsafe) private var shutdownFD: Int32 = -1
+
+private func installShutdownSignals(fd: Int32) {
+    shutdownFD = fd
+    var action = sigaction()
+    action.__sigaction_handler.sa_handler = { _ in
+        var one: UInt64 = 1
+        _ = Glibc.write(shutdownFD, &one, 8)
+    }
+    sigemptyset(&action.sa_mask)
+    action.sa_flags = 0
+    sigaction(SIGINT, &action, nil)
+    sigaction(SIGTERM, &action, nil)
+}
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the relay server (the default subcommand).")
+
+    @Option(help: "Address to listen on: IPv4:PORT or [IPv6]:PORT.")
+    var listen = "127.0.0.1:7878"
+    @Option(help: "Data folder (LMDB environment; created if missing).")
+    var data = "./data"
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel = "info"
+    @Option(help: "Largest frame after login, in bytes.")
+    var maxFrame: UInt32 = 65_536
+    @Option(help: "Largest frame before login, in bytes.")
+    var maxFrameBeforeLogin: UInt32 = 8_192
+    @Option(help: "Seconds a new connection has to log in.")
+    var loginTimeout: UInt32 = 10
+    @Option(help: "Seconds without traffic before a logged-in connection is closed.")
+    var idleTimeout: UInt32 = 120
+    @Option(help: "Seconds of quiet after which the server pings a connection.")
+    var pingInterval: UInt32 = 30
+    @Option(help: "Most concurrent connections; more are refused with serverBusy.")
+    var maxConnections = 100_000
+    @Option(help: "Bytes queued for one receiver above which new messages go to its mailbox.")
+    var outputSoftCap = 256 << 10
+    @Option(help: "Bytes queued for one receiver above which it is disconnected (slowConsumer).")
+    var outputHardCap = 4 << 20
+    @Option(help: "Most stored messages per mailbox.")
+    var mailboxMaxMessages: UInt32 = 10_000
+    @Option(help: "Most stored body bytes per mailbox.")
+    var mailboxMaxBytes: UInt64 = 64 << 20
+    @Option(help: "Failed logins per user name within the lockout window before it is locked.")
+    var maxFailedLogins = 5
+    @Option(help: "Failed logins per client address within the lockout window before it is locked.")
+    var maxFailedLoginsPerAddress = 20
+    @Option(help: "Lockout window in seconds.")
+    var lockoutWindow: UInt64 = 900
+    @Option(help: "PBKDF2-HMAC-SHA256 iterations for new passwords.")
+    var pbkdf2Iterations: UInt32 = 210_000
+
+    func validate() throws {
+        guard LogLevelParser.parse(logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
+        guard maxFrame >= 1024, maxFrameBeforeLogin >= 256 else { throw ValidationError("frame limits are too small (min 1024 / 256)") }
+        guard outputSoftCap < outputHardCap else { throw ValidationError("--output-soft-cap must be below --output-hard-cap") }
+        guard pbkdf2Iterations >= 1 else { throw ValidationError("--pbkdf2-iterations must be at least 1") }
+    }
+
+    func run() throws {
+        let level = LogLevelParser.parse(logLevel)!
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let address: SocketAddress
+        do { address = try SocketAddress(parsing: listen) } catch { throw ValidationError("--listen: \(error)") }
+        var config = ServerConfiguration(listenAddress: address, dataDirectory: data)
+        config.limits = ServerLimits(maxFrameBytes: maxFrame, maxFrameBytesBeforeLogin: maxFrameBeforeLogin,
+                                     loginTimeoutMs: loginTimeout * 1000, idleTimeoutMs: idleTimeout * 1000,
+                                     pingIntervalMs: pingInterval * 1000, mailboxMaxMessages: mailboxMaxMessages,
+                                     mailboxMaxBytes: mailboxMaxBytes)
+        config.maxConnections = maxConnections
+        config.outputSoftCapBytes = outputSoftCap
+        config.outputHardCapBytes = outputHardCap
+        config.maxFailedLoginsPerUser = maxFailedLogins
+        config.maxFailedLoginsPerAddress = maxFailedLoginsPerAddress
+        config.lockoutWindowMs = lockoutWindow * 1000
+        config.pbkdf2Iterations = pbkdf2Iterations
+        let limit = Sys.raiseFileLimit()
+        if limit < UInt64(maxConnections) + 64 {
+            Logger(label: "switchboard").warning("file descriptor limit is below --max-connections",
+                                                 metadata: ["limit": "\(limit)", "max-connections": "\(maxConnections)"])
+        }
+        let server: RelayServer
+        do {
+            server = try RelayServer(configuration: config)
+        } catch {
+            throw CleanExit.message("switchboard: cannot start: \(error)")
+        }
+        installShutdownSignals(fd: server.shutdownEventFD)
+        // One line on stdout that scripts and tests wait for.
+        print("switchboard listening on \(server.boundAddress)")
+        fflushStdout()
+        try server.run()
+    }
+}
+
+func fflushStdout() { fflush(nil) }
+
+enum LogLevelParser {
+    static func parse(_ text: String) -> Logger.Level? { Logger.Level(rawValue: text.lowercased()) }
+}
+
+struct Users: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Account administration straight on the data folder (stop the server first).",
+        subcommands: [BulkCreate.self, Count.self])
+
+    struct BulkCreate: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "bulk-create",
+            abstract: "Create PREFIX0..PREFIX(N-1) sharing one password hash (for load tests), and optionally pair them as contacts.")
+        @Option(help: "Data folder.") var data = "./data"
+        @Option(help: "Name prefix.") var prefix = "load"
+        @Option(help: "How many accounts.") var count = 1000
+        @Option(help: "Password for all of them (read from SWITCHBOARD_PASSWORD if omitted).") var password: String?
+        @Option(help: "PBKDF2 iterations for the shared hash.") var pbkdf2Iterations: UInt32 = 1000
+        @Flag(help: "Make accounts 2k and 2k+1 accepted contacts of each other.") var pairContacts = false
+
+        func run() throws {
+            guard let pw = password ?? ProcessEnvironment.get("SWITCHBOARD_PASSWORD") else {
+                throw ValidationError("give --password or set SWITCHBOARD_PASSWORD")
+            }
+            guard count > 0, count <= 10_000_000 else { throw ValidationError("--count must be 1...10000000") }
+            let store = try Store(directory: data)
+            defer { store.close() }
+            let hash = PasswordHasher.hash(password: Array(pw.utf8), iterations: pbkdf2Iterations)
+            let names = (0..<count).map { "\(prefix)\($0)" }
+            var created = 0
+            var index = 0
+            while index < names.count {
+                let end = min(index + 50_000, names.count)
+                created += try store.createAccountsBulk(names: Array(names[index..<end]), password: hash)
+                index = end
+                print("created \(created) of \(count)")
+            }
+            if pairContacts {
+                var ops: [WriteOp] = []
+                var pairs = 0
+                for k in stride(from: 0, to: count - 1, by: 2) {
+                    guard let owner = try store.account(named: names[k]) else { continue }
+                    ops.append(.contactAdd(owner: owner.userID, contactName: names[k + 1]))
+                    if let other = try store.account(named: names[k + 1]) {
+                        ops.append(.contactAdd(owner: other.userID, contactName: names[k]))
+                    }
+                    pairs += 1
+                    if ops.count >= 20_000 { _ = try store.apply(ops); ops.removeAll() }
+                }
+                if !ops.isEmpty { _ = try store.apply(ops) }
+                print("paired \(pairs) contact pairs")
+            }
+        }
+    }
+
+    struct Count: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print how many accounts exist.")
+        @Option(help: "Data folder.") var data = "./data"
+        func run() throws {
+            let store = try Store(directory: data)
+            defer { store.close() }
+            print(try store.userCount())
+        }
+    }
+}
+
+enum ProcessEnvironment {
+    static func get(_ name: String) -> String? {
+        guard let value = getenv(name) else { return nil }
+        return String(cString: value)
+    }
+}
