@@ -1,0 +1,36 @@
+# Switchboard: `make run` and `make test` do all set-up on a fresh Debian machine.
+# System packages are installed only when missing (apt-get needs root; sudo is used if present).
+
+SYSTEM_PACKAGES := libssl-dev liblmdb-dev pkg-config
+SWIFT ?= swift
+DATA ?= ./data
+LISTEN ?= 127.0.0.1:7878
+RUN_FLAGS ?=
+
+.PHONY: all deps build release run test cert clean bench
+
+all: build
+
+deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release
+
+# Starts the server on its defaults: LMDB under ./data, loopback port 7878.
+run: release
+	./.build/release/switchboard serve --listen $(LISTEN) --data $(DATA) $(RUN_FLAGS)
+
+test: deps
+	$(SWIFT) test
+
+clean:
+	rm -rf .build
