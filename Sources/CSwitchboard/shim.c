@@ -35,3 +35,7 @@ long csb_SSL_MODE_ENABLE_PARTIAL_WRITE(void) { return SSL_MODE_ENABLE_PARTIAL_WR
 long csb_SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER(void) { return SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER; }
 int csb_TLS1_2_VERSION(void) { return TLS1_2_VERSION; }
 int csb_TLS1_3_VERSION(void) { return TLS1_3_VERSION; }
+long csb_SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version) { return SSL_CTX_set_max_proto_version(ctx, version); }
+uint64_t csb_SSL_OP_IGNORE_UNEXPECTED_EOF(void) { return SSL_OP_IGNORE_UNEXPECTED_EOF; }
+uint64_t csb_SSL_OP_CIPHER_SERVER_PREFERENCE(void) { return SSL_OP_CIPHER_SERVER_PREFERENCE; }
+int csb_TLS1_1_VERSION(void) { return TLS1_1_VERSION; }

@@ -10,7 +10,9 @@ public struct RecentMessageIDs {
     private var ring: [UInt64]
     private var occupied: [Bool]
     private var next = 0
-    private var states: [UInt64: State]
+    /// Each remembered id with its state and the ring slot that owns it (a removed id leaves a
+    /// stale copy in its old slot; only the owning slot may evict it).
+    private var states: [UInt64: (state: State, slot: Int)]
     public private(set) var inFlightCount = 0
 
     public init(capacity: Int) {
@@ -21,33 +23,36 @@ public struct RecentMessageIDs {
         states.reserveCapacity(capacity)
     }
 
-    public func lookup(_ id: UInt64) -> State? { states[id] }
+    public func lookup(_ id: UInt64) -> State? { states[id]?.state }
 
     public mutating func insertInFlight(_ id: UInt64) {
         if let previous = states[id] {
-            if case .completed = previous { inFlightCount += 1 }
-            states[id] = .inFlight
+            if case .completed = previous.state { inFlightCount += 1 }
+            states[id]!.state = .inFlight
             return
         }
         if occupied[next] {
             let evicted = ring[next]
-            if let state = states.removeValue(forKey: evicted), state == .inFlight { inFlightCount -= 1 }
+            if let entry = states[evicted], entry.slot == next {
+                states[evicted] = nil
+                if entry.state == .inFlight { inFlightCount -= 1 }
+            }
         }
         ring[next] = id
         occupied[next] = true
+        states[id] = (.inFlight, next)
         next = (next + 1) % ring.count
-        states[id] = .inFlight
         inFlightCount += 1
     }
 
     public mutating func complete(_ id: UInt64, status: SendStatus) {
-        guard let state = states[id] else { return }
-        if state == .inFlight { inFlightCount -= 1 }
-        states[id] = .completed(status)
+        guard let entry = states[id] else { return }
+        if entry.state == .inFlight { inFlightCount -= 1 }
+        states[id]!.state = .completed(status)
     }
 
     /// Forgets an id (its ring slot is reclaimed lazily when the ring wraps).
     public mutating func remove(_ id: UInt64) {
-        if let state = states.removeValue(forKey: id), state == .inFlight { inFlightCount -= 1 }
+        if let entry = states.removeValue(forKey: id), entry.state == .inFlight { inFlightCount -= 1 }
     }
 }

@@ -168,6 +168,9 @@ public final class RelayCore {
     /// `ownerView`/`otherView` are how each side now sees the other (nil: removed).
     public func applyContactChange(owner: UserID, other: UserID, ownerView: ContactEntry?, otherView: ContactEntry?)
         -> [ContactPush] {
+        // Names as known before the change: a removal push still names the removed contact.
+        let ownerKnewOtherAs = sessions[owner]?.contactNames[other]
+        let otherKnewOwnerAs = sessions[other]?.contactNames[owner]
         func apply(_ user: UserID, _ counterpart: UserID, _ view: ContactEntry?) {
             guard sessions[user] != nil else { return }
             if let view {
@@ -182,17 +185,17 @@ public final class RelayCore {
         apply(other, owner, otherView)
         let mutual = ownerView?.state == .accepted && otherView?.state == .accepted
         var pushes: [ContactPush] = []
-        func push(to user: UserID, about counterpart: UserID, view: ContactEntry?) {
+        func push(to user: UserID, about counterpart: UserID, view: ContactEntry?, formerName: String?) {
             guard let session = sessions[user] else { return }
-            let name = view?.name ?? session.contactNames[counterpart] ?? ""
+            let name = view?.name ?? formerName ?? ""
             let online = mutual && sessions[counterpart] != nil
             pushes.append(ContactPush(connection: session.connection,
                                       info: ContactInfo(userID: counterpart, name: name,
                                                         relation: view.map { ContactRelation($0.state) } ?? .removed,
                                                         online: online)))
         }
-        push(to: owner, about: other, view: ownerView)
-        push(to: other, about: owner, view: otherView)
+        push(to: owner, about: other, view: ownerView, formerName: ownerKnewOtherAs)
+        push(to: other, about: owner, view: otherView, formerName: otherKnewOwnerAs)
         return pushes
     }
 

@@ -441,6 +441,8 @@ public final class RelayServer: EventHandler {
         connection.mailPaging = .notStarted
         sendMailPage(connection)
         unpark(connection, phase: .active)
+        connection.lastActivity = loop.now
+        scheduleTimer(connection, at: nextDeadline(connection))
     }
 
     private func sendContactList(_ connection: Connection, requestID: UInt32, contacts: [ContactInfo]) {
@@ -865,6 +867,7 @@ public final class RelayServer: EventHandler {
     // MARK: timers
 
     private func scheduleTimer(_ connection: Connection, at deadline: UInt64) {
+        if connection.isClosing || deadline == .max { return }
         if connection.timerDeadline != 0 && connection.timerDeadline <= deadline { return }
         connection.timerDeadline = deadline
         loop.schedule(at: deadline, token: connection.id.raw)
@@ -890,8 +893,10 @@ public final class RelayServer: EventHandler {
             return
         }
         guard let connection = connections[token], !connection.isClosing else { return }
-        connection.timerDeadline = 0
         let now = loop.now
+        // A superseded heap entry: the live one (at timerDeadline) is still queued.
+        if connection.timerDeadline > now { return }
+        connection.timerDeadline = 0
         let deadline = nextDeadline(connection)
         if deadline > now {
             scheduleTimer(connection, at: deadline)
@@ -906,9 +911,6 @@ public final class RelayServer: EventHandler {
             } else {
                 connection.pingOutstanding = true
                 send(connection, .ping(token: now))
-                if connection.output.isEmpty == false && connection.window.isEmpty && connection.mailInFlight.isEmpty {
-                    // nothing else to release
-                }
                 scheduleTimer(connection, at: nextDeadline(connection))
             }
         case .closing:

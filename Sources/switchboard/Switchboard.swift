@@ -31,6 +31,13 @@ private func installShutdownSignals(fd: Int32) {
     action.sa_flags = 0
     sigaction(SIGINT, &action, nil)
     sigaction(SIGTERM, &action, nil)
+    // A parent may have spawned us with these blocked (some process launchers do): unblock them,
+    // or a SIGTERM would wait forever.
+    var unblock = sigset_t()
+    sigemptyset(&unblock)
+    sigaddset(&unblock, SIGINT)
+    sigaddset(&unblock, SIGTERM)
+    sigprocmask(SIG_UNBLOCK, &unblock, nil)
 }
 
 struct Serve: ParsableCommand {

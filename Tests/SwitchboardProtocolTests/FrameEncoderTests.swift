@@ -104,10 +104,10 @@ import Testing
                           0x68, 0x69, 0x20, 0xF0, 0x9F, 0x91, 0x8B])
     }
 
-    @Test func documentedWelcomeExampleLength() {
+    @Test func welcomeHas34BytesOfFixedFields() {
         let bytes = encode([ServerFrame.welcome(Welcome(limits: ServerLimits(), serverName: "sb"))])
-        // version(2) + 6 x u32 + u64 + string(2+2) + type(1)
-        #expect(bytes.count == 4 + 1 + 2 + 24 + 8 + 4)
+        // type(1) + 34 fixed bytes (version u16, 6 x u32, u64) + server_name (2 + 2)
+        #expect(bytes.count == 4 + 1 + 34 + 4)
         #expect(Array(bytes[5..<7]) == [0x00, 0x01])
     }
 

@@ -40,4 +40,12 @@ long csb_SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER(void);
 int csb_TLS1_2_VERSION(void);
 int csb_TLS1_3_VERSION(void);
 
+// SwitchboardTLS: more function-like macros and SSL_OP_BIT() constants the importer cannot see.
+long csb_SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version);
+/// Peer closing TCP without close_notify reads as a clean EOF (frames protect against truncation).
+uint64_t csb_SSL_OP_IGNORE_UNEXPECTED_EOF(void);
+uint64_t csb_SSL_OP_CIPHER_SERVER_PREFERENCE(void);
+/// Only for tests that prove the server refuses old protocol versions.
+int csb_TLS1_1_VERSION(void);
+
 #endif
