@@ -25,9 +25,14 @@ build: deps
 release: deps
 	$(SWIFT) build -c release
 
-# Starts the server on its defaults: LMDB under ./data, loopback port 7878.
+# Starts the server on its defaults: LMDB under ./data, loopback port 7878, TLS with a development
+# certificate (created under ./data/tls on first run).
 run: release
+	@[ -f $(DATA)/tls/server.pem ] || ./.build/release/switchboard cert init --data $(DATA)
 	./.build/release/switchboard serve --listen $(LISTEN) --data $(DATA) $(RUN_FLAGS)
+
+cert: release
+	./.build/release/switchboard cert init --data $(DATA)
 
 test: deps
 	$(SWIFT) test

@@ -38,8 +38,8 @@ public final class ChatSession {
 
     public init(connection: ChatConnection) { self.connection = connection }
 
-    public convenience init(server: String, agent: String = "switchboard-client") throws {
-        self.init(connection: try ChatConnection(server: server, agent: agent))
+    public convenience init(server: String, agent: String = "switchboard-client", tls: ClientTLSOptions? = nil) throws {
+        self.init(connection: try ChatConnection(server: server, agent: agent, tls: tls))
     }
 
     private func requestID() -> UInt32 {

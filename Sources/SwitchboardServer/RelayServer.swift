@@ -9,6 +9,7 @@ import SwitchboardIO
 import SwitchboardProtocol
 import SwitchboardRelay
 import SwitchboardStore
+import SwitchboardTLS
 
 public struct ServerStats: Sendable {
     public var accepted: UInt64 = 0
@@ -22,6 +23,16 @@ public struct ServerStats: Sendable {
     public var protocolErrors: UInt64 = 0
     public var writes: UInt64 = 0
     public var reads: UInt64 = 0
+}
+
+public enum ServerError: Error, CustomStringConvertible {
+    case tlsNotConfigured
+    public var description: String {
+        switch self {
+        case .tlsNotConfigured:
+            return "TLS is on by default but no certificate was given: run `switchboard cert init` (development) or pass --tls-cert and --tls-key, or --plaintext"
+        }
+    }
 }
 
 public final class RelayServer: EventHandler {
@@ -55,6 +66,12 @@ public final class RelayServer: EventHandler {
     private static let maintenanceToken = UInt64.max
     private static let maintenanceIntervalMs: UInt64 = 30_000
     private var lastDedupePrune: UInt64 = 0
+    /// The context new connections get; replaced on reload, kept alive by existing connections.
+    public private(set) var tlsContext: TLSContext?
+    /// TLS connections holding decrypted bytes epoll will not report: read them again this turn.
+    private var bufferedReads: [Connection] = []
+    private let reloadFD: Int32
+    private var reloadRegistration: RegistrationID?
 
     public init(configuration: ServerConfiguration, logger: Logger = Logger(label: "switchboard")) throws {
         self.configuration = configuration
@@ -76,19 +93,30 @@ public final class RelayServer: EventHandler {
         dummyHash = PasswordHasher.hash(password: Array("not a real password".utf8), iterations: configuration.pbkdf2Iterations)
         workers = try Workers(store: store, hashThreads: configuration.hashThreads)
         shutdownFD = try Sys.eventfdCreate()
+        reloadFD = try Sys.eventfdCreate()
+        if configuration.plaintext {
+            tlsContext = nil
+        } else {
+            guard let tls = configuration.tls else { throw ServerError.tlsNotConfigured }
+            tlsContext = try TLSContext(server: tls)
+        }
         listenFD = try Socket.listen(on: configuration.listenAddress)
         boundAddress = try Socket.localAddress(listenFD)
         listenRegistration = try loop.register(fd: listenFD, interest: .readable, handler: self)
         shutdownRegistration = try loop.register(fd: shutdownFD, interest: .readable, handler: ShutdownHandler(server: self))
+        reloadRegistration = try loop.register(fd: reloadFD, interest: .readable, handler: ReloadHandler(server: self))
         try workers.hashResults.attach(to: loop) { [unowned self] in self.handleHashResults($0) }
         try workers.storeResults.attach(to: loop) { [unowned self] in self.handleStoreResults($0) }
         loop.onTurnEnd = { [unowned self] in self.endOfTurn() }
         loop.onTimer = { [unowned self] in self.timerFired($0) }
-        loop.hasPendingWork = { [unowned self] in !self.toClose.isEmpty || !self.pendingWrites.isEmpty }
+        loop.hasPendingWork = { [unowned self] in
+            !self.toClose.isEmpty || !self.pendingWrites.isEmpty || !self.bufferedReads.isEmpty
+        }
         loop.schedule(at: loop.now + Self.maintenanceIntervalMs, token: Self.maintenanceToken)
     }
 
     deinit {
+        Sys.close(reloadFD)
         Sys.close(shutdownFD)
         if listenFD >= 0 { Sys.close(listenFD) }
     }
@@ -96,7 +124,14 @@ public final class RelayServer: EventHandler {
     /// Runs the loop until shutdown completes: listener closed, clients told, unacknowledged
     /// deliveries moved to mailboxes, every queued mail committed.
     public func run() throws {
-        logger.info("listening", metadata: ["address": "\(boundAddress)", "data": "\(configuration.dataDirectory)"])
+        if let tlsContext {
+            logger.info("listening", metadata: ["address": "\(boundAddress)", "data": "\(configuration.dataDirectory)",
+                                                "tls": "on", "certificate": "\(configuration.tls?.certificateChainFile ?? "")",
+                                                "key-sha256": "\(tlsContext.certificateFingerprint ?? "?")"])
+        } else {
+            logger.warning("listening WITHOUT TLS (--plaintext): traffic and passwords travel in clear text",
+                           metadata: ["address": "\(boundAddress)", "data": "\(configuration.dataDirectory)"])
+        }
         try loop.run()
         workers.shutdown()
         // Results that arrived after the loop stopped still carry acknowledgements (best effort now).
@@ -111,6 +146,39 @@ public final class RelayServer: EventHandler {
     public func requestShutdown() { Sys.eventfdSignal(shutdownFD) }
     /// The descriptor a signal handler writes to (eventfd, async-signal-safe).
     public var shutdownEventFD: Int32 { shutdownFD }
+    /// Written on SIGHUP: reload the TLS certificate and key.
+    public var reloadEventFD: Int32 { reloadFD }
+    /// Thread-safe: asks the loop to reload the TLS certificate and key.
+    public func requestReload() { Sys.eventfdSignal(reloadFD) }
+
+    private final class ReloadHandler: EventHandler {
+        unowned let server: RelayServer
+        init(server: RelayServer) { self.server = server }
+        func handle(events: IOEvents, loop: EventLoop) {
+            Sys.eventfdDrain(server.reloadFD)
+            server.reloadTLS()
+        }
+    }
+
+    /// New connections use the new certificate; existing ones keep theirs. A broken new
+    /// certificate is refused and the old one stays in use. Runs on the loop: loading two PEM
+    /// files is a few hundred microseconds, rare, and keeps the context swap trivially safe.
+    public private(set) var reloads = 0
+    private func reloadTLS() {
+        guard let current = tlsContext, let tls = configuration.tls else {
+            logger.notice("reload requested, but TLS is off (--plaintext): nothing to reload")
+            return
+        }
+        do {
+            let fresh = try TLSContext(server: tls, ticketKeys: current.ticketKeys ?? TicketKeyRing())
+            tlsContext = fresh
+            reloads += 1
+            logger.notice("TLS certificate reloaded", metadata: ["certificate": "\(tls.certificateChainFile)",
+                                                                  "key-sha256": "\(fresh.certificateFingerprint ?? "?")"])
+        } catch {
+            logger.error("TLS reload refused, keeping the certificate in use", metadata: ["error": "\(error)"])
+        }
+    }
 
     private final class ShutdownHandler: EventHandler {
         unowned let server: RelayServer
@@ -149,13 +217,30 @@ public final class RelayServer: EventHandler {
             guard let (fd, peer) = accepted else { return }
             stats.accepted += 1
             if connections.count >= configuration.maxConnections {
-                refuse(fd: fd, code: .serverBusy, "server is at its connection limit (\(configuration.maxConnections))")
+                if tlsContext == nil {
+                    refuse(fd: fd, code: .serverBusy, "server is at its connection limit (\(configuration.maxConnections))")
+                } else {
+                    Sys.close(fd)  // no handshake spent on a connection we cannot keep
+                }
+                logger.warning("connection refused: at the limit", metadata: ["limit": "\(configuration.maxConnections)"])
                 continue
             }
             try? Sys.setOption(fd, level: Int32(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
+            let transport: Transport
+            if let tlsContext {
+                do {
+                    transport = try TLSTransport(fd: fd, context: tlsContext)
+                } catch {
+                    logger.warning("TLS setup failed", metadata: ["error": "\(error)"])
+                    Sys.close(fd)
+                    continue
+                }
+            } else {
+                transport = PlainTransport(fd: fd)
+            }
             let id = ConnectionID(nextConnectionID)
             nextConnectionID += 1
-            let connection = Connection(id: id, transport: PlainTransport(fd: fd), peer: peer, now: loop.now)
+            let connection = Connection(id: id, transport: transport, peer: peer, now: loop.now)
             connection.server = self
             do {
                 connection.registration = try loop.register(fd: fd, interest: .readable, handler: connection)
@@ -165,7 +250,7 @@ public final class RelayServer: EventHandler {
                 continue
             }
             connections[id.raw] = connection
-            scheduleTimer(connection, at: loop.now + UInt64(configuration.limits.loginTimeoutMs))
+            scheduleTimer(connection, at: nextDeadline(connection))
             logger.trace("accepted", metadata: ["peer": "\(connection.peerText)", "conn": "\(id)"])
         }
     }
@@ -181,11 +266,18 @@ public final class RelayServer: EventHandler {
 
     func handle(_ connection: Connection, events: IOEvents) {
         if connection.isClosing { return }
-        if events.contains(.readable) || events.contains(.error) || events.contains(.hangup) || events.contains(.readHangup) {
+        let transport = connection.transport
+        let readable = events.contains(.readable) || events.contains(.error) || events.contains(.hangup)
+            || events.contains(.readHangup)
+        if readable {
             if !connection.readingPaused { readAndProcess(connection) }
+            // A TLS write that needed to read first (handshake) can go on now.
+            if transport.needsReadable && !connection.isClosing { flush(connection) }
         }
         if events.contains(.writable), !connection.isClosing {
-            flush(connection)
+            // A TLS read that needed to write first (handshake) can go on now.
+            if transport.needsWritable && !connection.readingPaused { readAndProcess(connection) }
+            if !connection.isClosing { flush(connection) }
         }
     }
 
@@ -204,6 +296,7 @@ public final class RelayServer: EventHandler {
         stats.reads += 1
         switch result {
         case .wouldBlock:
+            if connection.transport.needsWritable { updateInterest(connection) }
             return
         case .processed(0):
             close(connection, code: nil, "peer closed")
@@ -219,6 +312,10 @@ public final class RelayServer: EventHandler {
                 }
                 readBuffer.clear()
             }
+            if connection.transport.hasBufferedPlaintext && !connection.isClosing && !connection.readingPaused {
+                bufferedReads.append(connection)
+            }
+            if connection.transport.needsWritable { updateInterest(connection) }
         }
     }
 
@@ -385,6 +482,7 @@ public final class RelayServer: EventHandler {
         updateInterest(connection)
         // Frames that arrived while parked.
         if !connection.input.isEmpty { process(connection, from: connection.input) }
+        if connection.transport.hasBufferedPlaintext && !connection.isClosing { bufferedReads.append(connection) }
     }
 
     private func handleHashResults(_ results: [HashResult]) {
@@ -658,8 +756,8 @@ public final class RelayServer: EventHandler {
     private func updateInterest(_ connection: Connection) {
         guard let registration = connection.registration, !connection.isClosing else { return }
         var interest: IOEvents = []
-        if !connection.readingPaused { interest.insert(.readable) }
-        if connection.output.readableBytes > 0 { interest.insert(.writable) }
+        if !connection.readingPaused || connection.transport.needsReadable { interest.insert(.readable) }
+        if connection.output.readableBytes > 0 || connection.transport.needsWritable { interest.insert(.writable) }
         loop.setInterest(registration, interest)
     }
 
@@ -727,6 +825,13 @@ public final class RelayServer: EventHandler {
     // MARK: end of turn
 
     private func endOfTurn() {
+        if !bufferedReads.isEmpty {
+            let again = bufferedReads
+            bufferedReads.removeAll(keepingCapacity: true)
+            for connection in again where !connection.isClosing && !connection.readingPaused {
+                readAndProcess(connection)
+            }
+        }
         while !toClose.isEmpty {
             let closing = toClose
             toClose.removeAll(keepingCapacity: true)
@@ -877,7 +982,11 @@ public final class RelayServer: EventHandler {
         let limits = configuration.limits
         switch connection.phase {
         case .awaitingHello, .awaitingAuth, .authenticating:
-            return connection.createdAt + UInt64(limits.loginTimeoutMs)
+            let login = connection.createdAt + UInt64(limits.loginTimeoutMs)
+            if let tls = connection.transport as? TLSTransport, !tls.isHandshakeComplete {
+                return min(login, connection.createdAt + configuration.handshakeTimeoutMs)
+            }
+            return login
         case .active:
             let idle = connection.lastActivity + UInt64(limits.idleTimeoutMs)
             if connection.pingOutstanding { return idle }
@@ -904,6 +1013,11 @@ public final class RelayServer: EventHandler {
         }
         switch connection.phase {
         case .awaitingHello, .awaitingAuth, .authenticating:
+            if let tls = connection.transport as? TLSTransport, !tls.isHandshakeComplete {
+                logger.debug("TLS handshake timeout", metadata: ["peer": "\(connection.peerText)"])
+                close(connection, code: nil, "TLS handshake not completed within \(configuration.handshakeTimeoutMs) ms")
+                return
+            }
             close(connection, code: .loginTimeout, "login not completed within \(configuration.limits.loginTimeoutMs) ms")
         case .active:
             if now >= connection.lastActivity + UInt64(configuration.limits.idleTimeoutMs) {

@@ -6,6 +6,7 @@
 /// its decisions, and runs the helper threads for password hashing and LMDB group commits.
 import SwitchboardIO
 import SwitchboardProtocol
+import SwitchboardTLS
 
 public struct ServerConfiguration: Sendable {
     public var listenAddress: SocketAddress
@@ -35,6 +36,12 @@ public struct ServerConfiguration: Sendable {
     public var dedupeRetentionMs: UInt64 = 7 * 24 * 3600 * 1000
     /// LMDB map size: the most the database may grow to.
     public var storeMapSizeBytes = 1 << 34
+    /// TLS: certificate chain and key (PEM). nil with `plaintext == false` is a configuration error.
+    public var tls: TLSServerConfiguration?
+    /// Serve without TLS (benchmarks against plaintext peers only); logged as a warning.
+    public var plaintext = false
+    /// A TLS handshake not finished within this time closes the connection.
+    public var handshakeTimeoutMs: UInt64 = 5_000
 
     public init(listenAddress: SocketAddress, dataDirectory: String) {
         self.listenAddress = listenAddress

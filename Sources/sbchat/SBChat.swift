@@ -24,6 +24,12 @@ struct Common: ParsableArguments {
     var server: String?
     @Option(help: "User name (default: $SWITCHBOARD_USER).")
     var user: String?
+    @Option(help: "Verify the server against this CA certificate (PEM) instead of pinning its key on first use.")
+    var ca: String?
+    @Option(help: "Known-servers file for key pinning (default: ~/.config/switchboard/known_servers).")
+    var knownServers: String?
+    @Flag(help: "Connect without TLS (only to a server started with --plaintext).")
+    var plaintext = false
 
     var serverAddress: String { server ?? env("SWITCHBOARD_SERVER") ?? "127.0.0.1:7878" }
 
@@ -47,12 +53,26 @@ struct Common: ParsableArguments {
         return line
     }
 
+    var tlsOptions: ClientTLSOptions? {
+        if plaintext || env("SWITCHBOARD_PLAINTEXT") == "1" { return nil }
+        if let file = ca ?? env("SWITCHBOARD_CA") { return .certificateAuthority(file: file) }
+        return .trustOnFirstUse(knownServersFile: knownServers ?? env("SWITCHBOARD_KNOWN_SERVERS"))
+    }
+
     func connect() throws -> ChatSession {
+        let session: ChatSession
         do {
-            return try ChatSession(server: serverAddress, agent: "sbchat")
-        } catch {
+            session = try ChatSession(server: serverAddress, agent: "sbchat", tls: tlsOptions)
+        } catch let error as ClientError {
             throw Failure(code: 3, "cannot reach \(serverAddress): \(error)")
+        } catch {
+            // TLS refusals (changed key, bad certificate) say what to do in their own words.
+            throw Failure(code: 3, "\(serverAddress): \(error)")
         }
+        if let tls = session.connection.tls, case .newlyPinned(let file) = tls.serverKey {
+            printError("sbchat: first contact with \(serverAddress): pinned its key sha256:\(tls.serverPublicKeyFingerprint) in \(file)")
+        }
+        return session
     }
 
     /// Connects and logs in.

@@ -7,21 +7,31 @@ import SwitchboardIO
 import SwitchboardProtocol
 import SwitchboardServer
 import SwitchboardStore
+import SwitchboardTLS
 
 @main
 struct SwitchboardCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchboard",
         abstract: "A single-threaded epoll chat relay with offline mail in LMDB.",
-        subcommands: [Serve.self, Users.self],
+        subcommands: [Serve.self, Cert.self, Users.self],
         defaultSubcommand: Serve.self)
 }
 
 /// The signal handler may only do async-signal-safe things: it writes to the server's eventfd.
 nonisolated(unsafe) private var shutdownFD: Int32 = -1
+nonisolated(unsafe) private var reloadFD: Int32 = -1
 
-private func installShutdownSignals(fd: Int32) {
-    shutdownFD = fd
+private func installSignals(shutdown: Int32, reload: Int32) {
+    shutdownFD = shutdown
+    reloadFD = reload
+    var hangup = sigaction()
+    hangup.__sigaction_handler.sa_handler = { _ in
+        var one: UInt64 = 1
+        _ = Glibc.write(reloadFD, &one, 8)
+    }
+    sigemptyset(&hangup.sa_mask)
+    sigaction(SIGHUP, &hangup, nil)
     var action = sigaction()
     action.__sigaction_handler.sa_handler = { _ in
         var one: UInt64 = 1
@@ -37,6 +47,7 @@ private func installShutdownSignals(fd: Int32) {
     sigemptyset(&unblock)
     sigaddset(&unblock, SIGINT)
     sigaddset(&unblock, SIGTERM)
+    sigaddset(&unblock, SIGHUP)
     sigprocmask(SIG_UNBLOCK, &unblock, nil)
 }
 
@@ -77,6 +88,16 @@ struct Serve: ParsableCommand {
     var lockoutWindow: UInt64 = 900
     @Option(help: "PBKDF2-HMAC-SHA256 iterations for new passwords.")
     var pbkdf2Iterations: UInt32 = 210_000
+    @Option(help: "TLS certificate chain (PEM). Default: DATA/tls/server.pem from `switchboard cert init`.")
+    var tlsCert: String?
+    @Option(help: "TLS private key (PEM). Default: DATA/tls/server.key.")
+    var tlsKey: String?
+    @Option(help: "Require client certificates signed by this CA (PEM). Off by default.")
+    var tlsCa: String?
+    @Option(help: "Seconds a client has to finish its TLS handshake.")
+    var handshakeTimeout: UInt64 = 5
+    @Flag(help: "Serve without TLS (for benchmarks against plaintext peers). Logged as a warning.")
+    var plaintext = false
 
     func validate() throws {
         guard LogLevelParser.parse(logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
@@ -106,6 +127,20 @@ struct Serve: ParsableCommand {
         config.maxFailedLoginsPerAddress = maxFailedLoginsPerAddress
         config.lockoutWindowMs = lockoutWindow * 1000
         config.pbkdf2Iterations = pbkdf2Iterations
+        config.plaintext = plaintext
+        config.handshakeTimeoutMs = handshakeTimeout * 1000
+        if !plaintext {
+            let tlsDirectory = DevelopmentCA.directory(forDataDirectory: data)
+            let cert = tlsCert ?? tlsDirectory + "/server.pem"
+            let key = tlsKey ?? tlsDirectory + "/server.key"
+            guard access(cert, R_OK) == 0, access(key, R_OK) == 0 else {
+                try fail("""
+                    no TLS certificate at \(cert) / \(key). Create a development one with \
+                    `switchboard cert init --data \(data)`, pass --tls-cert and --tls-key, or run with --plaintext.
+                    """)
+            }
+            config.tls = TLSServerConfiguration(certificateChainFile: cert, privateKeyFile: key, clientCAFile: tlsCa)
+        }
         let limit = Sys.raiseFileLimit()
         if limit < UInt64(maxConnections) + 64 {
             Logger(label: "switchboard").warning("file descriptor limit is below --max-connections",
@@ -115,9 +150,9 @@ struct Serve: ParsableCommand {
         do {
             server = try RelayServer(configuration: config)
         } catch {
-            throw CleanExit.message("switchboard: cannot start: \(error)")
+            try fail("cannot start: \(error)")
         }
-        installShutdownSignals(fd: server.shutdownEventFD)
+        installSignals(shutdown: server.shutdownEventFD, reload: server.reloadEventFD)
         // One line on stdout that scripts and tests wait for.
         print("switchboard listening on \(server.boundAddress)")
         fflushStdout()
@@ -126,6 +161,14 @@ struct Serve: ParsableCommand {
 }
 
 func fflushStdout() { fflush(nil) }
+
+/// Prints "switchboard: reason" on stderr and exits 1.
+func fail(_ message: String) throws -> Never {
+    fflush(nil)
+    let bytes = Array("switchboard: \(message)\n".utf8)
+    _ = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+    throw ExitCode.failure
+}
 
 enum LogLevelParser {
     static func parse(_ text: String) -> Logger.Level? { Logger.Level(rawValue: text.lowercased()) }

@@ -16,10 +16,10 @@ import SwitchboardProtocol
 
         do {
             let server = try ServerProcess(directory: directory)
-            let alice = try ChatSession(server: server.address)
+            let alice = try server.session()
             try alice.register(name: "alice", password: testPassword)
             try alice.logIn(name: "alice", password: testPassword)
-            let bob = try ChatSession(server: server.address)
+            let bob = try server.session()
             try bob.register(name: "bob", password: testPassword)
             try bob.logIn(name: "bob", password: testPassword)
             try befriend(alice, "alice", bob, "bob")
@@ -61,7 +61,7 @@ import SwitchboardProtocol
         // Restart on the same data; the sender resends everything not acknowledged, same ids.
         let server = try ServerProcess(directory: directory)
         defer { _ = server.terminate() }
-        let alice = try ChatSession(server: server.address)
+        let alice = try server.session()
         try alice.logIn(name: "alice", password: testPassword)
         let unacknowledged = (1...total).map(UInt64.init).filter { !acknowledged.contains($0) }
         for id in unacknowledged { alice.queueSend(to: bobID, messageID: id, body: Array("message \(id)".utf8)) }
@@ -71,7 +71,7 @@ import SwitchboardProtocol
         }
 
         // The receiver drains the mailbox: every message exactly once, oldest first per sender.
-        let bob = try ChatSession(server: server.address)
+        let bob = try server.session()
         let info = try bob.logIn(name: "bob", password: testPassword)
         #expect(info.pendingMail == UInt32(total))
         var seen: [UInt64] = []
@@ -102,10 +102,10 @@ import SwitchboardProtocol
         var bobID: UInt32 = 0
         do {
             let server = try ServerProcess(directory: directory)
-            let alice = try ChatSession(server: server.address)
+            let alice = try server.session()
             try alice.register(name: "alice", password: testPassword)
             try alice.logIn(name: "alice", password: testPassword)
-            let bob = try ChatSession(server: server.address)
+            let bob = try server.session()
             try bob.register(name: "bob", password: testPassword)
             try bob.logIn(name: "bob", password: testPassword)
             try befriend(alice, "alice", bob, "bob")
@@ -121,7 +121,7 @@ import SwitchboardProtocol
         }
         let server = try ServerProcess(directory: directory)
         defer { _ = server.terminate() }
-        let bob = try ChatSession(server: server.address)
+        let bob = try server.session()
         #expect(try bob.logIn(name: "bob", password: testPassword).pendingMail == 1)
     }
 }

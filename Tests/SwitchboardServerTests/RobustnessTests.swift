@@ -10,7 +10,7 @@ import SwitchboardProtocol
 
 @Suite struct RobustnessTests {
     @Test func framesOtherThanHelloRegisterLoginAreRefusedBeforeLogin() throws {
-        let server = try InProcessServer()
+        let server = try InProcessServer(tls: false)
         defer { server.stop() }
         // Before HELLO: anything else closes.
         let raw = try RawSocket(server.address)
@@ -30,7 +30,7 @@ import SwitchboardProtocol
     }
 
     @Test func hugeLengthPrefixBeforeLoginIsRefusedWithoutGrowingMemory() throws {
-        let server = try InProcessServer()
+        let server = try InProcessServer(tls: false)
         defer { server.stop() }
         let before = residentKiB()
         var sockets: [RawSocket] = []
@@ -53,7 +53,7 @@ import SwitchboardProtocol
     }
 
     @Test func clientThatDisconnectsMidFrameDoesNotDisturbOthers() throws {
-        let server = try InProcessServer()
+        let server = try InProcessServer(tls: false)
         defer { server.stop() }
         let alice = try server.user("alice")
         let bob = try server.user("bob")
@@ -81,7 +81,7 @@ import SwitchboardProtocol
     }
 
     @Test func loginTimeoutClosesSilentConnections() throws {
-        let server = try InProcessServer { $0.limits.loginTimeoutMs = 300 }
+        let server = try InProcessServer(tls: false) { $0.limits.loginTimeoutMs = 300 }
         defer { server.stop() }
         let raw = try RawSocket(server.address)
         raw.write(helloFrame())
@@ -91,7 +91,7 @@ import SwitchboardProtocol
     }
 
     @Test func idleConnectionsArePingedAndClosedWhenSilent() throws {
-        let server = try InProcessServer {
+        let server = try InProcessServer(tls: false) {
             $0.limits.pingIntervalMs = 200
             $0.limits.idleTimeoutMs = 600
         }
@@ -108,7 +108,7 @@ import SwitchboardProtocol
     }
 
     @Test func thousandSeededRandomByteStringsThenANormalClient() throws {
-        let server = try InProcessServer()
+        let server = try InProcessServer(tls: false)
         defer { server.stop() }
         var rng = SplitMix64(seed: 0x5EED_2026)
         let hello = { () -> [UInt8] in

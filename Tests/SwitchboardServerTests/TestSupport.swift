@@ -6,6 +6,7 @@ import SwitchboardClient
 import SwitchboardIO
 import SwitchboardProtocol
 import SwitchboardServer
+import SwitchboardTLS
 
 let testPassword = "correct horse battery"
 
@@ -31,11 +32,27 @@ final class InProcessServer: @unchecked Sendable {
     private var thread: HelperThread?
     var address: String { server.boundAddress.description }
 
-    init(directory: String? = nil, configure: (inout ServerConfiguration) -> Void = { _ in }) throws {
+    /// The development CA clients verify against (nil for a plaintext server).
+    let caFile: String?
+
+    /// TLS by default, as in production; `tls: false` for tests that speak raw frames.
+    init(directory: String? = nil, tls: Bool = true, configure: (inout ServerConfiguration) -> Void = { _ in }) throws {
         self.ownsDirectory = directory == nil
         self.directory = directory ?? makeTempDirectory()
         var config = ServerConfiguration(listenAddress: try SocketAddress(parsing: "127.0.0.1:0"), dataDirectory: self.directory)
         config.pbkdf2Iterations = 1000
+        if tls {
+            let tlsDirectory = DevelopmentCA.directory(forDataDirectory: self.directory)
+            let files = DevelopmentCA.serverCredentialsExist(in: tlsDirectory)
+                ? nil : try DevelopmentCA.create(in: tlsDirectory, extraNames: [], force: false)
+            _ = files
+            config.tls = TLSServerConfiguration(certificateChainFile: tlsDirectory + "/server.pem",
+                                                privateKeyFile: tlsDirectory + "/server.key")
+            caFile = tlsDirectory + "/ca.pem"
+        } else {
+            config.plaintext = true
+            caFile = nil
+        }
         configure(&config)
         server = try RelayServer(configuration: config)
         server.logger.logLevel = .critical
@@ -55,7 +72,9 @@ final class InProcessServer: @unchecked Sendable {
         if ownsDirectory { removeDirectory(directory) }
     }
 
-    func session() throws -> ChatSession { try ChatSession(server: address) }
+    var clientTLS: ClientTLSOptions? { caFile.map { .certificateAuthority(file: $0) } }
+
+    func session() throws -> ChatSession { try ChatSession(server: address, tls: clientTLS) }
 
     /// Registers `name` and returns a logged-in session.
     func user(_ name: String) throws -> ChatSession {
@@ -176,9 +195,17 @@ final class ServerProcess {
     private(set) var address = ""
     private let output = Pipe()
 
+    var caFile: String { DevelopmentCA.directory(forDataDirectory: directory) + "/ca.pem" }
+    var clientTLS: ClientTLSOptions { .certificateAuthority(file: caFile) }
+    func session() throws -> ChatSession { try ChatSession(server: address, tls: clientTLS) }
+
     init(directory: String, extraArguments: [String] = []) throws {
         self.directory = directory
         guard let binary = builtProduct("switchboard") else { throw ClientError("switchboard executable not found next to the tests") }
+        let tlsDirectory = DevelopmentCA.directory(forDataDirectory: directory)
+        if !DevelopmentCA.serverCredentialsExist(in: tlsDirectory) {
+            _ = try DevelopmentCA.create(in: tlsDirectory, extraNames: [], force: false)
+        }
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = ["serve", "--listen", "127.0.0.1:0", "--data", directory, "--pbkdf2-iterations", "1000",
                              "--log-level", "error"] + extraArguments
