@@ -51,6 +51,8 @@ public final class RelayServer: EventHandler {
     private var nextConnectionID: UInt64 = 1
     private var pendingWrites: [Connection] = []
     private var toClose: [Connection] = []
+    /// Swapped with the lists above each turn, so iterating never copies or reallocates them.
+    private var spareConnections: [Connection] = []
     private var storeBatch = StoreBatch()
     private var storeInFlight = false
     private var throttle: LoginThrottle
@@ -826,24 +828,24 @@ public final class RelayServer: EventHandler {
 
     private func endOfTurn() {
         if !bufferedReads.isEmpty {
-            let again = bufferedReads
-            bufferedReads.removeAll(keepingCapacity: true)
-            for connection in again where !connection.isClosing && !connection.readingPaused {
+            swap(&bufferedReads, &spareConnections)
+            for connection in spareConnections where !connection.isClosing && !connection.readingPaused {
                 readAndProcess(connection)
             }
+            spareConnections.removeAll(keepingCapacity: true)
         }
         while !toClose.isEmpty {
-            let closing = toClose
-            toClose.removeAll(keepingCapacity: true)
-            for connection in closing { finalizeClose(connection) }
+            swap(&toClose, &spareConnections)
+            for connection in spareConnections { finalizeClose(connection) }
+            spareConnections.removeAll(keepingCapacity: true)
         }
         if !pendingWrites.isEmpty {
-            let writing = pendingWrites
-            pendingWrites.removeAll(keepingCapacity: true)
-            for connection in writing {
+            swap(&pendingWrites, &spareConnections)
+            for connection in spareConnections {
                 connection.isPendingWrite = false
                 if !connection.isClosing { flush(connection) }
             }
+            spareConnections.removeAll(keepingCapacity: true)
         }
         submitStoreBatch()
         if shuttingDown && toClose.isEmpty && storeBatch.isEmpty && !storeInFlight && connections.isEmpty {
