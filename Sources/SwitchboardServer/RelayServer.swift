@@ -592,7 +592,9 @@ public final class RelayServer: EventHandler {
         connection.mailInFlight.append((mail.seq, mail.body.count))
     }
 
-    private func acknowledgeMail(_ connection: Connection, throughSeq: UInt64) {
+    private func acknowledgeMail(_ connection: Connection, throughSeq requested: UInt64) {
+        // A client cannot acknowledge (and so delete) mail it was never sent.
+        let throughSeq = min(requested, connection.mailCursor)
         var count = 0
         var bytes = 0
         while let first = connection.mailInFlight.first, first.seq <= throughSeq {
