@@ -16,16 +16,10 @@ import SwitchboardProtocol
 
         do {
             let server = try ServerProcess(directory: directory)
-            let alice = try server.session()
-            try alice.register(name: "alice", password: testPassword)
-            try alice.logIn(name: "alice", password: testPassword)
-            let bob = try server.session()
-            try bob.register(name: "bob", password: testPassword)
-            try bob.logIn(name: "bob", password: testPassword)
-            try befriend(alice, "alice", bob, "bob")
-            bobID = try userID(of: "bob", in: alice)
-            bob.connection.close()
-            _ = try waitForEvent(alice) { if case .presence(bobID, false) = $0 { return true } else { return false } }
+            let friends = try Friends(server.session)
+            let alice = friends.alice
+            bobID = friends.bobID
+            try friends.bobGoesOffline()
 
             // Burst: queue everything in chunks, collect acks, kill -9 once some have arrived.
             var killed = false
@@ -102,16 +96,10 @@ import SwitchboardProtocol
         var bobID: UInt32 = 0
         do {
             let server = try ServerProcess(directory: directory)
-            let alice = try server.session()
-            try alice.register(name: "alice", password: testPassword)
-            try alice.logIn(name: "alice", password: testPassword)
-            let bob = try server.session()
-            try bob.register(name: "bob", password: testPassword)
-            try bob.logIn(name: "bob", password: testPassword)
-            try befriend(alice, "alice", bob, "bob")
-            bobID = try userID(of: "bob", in: alice)
-            bob.connection.close()
-            _ = try waitForEvent(alice) { if case .presence(bobID, false) = $0 { return true } else { return false } }
+            let friends = try Friends(server.session)
+            let alice = friends.alice
+            bobID = friends.bobID
+            try friends.bobGoesOffline()
             try alice.send(to: bobID, messageID: 1, body: Array("kept".utf8))
             #expect(try alice.awaitSendOutcome(1) == .storedOffline)
             #expect(server.terminate() == 0)

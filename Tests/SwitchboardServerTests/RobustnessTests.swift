@@ -55,10 +55,7 @@ import SwitchboardProtocol
     @Test func clientThatDisconnectsMidFrameDoesNotDisturbOthers() throws {
         let server = try InProcessServer(tls: false)
         defer { server.stop() }
-        let alice = try server.user("alice")
-        let bob = try server.user("bob")
-        try befriend(alice, "alice", bob, "bob")
-        let bobID = try userID(of: "bob", in: alice)
+        let (alice, _, bobID) = try friendsOn(server)
         // A logged-in client sends half a SEND frame and vanishes.
         let half = try RawSocket(server.address)
         half.write(helloFrame())
@@ -73,7 +70,7 @@ import SwitchboardProtocol
         try befriend(alice, "alice", carol, "carol")
         let carolID = try userID(of: "carol", in: alice)
         try alice.send(to: carolID, messageID: 1, body: Array("still here".utf8))
-        guard case .message(let seq, _, _, _, _)? = try waitForEvent(carol, { if case .message = $0 { return true } else { return false } }) else {
+        guard case .message(let seq, _, _, _, _)? = try waitForEvent(carol, isMessage) else {
             Issue.record("no delivery after a broken client"); return
         }
         try carol.acknowledgeDeliveries(through: seq)
@@ -129,12 +126,9 @@ import SwitchboardProtocol
             }
             raw.write(bytes)
         }
-        let alice = try server.user("alice")
-        let bob = try server.user("bob")
-        try befriend(alice, "alice", bob, "bob")
-        let bobID = try userID(of: "bob", in: alice)
+        let (alice, bob, bobID) = try friendsOn(server)
         try alice.send(to: bobID, messageID: 1, body: Array("fine".utf8))
-        guard case .message(let seq, _, _, _, _)? = try waitForEvent(bob, { if case .message = $0 { return true } else { return false } }) else {
+        guard case .message(let seq, _, _, _, _)? = try waitForEvent(bob, isMessage) else {
             Issue.record("server no longer relays"); return
         }
         try bob.acknowledgeDeliveries(through: seq)
@@ -147,10 +141,7 @@ import SwitchboardProtocol
             $0.outputHardCapBytes = 64 << 10
         }
         defer { server.stop() }
-        let alice = try server.user("alice")
-        let bob = try server.user("bob")
-        try befriend(alice, "alice", bob, "bob")
-        let bobID = try userID(of: "bob", in: alice)
+        let (alice, bob, bobID) = try friendsOn(server)
         // Bob reads but never acknowledges: his backlog grows past the soft cap, so later messages
         // are stored rather than queued; nothing is lost.
         let body = Array(repeating: UInt8(ascii: "x"), count: 2000)

@@ -43,7 +43,7 @@ import SwitchboardProtocol
 
         // Live message through bob's existing connection; delivered once bob acknowledges.
         try alice.send(to: bobID, messageID: 1, body: Array("hi bob".utf8))
-        guard case .message(let seq, let from, 1, _, let body)? = try waitForEvent(bob, { if case .message = $0 { return true } else { return false } }) else {
+        guard case .message(let seq, let from, 1, _, let body)? = try waitForEvent(bob, isMessage) else {
             Issue.record("bob got no message"); return
         }
         #expect(String(decoding: body, as: UTF8.self) == "hi bob")
@@ -131,12 +131,9 @@ import SwitchboardProtocol
     @Test func duplicatesAreDroppedAndAcknowledged() throws {
         let server = try InProcessServer()
         defer { server.stop() }
-        let alice = try server.user("alice")
-        let bob = try server.user("bob")
-        try befriend(alice, "alice", bob, "bob")
-        let bobID = try userID(of: "bob", in: alice)
+        let (alice, bob, bobID) = try friendsOn(server)
         try alice.send(to: bobID, messageID: 42, body: Array("once".utf8))
-        guard case .message(let seq, _, _, _, _)? = try waitForEvent(bob, { if case .message = $0 { return true } else { return false } }) else {
+        guard case .message(let seq, _, _, _, _)? = try waitForEvent(bob, isMessage) else {
             Issue.record("no delivery"); return
         }
         try bob.acknowledgeDeliveries(through: seq)
@@ -144,20 +141,17 @@ import SwitchboardProtocol
         // Resend with the same id: acknowledged again, not delivered again.
         try alice.send(to: bobID, messageID: 42, body: Array("once".utf8))
         #expect(try alice.awaitSendOutcome(42) == .delivered)
-        let again = try waitForEvent(bob, timeoutMs: 500) { if case .message = $0 { return true } else { return false } }
+        let again = try waitForEvent(bob, timeoutMs: 500, isMessage)
         #expect(again == nil)
     }
 
     @Test func unacknowledgedLiveDeliveryMovesToMailboxWhenReceiverDrops() throws {
         let server = try InProcessServer()
         defer { server.stop() }
-        let alice = try server.user("alice")
-        let bob = try server.user("bob")
-        try befriend(alice, "alice", bob, "bob")
-        let bobID = try userID(of: "bob", in: alice)
+        let (alice, bob, bobID) = try friendsOn(server)
         try alice.send(to: bobID, messageID: 7, body: Array("are you there?".utf8))
         // Bob receives it but drops without acknowledging.
-        #expect(try waitForEvent(bob) { if case .message = $0 { return true } else { return false } } != nil)
+        #expect(try waitForEvent(bob, isMessage) != nil)
         bob.connection.close()
         #expect(try alice.awaitSendOutcome(7) == .storedOffline)
         let bob2 = try server.loggedIn("bob")
@@ -169,10 +163,7 @@ import SwitchboardProtocol
     @Test func mailboxQuotaGivesAClearError() throws {
         let server = try InProcessServer { $0.limits.mailboxMaxMessages = 3 }
         defer { server.stop() }
-        let alice = try server.user("alice")
-        let bob = try server.user("bob")
-        try befriend(alice, "alice", bob, "bob")
-        let bobID = try userID(of: "bob", in: alice)
+        let (alice, bob, bobID) = try friendsOn(server)
         bob.connection.close()
         _ = try waitForEvent(alice) { if case .presence(bobID, false) = $0 { return true } else { return false } }
         for i in 1...3 {
@@ -195,7 +186,7 @@ import SwitchboardProtocol
         try mallory.send(to: aliceID, messageID: 1, body: Array("spam".utf8))
         guard case .refused(let code, _) = try mallory.awaitSendOutcome(1) else { Issue.record("sent to a non-contact"); return }
         #expect(code == ErrorCode.notAContact.rawValue)
-        #expect(try waitForEvent(alice, timeoutMs: 300) { if case .message = $0 { return true } else { return false } } == nil)
+        #expect(try waitForEvent(alice, timeoutMs: 300, isMessage) == nil)
     }
 
     @Test func wrongPasswordsLockTheUserOut() throws {

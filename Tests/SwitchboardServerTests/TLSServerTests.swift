@@ -20,7 +20,7 @@ import SwitchboardTLS
         let maxBody = Int(alice.connection.welcome.limits.maxBodyBytes)
         let body = (0..<maxBody).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
         try alice.send(to: bobID, messageID: 1, body: body)
-        guard case .message(let seq, _, _, _, let received)? = try waitForEvent(bob, { if case .message = $0 { return true } else { return false } }) else {
+        guard case .message(let seq, _, _, _, let received)? = try waitForEvent(bob, isMessage) else {
             Issue.record("no delivery"); return
         }
         #expect(received == body)
@@ -69,10 +69,7 @@ import SwitchboardTLS
     @Test func sighupReloadKeepsClientsAndRefusesABrokenCertificate() throws {
         let server = try InProcessServer()
         defer { server.stop() }
-        let alice = try server.user("alice")
-        let bob = try server.user("bob")
-        try befriend(alice, "alice", bob, "bob")
-        let bobID = try userID(of: "bob", in: alice)
+        let (alice, bob, bobID) = try friendsOn(server)
         let oldKey = try #require(alice.connection.tls?.serverPublicKeyFingerprint)
 
         // New CA and certificate on disk, then reload.
@@ -92,7 +89,7 @@ import SwitchboardTLS
 
         // Existing connections stay up and keep chatting.
         try alice.send(to: bobID, messageID: 5, body: Array("after reload".utf8))
-        guard case .message(let seq, _, _, _, _)? = try waitForEvent(bob, { if case .message = $0 { return true } else { return false } }) else {
+        guard case .message(let seq, _, _, _, _)? = try waitForEvent(bob, isMessage) else {
             Issue.record("existing connection lost by reload"); return
         }
         try bob.acknowledgeDeliveries(through: seq)

@@ -91,6 +91,35 @@ final class InProcessServer: @unchecked Sendable {
     }
 }
 
+/// alice and bob, registered, logged in and accepted contacts of each other.
+struct Friends {
+    let alice: ChatSession
+    let bob: ChatSession
+    /// Bob's user id, as alice's contact list gives it.
+    let bobID: UInt32
+
+    /// `newSession` opens a fresh connection to the server under test.
+    init(_ newSession: () throws -> ChatSession) throws {
+        alice = try newSession()
+        try alice.register(name: "alice", password: testPassword)
+        try alice.logIn(name: "alice", password: testPassword)
+        bob = try newSession()
+        try bob.register(name: "bob", password: testPassword)
+        try bob.logIn(name: "bob", password: testPassword)
+        try befriend(alice, "alice", bob, "bob")
+        bobID = try userID(of: "bob", in: alice)
+    }
+
+    /// Closes bob's connection and waits until alice has seen him go offline.
+    func bobGoesOffline() throws {
+        bob.connection.close()
+        let bobID = self.bobID
+        _ = try waitForEvent(alice) { if case .presence(bobID, false) = $0 { return true } else { return false } }
+    }
+}
+
+func isMessage(_ event: ChatEvent) -> Bool { if case .message = event { return true } else { return false } }
+
 /// Makes `a` and `b` accepted contacts (both must be logged in).
 func befriend(_ a: ChatSession, _ aName: String, _ b: ChatSession, _ bName: String) throws {
     try a.addContact(bName)
@@ -244,4 +273,10 @@ final class ServerProcess {
 func remainingMs(until deadline: UInt64) -> Int32 {
     let now = Clock.monotonicMs()
     return deadline > now ? Int32(clamping: deadline - now) : 0
+}
+
+/// alice and bob as accepted contacts on an in-process server.
+func friendsOn(_ server: InProcessServer) throws -> (alice: ChatSession, bob: ChatSession, bobID: UInt32) {
+    let friends = try Friends(server.session)
+    return (friends.alice, friends.bob, friends.bobID)
 }
