@@ -176,7 +176,12 @@ public final class ChatSession {
             }
             return nil
         case .mail(let seq, let from, let name, let messageID, let sentAtMs, let body):
-            events.append(.mail(seq: seq, from: from, fromName: name.string, messageID: messageID, sentAtMs: sentAtMs, body: body.array))
+            // A live delivery this process already showed can come back as mail (its connection
+            // dropped before the acknowledgement). Skip it; the next cumulative MAIL_ACK covers it.
+            if seenDeliveries.insert(DeliveryKey(from: from, id: messageID)).inserted {
+                events.append(.mail(seq: seq, from: from, fromName: name.string, messageID: messageID, sentAtMs: sentAtMs,
+                                    body: body.array))
+            }
             return nil
         case .mailEnd(let count): events.append(.mailEnd(count: count)); return nil
         case .presence(let user, let online): events.append(.presence(userID: user, online: online)); return nil
