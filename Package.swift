@@ -61,7 +61,7 @@ let package = Package(
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: strict),
         .executableTarget(name: "sbload",
-                          dependencies: ["SwitchboardClient", "SwitchboardProtocol", "SwitchboardIO",
+                          dependencies: ["SwitchboardClient", "SwitchboardProtocol", "SwitchboardIO", "SwitchboardTLS",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Histogram", package: "hdrhistogram-swift")],
                           swiftSettings: strict),

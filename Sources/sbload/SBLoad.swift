@@ -1,0 +1,202 @@
+// `sbload`: the Switchboard load generator. Each scenario runs on N threads, each with its own epoll
+// loop (SwitchboardIO) and its own share of connections; the main thread only moves the run through
+// its stages, prints a progress line every second and writes the report. Targets are loopback only.
+import ArgumentParser
+import Glibc
+import Histogram
+import Synchronization
+import SwitchboardIO
+
+@main
+struct SBLoad: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sbload",
+        abstract: "Load generator for the Switchboard relay (loopback targets only).",
+        discussion: """
+        Users come from `switchboard users bulk-create --prefix P --count N --password PW --pair-contacts` \
+        (run it while the server is stopped). Pair k is PREFIX(2k) -> PREFIX(2k+1).
+        Exit status: 0 passed, 2 a message was lost, duplicated or corrupted, 3 other failures \
+        (disconnects, refused or unacknowledged messages, setup errors).
+        """,
+        subcommands: [Relay.self, Connect.self, Offline.self, LoginStorm.self])
+}
+
+struct CommonOptions: ParsableArguments {
+    @Option(help: "Server address HOST:PORT (loopback only). redis://, nats://, mqtt:// peer adapters are not implemented yet.")
+    var target = "127.0.0.1:7878"
+    @Option(help: "Load threads, each with its own epoll loop and share of connections.")
+    var threads = 1
+    @Option(help: "User name prefix given to bulk-create.")
+    var prefix = "load"
+    @Option(help: "Password of the bulk-created users (or SWITCHBOARD_PASSWORD).")
+    var password: String?
+    @Option(help: "Spread connections over this many source addresses 127.0.0.1, .2, ... (default: one per 28,000 connections).")
+    var sourceAddresses: Int?
+    @Option(help: "Most connections logging in at the same time (all threads).")
+    var loginConcurrency = 256
+    @Option(help: "The server's pid, to report its CPU use (and, for connect, RSS per connection) from /proc.")
+    var serverPid: Int32?
+    @Flag(help: "Print the final report as JSON on stdout (the human report goes to stderr).")
+    var json = false
+    @Flag(help: "TLS: supported by `connect` and `login-storm` (blocking TLS clients); `relay` and `offline` run plaintext only so far.")
+    var tls = false
+    @Option(help: "With --tls: the CA certificate to verify the server with (e.g. DATA/tls/ca.pem from `switchboard cert init`).")
+    var ca: String?
+
+    func resolvedPassword() throws -> String {
+        if let password { return password }
+        if let value = getenv("SWITCHBOARD_PASSWORD") { return String(cString: value) }
+        throw ValidationError("give --password or set SWITCHBOARD_PASSWORD")
+    }
+
+    func address() throws -> SocketAddress {
+        for scheme in ["redis://", "nats://", "mqtt://", "mqtts://", "rediss://"] where target.hasPrefix(scheme) {
+            throw ValidationError("peer adapter \(scheme) is not implemented yet; only a Switchboard HOST:PORT target works today")
+        }
+        let address: SocketAddress
+        do { address = try SocketAddress(parsing: target) } catch { throw ValidationError("--target: \(error)") }
+        guard address.isLoopback else {
+            throw ValidationError("--target \(target) is not a loopback address: sbload only loads servers on this machine (127.0.0.0/8 or ::1)")
+        }
+        return address
+    }
+
+    func sources(connections: Int, target: SocketAddress) throws -> [SocketAddress] {
+        let wanted = sourceAddresses ?? (connections > 28_000 ? (connections + 27_999) / 28_000 : 0)
+        guard wanted > 0 else { return [] }
+        guard wanted <= 250 else { throw ValidationError("--source-addresses must be at most 250") }
+        guard case .v4 = target.family else { throw ValidationError("--source-addresses needs an IPv4 target") }
+        return try (1...wanted).map { try SocketAddress(parsing: "127.0.0.\($0):0") }
+    }
+
+    func validateCommon() throws {
+        guard threads >= 1 && threads <= 64 else { throw ValidationError("--threads must be 1...64") }
+        guard loginConcurrency >= 1 else { throw ValidationError("--login-concurrency must be positive") }
+    }
+}
+
+struct Relay: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "P sender/receiver pairs relay messages; closed loop (--window) or open loop (--rate).")
+    @OptionGroup var common: CommonOptions
+    @Option(help: "Sender/receiver pairs (uses users 0 ..< 2*pairs).") var pairs = 100
+    @Option(help: "Message body bytes (at least 32: sequence, timestamp, check).") var payload = 64
+    @Option(help: "Closed loop: unacknowledged messages per sender.") var window = 64
+    @Option(help: "Open loop: total messages per second (latency from the intended send time).") var rate: Double?
+    @Option(help: "Open loop: most unacknowledged messages per sender before the schedule stalls.") var maxInflight = 4096
+    @Option(help: "Seconds measured (after the warm-up).") var duration: Double = 5
+    @Option(help: "Seconds of warm-up excluded from the figures.") var warmup: Double = 1
+    @Option(help: "Stop after this many messages in total (warm-up included).") var count: UInt64?
+    @Option(help: "Seconds to wait for outstanding acknowledgements after sending stops.") var drain: Double = 5
+    @Option(help: "Open loop: spin instead of sleeping when the next send is under 2 ms away (precise schedule, 100% CPU).")
+    var busyPoll = true
+
+    func validate() throws {
+        try common.validateCommon()
+        guard pairs >= 1 else { throw ValidationError("--pairs must be positive") }
+        guard payload >= Payload.headerBytes && payload <= 65_000 else { throw ValidationError("--payload must be 32...65000") }
+        guard window >= 1 else { throw ValidationError("--window must be positive") }
+        guard duration > 0 && duration <= 3600, warmup >= 0 && warmup <= 600, drain >= 0 && drain <= 600 else {
+            throw ValidationError("--duration must be in (0, 3600], --warmup and --drain in [0, 600]")
+        }
+        if let rate { guard rate > 0 && rate <= 50_000_000 else { throw ValidationError("--rate must be in (0, 50M]") } }
+    }
+
+    func run() throws {
+        if common.tls { throw ValidationError("relay over --tls is not implemented yet (plaintext only); see perf/README.md") }
+        let target = try common.address()
+        let plan = Plan(scenario: .relay, target: target, sourceAddresses: try common.sources(connections: 2 * pairs, target: target),
+                        threads: min(common.threads, pairs), prefix: common.prefix, password: try common.resolvedPassword(),
+                        run: UInt32.random(in: 1...UInt32.max), pairs: pairs, payload: payload, window: window, rate: rate ?? 0,
+                        maxInflight: maxInflight, count: count ?? .max, messagesPerSender: 0,
+                        warmupNs: UInt64(warmup * 1e9), durationNs: UInt64(duration * 1e9), drainNs: UInt64(drain * 1e9),
+                        busyPoll: busyPoll, connections: 2 * pairs, loginConcurrency: common.loginConcurrency)
+        throw ExitCode(Runner(plan: plan, common: common).execute())
+    }
+}
+
+struct Offline: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Receivers offline; senders store M messages each; then receivers log in and drain their mail.")
+    @OptionGroup var common: CommonOptions
+    @Option(help: "Sender/receiver pairs.") var pairs = 100
+    @Option(help: "Messages per sender (at most the server's --mailbox-max-messages, default 10000).") var messages = 1000
+    @Option(help: "Message body bytes (at least 32).") var payload = 64
+    @Option(help: "Unacknowledged messages per sender while storing.") var window = 64
+    @Option(help: "Most seconds for the store phase.") var duration: Double = 60
+
+    func validate() throws {
+        try common.validateCommon()
+        guard pairs >= 1, messages >= 1, window >= 1 else { throw ValidationError("--pairs, --messages and --window must be positive") }
+        guard payload >= Payload.headerBytes && payload <= 65_000 else { throw ValidationError("--payload must be 32...65000") }
+        guard duration > 0 && duration <= 3600 else { throw ValidationError("--duration must be in (0, 3600]") }
+    }
+
+    func run() throws {
+        if common.tls { throw ValidationError("offline over --tls is not implemented yet (plaintext only); see perf/README.md") }
+        let target = try common.address()
+        let plan = Plan(scenario: .offline, target: target, sourceAddresses: try common.sources(connections: 2 * pairs, target: target),
+                        threads: min(common.threads, pairs), prefix: common.prefix, password: try common.resolvedPassword(),
+                        run: UInt32.random(in: 1...UInt32.max), pairs: pairs, payload: payload, window: window, rate: 0,
+                        maxInflight: 0, count: .max, messagesPerSender: messages, warmupNs: 0,
+                        durationNs: UInt64(duration * 1e9), drainNs: 5_000_000_000, busyPoll: false,
+                        connections: 2 * pairs, loginConcurrency: common.loginConcurrency)
+        throw ExitCode(Runner(plan: plan, common: common).execute())
+    }
+}
+
+struct Connect: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "N connections log in and idle; with --server-pid, reports the server's RSS growth per connection.")
+    @OptionGroup var common: CommonOptions
+    @Option(help: "Concurrent connections (users 0 ..< N).") var connections = 1000
+    @Option(help: "Seconds to hold the connections after all logged in.") var hold: Double = 2
+
+    func validate() throws {
+        try common.validateCommon()
+        guard connections >= 1 && connections <= 2_000_000 else { throw ValidationError("--connections must be 1...2000000") }
+        guard hold >= 0 && hold <= 3600 else { throw ValidationError("--hold must be 0...3600") }
+    }
+
+    func run() throws {
+        if common.tls {
+            throw ExitCode(try TLSConnectScenario(common: common, connections: connections, holdSeconds: hold).run())
+        }
+        let target = try common.address()
+        let plan = Plan(scenario: .connect, target: target, sourceAddresses: try common.sources(connections: connections, target: target),
+                        threads: min(common.threads, connections), prefix: common.prefix, password: try common.resolvedPassword(),
+                        run: 0, pairs: 0, payload: Payload.headerBytes, window: 1, rate: 0, maxInflight: 0, count: 0,
+                        messagesPerSender: 0, warmupNs: 0, durationNs: UInt64(hold * 1e9), drainNs: 0, busyPoll: false,
+                        connections: connections, loginConcurrency: common.loginConcurrency)
+        throw ExitCode(Runner(plan: plan, common: common).execute())
+    }
+}
+
+struct LoginStorm: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "login-storm",
+        abstract: "Connections per second with full TLS handshakes, then with resumed ones (TLS 1.3 tickets).",
+        discussion: """
+            Each connection: TCP connect, TLS handshake, HELLO/WELCOME, and with --login a LOGIN (the server's \
+            PBKDF2 check included), then close. Phase 1 uses full handshakes, phase 2 resumes the session \
+            each thread got in phase 1. Needs --tls and --ca.
+            """)
+    @OptionGroup var common: CommonOptions
+    @Option(help: "Connections per phase (all threads).") var connections = 2000
+    @Flag(help: "Also log in (measures logins/s, PBKDF2 included).") var login = false
+
+    func validate() throws {
+        try common.validateCommon()
+        guard common.tls, common.ca != nil else { throw ValidationError("login-storm needs --tls and --ca FILE") }
+        guard connections >= 1 && connections <= 10_000_000 else { throw ValidationError("--connections must be 1...10000000") }
+    }
+
+    func run() throws {
+        throw ExitCode(try LoginStormScenario(common: common, connections: connections, login: login).run())
+    }
+}
+
+func writeStderr(_ text: String) {
+    var line = text
+    line.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
+}

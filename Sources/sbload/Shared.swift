@@ -1,0 +1,131 @@
+// What the main thread and the load threads share. Each load thread owns its event loop and its
+// connections; the only shared state is here: the run plan (immutable), a few atomics that move the
+// run through its stages, and mutex-protected slots where threads publish progress and results.
+import Glibc
+import Histogram
+import Synchronization
+import SwitchboardIO
+
+enum Scenario: String, Sendable { case relay, connect, offline }
+
+/// The run plan, identical for every thread.
+struct Plan: Sendable {
+    var scenario: Scenario
+    var target: SocketAddress
+    var sourceAddresses: [SocketAddress]
+    var threads: Int
+    var prefix: String
+    var password: String
+    var run: UInt32
+    // relay / offline
+    var pairs: Int
+    var payload: Int
+    var window: Int
+    /// Open loop: total messages per second over all senders (0: closed loop).
+    var rate: Double
+    var maxInflight: Int
+    var count: UInt64
+    var messagesPerSender: Int
+    var warmupNs: UInt64
+    var durationNs: UInt64
+    var drainNs: UInt64
+    var busyPoll: Bool
+    // connect
+    var connections: Int
+    var loginConcurrency: Int
+
+    /// Users handled by `thread`: pair k (users 2k, 2k+1) or connection i goes to thread k % threads.
+    func units(of thread: Int) -> [Int] {
+        let total = scenario == .connect ? connections : pairs
+        return Array(stride(from: thread, to: total, by: threads))
+    }
+}
+
+/// Stages, set by the main thread. Times are monotonic ns; 0 means "not yet".
+final class Coordinator: Sendable {
+    let ready = Atomic<Int>(0)
+    let failedThreads = Atomic<Int>(0)
+    /// Senders start (relay: t0 of the schedule; offline: phase A).
+    let goNs = Atomic<UInt64>(0)
+    let phaseADone = Atomic<Int>(0)
+    /// Offline: receivers log in and drain.
+    let phaseBNs = Atomic<UInt64>(0)
+    /// Stop sending now (interrupt, or end of a connect hold).
+    let stop = Atomic<Bool>(false)
+    let finished = Atomic<Int>(0)
+    let progress: Mutex<[ProgressSnapshot]>
+    let results: Mutex<[ThreadResult?]>
+
+    init(threads: Int) {
+        progress = Mutex(Array(repeating: ProgressSnapshot(), count: threads))
+        results = Mutex(Array(repeating: nil, count: threads))
+    }
+}
+
+/// Cumulative counters of one thread (published about every 250 ms).
+struct Counters: Sendable {
+    var sent: UInt64 = 0
+    var acked: UInt64 = 0
+    var ackedStored: UInt64 = 0
+    var refused: UInt64 = 0
+    var received: UInt64 = 0
+    var receivedInWindow: UInt64 = 0
+    var mailReceived: UInt64 = 0
+    var staleMail: UInt64 = 0
+    var duplicates: UInt64 = 0
+    var corrupt: UInt64 = 0
+    var outOfOrder: UInt64 = 0
+    var unexpectedAcks: UInt64 = 0
+    var serverErrors: UInt64 = 0
+    var disconnects: UInt64 = 0
+    var connectFailures: UInt64 = 0
+    var loggedIn: UInt64 = 0
+    var stalls: UInt64 = 0
+
+    mutating func add(_ o: Counters) {
+        sent += o.sent; acked += o.acked; ackedStored += o.ackedStored; refused += o.refused
+        received += o.received; receivedInWindow += o.receivedInWindow; mailReceived += o.mailReceived
+        staleMail += o.staleMail; duplicates += o.duplicates; corrupt += o.corrupt; outOfOrder += o.outOfOrder
+        unexpectedAcks += o.unexpectedAcks; serverErrors += o.serverErrors; disconnects += o.disconnects
+        connectFailures += o.connectFailures; loggedIn += o.loggedIn; stalls += o.stalls
+    }
+
+    var errors: UInt64 { duplicates + corrupt + unexpectedAcks + serverErrors + disconnects + connectFailures + refused }
+}
+
+struct ProgressSnapshot: Sendable {
+    var counters = Counters()
+    /// Delivery latencies recorded since the previous snapshot was taken by the main thread.
+    var interval = Latency.make()
+}
+
+struct ThreadResult: Sendable {
+    var counters = Counters()
+    var latency = Latency.make()
+    var ackLatency = Latency.make()
+    var loginLatency = Latency.make()
+    var lost: UInt64 = 0
+    var unacknowledged: UInt64 = 0
+    var storedNotDrained: UInt64 = 0
+    var phaseAEndNs: UInt64 = 0
+    var firstLoginNs: UInt64 = 0
+    var lastLoginNs: UInt64 = 0
+    var drainEndNs: UInt64 = 0
+    var firstErrors: [String] = []
+}
+
+enum Latency {
+    /// Nanoseconds, 3 significant digits, up to 100 s.
+    static func make() -> Histogram<UInt64> {
+        Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 100_000_000_000, numberOfSignificantValueDigits: .three)
+    }
+}
+
+/// Process CPU time (all threads), for "generator CPU" beside each figure.
+func processCPUNs() -> UInt64 {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    let user = UInt64(usage.ru_utime.tv_sec) * 1_000_000_000 + UInt64(usage.ru_utime.tv_usec) * 1000
+    let system = UInt64(usage.ru_stime.tv_sec) * 1_000_000_000 + UInt64(usage.ru_stime.tv_usec) * 1000
+    return user + system
+}
