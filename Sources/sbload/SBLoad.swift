@@ -38,7 +38,7 @@ struct CommonOptions: ParsableArguments {
     var serverPid: Int32?
     @Flag(help: "Print the final report as JSON on stdout (the human report goes to stderr).")
     var json = false
-    @Flag(help: "TLS: supported by `connect` and `login-storm` (blocking TLS clients); `relay` and `offline` run plaintext only so far.")
+    @Flag(help: "TLS (verified with --ca). relay/offline run TLS inside the epoll engine; connect and login-storm use blocking TLS clients.")
     var tls = false
     @Option(help: "With --tls: the CA certificate to verify the server with (e.g. DATA/tls/ca.pem from `switchboard cert init`).")
     var ca: String?
@@ -67,6 +67,13 @@ struct CommonOptions: ParsableArguments {
         guard wanted <= 250 else { throw ValidationError("--source-addresses must be at most 250") }
         guard case .v4 = target.family else { throw ValidationError("--source-addresses needs an IPv4 target") }
         return try (1...wanted).map { try SocketAddress(parsing: "127.0.0.\($0):0") }
+    }
+
+    /// The CA file when --tls is on; nil for plaintext.
+    func tlsCAFile() throws -> String? {
+        guard tls else { return nil }
+        guard let ca else { throw ValidationError("--tls needs --ca FILE (the server's CA, e.g. DATA/tls/ca.pem)") }
+        return ca
     }
 
     func validateCommon() throws {
@@ -103,14 +110,14 @@ struct Relay: ParsableCommand {
     }
 
     func run() throws {
-        if common.tls { throw ValidationError("relay over --tls is not implemented yet (plaintext only); see perf/README.md") }
         let target = try common.address()
-        let plan = Plan(scenario: .relay, target: target, sourceAddresses: try common.sources(connections: 2 * pairs, target: target),
+        var plan = Plan(scenario: .relay, target: target, sourceAddresses: try common.sources(connections: 2 * pairs, target: target),
                         threads: min(common.threads, pairs), prefix: common.prefix, password: try common.resolvedPassword(),
                         run: UInt32.random(in: 1...UInt32.max), pairs: pairs, payload: payload, window: window, rate: rate ?? 0,
                         maxInflight: maxInflight, count: count ?? .max, messagesPerSender: 0,
                         warmupNs: UInt64(warmup * 1e9), durationNs: UInt64(duration * 1e9), drainNs: UInt64(drain * 1e9),
                         busyPoll: busyPoll, connections: 2 * pairs, loginConcurrency: common.loginConcurrency)
+        plan.tlsCAFile = try common.tlsCAFile()
         throw ExitCode(Runner(plan: plan, common: common).execute())
     }
 }
@@ -133,14 +140,14 @@ struct Offline: ParsableCommand {
     }
 
     func run() throws {
-        if common.tls { throw ValidationError("offline over --tls is not implemented yet (plaintext only); see perf/README.md") }
         let target = try common.address()
-        let plan = Plan(scenario: .offline, target: target, sourceAddresses: try common.sources(connections: 2 * pairs, target: target),
+        var plan = Plan(scenario: .offline, target: target, sourceAddresses: try common.sources(connections: 2 * pairs, target: target),
                         threads: min(common.threads, pairs), prefix: common.prefix, password: try common.resolvedPassword(),
                         run: UInt32.random(in: 1...UInt32.max), pairs: pairs, payload: payload, window: window, rate: 0,
                         maxInflight: 0, count: .max, messagesPerSender: messages, warmupNs: 0,
                         durationNs: UInt64(duration * 1e9), drainNs: 5_000_000_000, busyPoll: false,
                         connections: 2 * pairs, loginConcurrency: common.loginConcurrency)
+        plan.tlsCAFile = try common.tlsCAFile()
         throw ExitCode(Runner(plan: plan, common: common).execute())
     }
 }

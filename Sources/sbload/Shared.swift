@@ -33,6 +33,8 @@ struct Plan: Sendable {
     // connect
     var connections: Int
     var loginConcurrency: Int
+    /// TLS: verify the server against this CA file (nil: plaintext).
+    var tlsCAFile: String? = nil
 
     /// Users handled by `thread`: pair k (users 2k, 2k+1) or connection i goes to thread k % threads.
     func units(of thread: Int) -> [Int] {

@@ -6,6 +6,7 @@
 import Glibc
 import Histogram
 import SwitchboardIO
+import SwitchboardTLS
 import SwitchboardProtocol
 
 final class LoadConnection: EventHandler {
@@ -17,6 +18,8 @@ final class LoadConnection: EventHandler {
     let pair: Int
     unowned let worker: Worker
     var fd: Int32 = -1
+    /// TLS (owns `fd` once set); nil for plaintext.
+    var tls: TLSClientStream?
     var registration: RegistrationID?
     var state = State.waiting
     let input = ByteBuffer()
@@ -109,9 +112,11 @@ final class Worker {
     var topUp: [LoadConnection] = []
     var acceptDeliveries = true
     var lastAckNs: UInt64 = 0
+    let tlsContext: TLSContext?
 
     init(plan: Plan, index: Int, coord: Coordinator) throws {
         self.plan = plan
+        tlsContext = try plan.tlsCAFile.map { try TLSContext(client: TLSClientConfiguration(verification: .certificateAuthority(file: $0))) }
         self.index = index
         self.coord = coord
         loop = try EventLoop(maxEventsPerWait: 4096)
@@ -395,6 +400,16 @@ final class Worker {
                 return
             }
             guard events.contains(.writable) || events.contains(.readable) else { return }
+            if let tlsContext {
+                do {
+                    c.tls = try TLSClientStream(fd: c.fd, context: tlsContext)
+                } catch {
+                    counters.connectFailures += 1
+                    note("TLS setup \(c.name): \(error)")
+                    close(c, byServer: false)
+                    return
+                }
+            }
             c.state = .loggingIn
             FrameEncoder.encode(ClientFrame.hello(version: ProtocolConstants.version, agent: "sbload/1"), into: c.output)
             FrameEncoder.encode(ClientFrame.login(requestID: 1, name: TextView(c.name), password: TextView(plan.password)), into: c.output)
@@ -403,8 +418,14 @@ final class Worker {
         }
         if events.contains(.readable) || events.contains(.hangup) || events.contains(.error) || events.contains(.readHangup) {
             read(c)
+            // A TLS write that had to read first (handshake) can go on.
+            if c.fd >= 0, let tls = c.tls, tls.needsReadable { flush(c) }
         }
-        if events.contains(.writable) && c.fd >= 0 { flush(c) }
+        if events.contains(.writable) && c.fd >= 0 {
+            flush(c)
+            // A TLS read that had to write first can go on.
+            if c.fd >= 0, let tls = c.tls, tls.needsWritable { read(c) }
+        }
     }
 
     private func read(_ c: LoadConnection) {
@@ -412,13 +433,16 @@ final class Worker {
         let region = target.writableRegion(minimum: c.input.isEmpty ? 64 << 10 : 16 << 10)
         let result: IOResult
         do {
-            result = try Sys.read(c.fd, region)
+            if let tls = c.tls { result = try tls.read(into: region) } else { result = try Sys.read(c.fd, region) }
         } catch {
             serverClosed(c, "read: \(error)")
             return
         }
         switch result {
         case .wouldBlock:
+            if let tls = c.tls, tls.needsWritable, let registration = c.registration {
+                loop.setInterest(registration, [.readable, .writable])
+            }
             return
         case .processed(0):
             serverClosed(c, "server closed the connection")
@@ -443,6 +467,8 @@ final class Worker {
                 FrameEncoder.encode(ClientFrame.mailAck(throughSeq: c.mailHigh), into: c.output)
                 enqueue(c)
             }
+            // Decrypted bytes OpenSSL holds will not be reported by epoll again.
+            if let tls = c.tls, tls.hasBufferedPlaintext { read(c) }
         }
     }
 
@@ -652,7 +678,8 @@ final class Worker {
         let out = c.output
         while out.readableBytes > 0 {
             do {
-                switch try Sys.write(c.fd, out.readableView) {
+                let written = if let tls = c.tls { try tls.write(from: out.readableView) } else { try Sys.write(c.fd, out.readableView) }
+                switch written {
                 case .processed(let n):
                     let all = n == out.readableBytes
                     out.moveReaderIndex(forwardBy: n)
@@ -668,7 +695,8 @@ final class Worker {
             break
         }
         if let registration = c.registration {
-            loop.setInterest(registration, out.readableBytes > 0 ? [.readable, .writable] : [.readable])
+            let wantsWrite = out.readableBytes > 0 || (c.tls?.needsWritable ?? false)
+            loop.setInterest(registration, wantsWrite ? [.readable, .writable] : [.readable])
         }
     }
 
@@ -684,7 +712,12 @@ final class Worker {
         if c.state == .connecting || c.state == .loggingIn { inLogin -= 1 }
         if let registration = c.registration { loop.deregister(registration) }
         c.registration = nil
-        if c.fd >= 0 { Sys.close(c.fd) }
+        if let tls = c.tls {
+            tls.close()   // sends close_notify and closes the descriptor it owns
+            c.tls = nil
+        } else if c.fd >= 0 {
+            Sys.close(c.fd)
+        }
         c.fd = -1
         c.state = .closed
         c.input.clear()
