@@ -37,5 +37,12 @@ cert: release
 test: deps
 	$(SWIFT) test
 
+# The performance comparison of perf/README.md: relay throughput and latency, plaintext then TLS
+# (server pinned to CPU 0, sbload to CPU 1, medians of 3 runs), then the micro-benchmarks.
+bench: deps
+	perf/run-relay.sh
+	perf/run-relay.sh --tls
+	cd Benchmarks && swift package --allow-writing-to-package-directory benchmark
+
 clean:
 	rm -rf .build

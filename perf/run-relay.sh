@@ -7,6 +7,7 @@
 #   perf/run-relay.sh                              # 1000 pairs, window 64, 64 B, 5 s + 1 s warm-up, 3 runs
 #   perf/run-relay.sh --rate 20000 --pairs 1000    # open loop
 #   perf/run-relay.sh --runs 1 --perf-stat --strace
+#   perf/run-relay.sh --tls                        # the same over TLS (development CA in the temp data folder)
 #
 # Every other option is passed to `sbload relay` as is (e.g. --payload 1024 --threads 1).
 # Results (JSON per run, perf/strace output) land in perf/out/<timestamp>/.
@@ -21,6 +22,7 @@ PAIRS=1000
 RUNS=3
 PERF_STAT=0
 STRACE=0
+TLS=0
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 SBLOAD_ARGS=()
@@ -35,6 +37,7 @@ while [ $# -gt 0 ]; do
     --warmup) WARMUP=$2; shift 2 ;;
     --perf-stat) PERF_STAT=1; shift ;;
     --strace) STRACE=1; shift ;;
+    --tls) TLS=1; shift ;;
     --port) PORT=$2; shift 2 ;;
     -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) SBLOAD_ARGS+=("$1"); shift ;;
@@ -65,7 +68,12 @@ echo "== creating $((2 * PAIRS)) users in $DATA" >&2
   --password "$PASSWORD" --pair-contacts >/dev/null
 
 SERVE_ARGS=(serve --data "$DATA" --listen 127.0.0.1:$PORT --log-level warning)
-if "$BIN/switchboard" serve --help 2>&1 | grep -q -- '--plaintext'; then SERVE_ARGS+=(--plaintext); fi
+if [ "$TLS" = 1 ]; then
+  "$BIN/switchboard" cert init --data "$DATA" >/dev/null
+  SBLOAD_ARGS+=(--tls --ca "$DATA/tls/ca.pem")
+else
+  SERVE_ARGS+=(--plaintext)
+fi
 taskset -c "$SERVER_CPU" "$BIN/switchboard" "${SERVE_ARGS[@]}" >"$OUT/server.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 100); do grep -q "listening on" "$OUT/server.log" 2>/dev/null && break; sleep 0.1; done
