@@ -2,17 +2,25 @@
 # System packages are installed only when missing (apt-get needs root; sudo is used if present).
 
 SYSTEM_PACKAGES := libssl-dev liblmdb-dev pkg-config
+# The terminal client's end-to-end test drives two sbchat sessions in tmux.
+TEST_PACKAGES := tmux
 SWIFT ?= swift
 DATA ?= ./data
 LISTEN ?= 127.0.0.1:7878
 RUN_FLAGS ?=
 
-.PHONY: all deps build release run test cert clean bench
+.PHONY: all deps test-deps install-packages build release run test cert clean bench
 
 all: build
 
 deps:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(SYSTEM_PACKAGES)"
+
+test-deps:
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(SYSTEM_PACKAGES) $(TEST_PACKAGES)"
+
+install-packages:
+	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
@@ -34,7 +42,7 @@ run: release
 cert: release
 	./.build/release/switchboard cert init --data $(DATA)
 
-test: deps
+test: test-deps
 	$(SWIFT) test
 
 # The performance comparison of perf/README.md: relay throughput and latency, plaintext then TLS

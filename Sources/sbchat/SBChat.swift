@@ -16,7 +16,8 @@ struct SBChat: ParsableCommand {
             The password is read from SWITCHBOARD_PASSWORD, or else from the first line of standard input.
             Exit codes: 0 success, 1 refused by the server or failed, 2 usage error, 3 cannot reach the server.
             """,
-        subcommands: [Register.self, Contacts.self, Add.self, Accept.self, Remove.self, Send.self, Inbox.self, Listen.self])
+        subcommands: [Tui.self, Register.self, Contacts.self, Add.self, Accept.self, Remove.self, Send.self, Inbox.self, Listen.self],
+        defaultSubcommand: Tui.self)
 }
 
 struct Common: ParsableArguments {

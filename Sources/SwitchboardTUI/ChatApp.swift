@@ -1,0 +1,303 @@
+// The terminal client's run loop: one thread polls the terminal, the server socket and the resize
+// pipe; input and server events go through the ScreenModel, whose effects become requests here;
+// the screen is redrawn (changed rows only) after every change, and deliveries and offline mail
+// are acknowledged only after the frame that shows them was written. A lost connection is retried
+// with exponential backoff (0.5 s doubling to 30 s, with jitter); after the new login, messages the
+// server never acknowledged are sent again with their original ids, which the server and the model
+// both use to drop duplicates.
+import Glibc
+import SwitchboardClient
+import SwitchboardIO
+import SwitchboardProtocol
+
+public struct ChatAppConfiguration {
+    public var server: String
+    public var user: String
+    public var password: String
+    /// Opens a new connection (plain or TLS: the caller decides).
+    public var connect: () throws -> ChatSession
+
+    public init(server: String, user: String, password: String, connect: @escaping () throws -> ChatSession) {
+        self.server = server; self.user = user; self.password = password; self.connect = connect
+    }
+}
+
+public final class ChatApp {
+    public private(set) var model = ScreenModel()
+    private let configuration: ChatAppConfiguration
+    private var session: ChatSession?
+    private var decoder = InputDecoder()
+    private let renderer: Renderer
+    private var quitting = false
+    private var flashShown: String?
+    private var flashSince: UInt64 = 0
+
+    public init(configuration: ChatAppConfiguration) {
+        self.configuration = configuration
+        renderer = Renderer(formatTime: ChatApp.localTime, nowMs: { Clock.monotonicMs() })
+        model.server = configuration.server
+        model.me = configuration.user
+    }
+
+    /// Creates the account (before `logIn`).
+    public func register() throws {
+        let session = try configuration.connect()
+        defer { session.connection.close() }
+        try session.register(name: configuration.user, password: configuration.password)
+    }
+
+    /// The first login, before the screen opens, so that a wrong password or an unreachable server
+    /// is reported as a plain error.
+    public func logIn() throws {
+        let session = try configuration.connect()
+        do {
+            let info = try session.logIn(name: configuration.user, password: configuration.password)
+            adopt(session, info: info)
+        } catch {
+            session.connection.close()
+            throw error
+        }
+    }
+
+    private func adopt(_ session: ChatSession, info: LoginInfo) {
+        self.session = session
+        model.maxBodyBytes = session.connection.welcome.limits.maxBodyBytes
+        let resend = model.loggedIn(name: info.name, contacts: info.contacts, pendingMail: info.pendingMail)
+        perform(resend)
+        // Refresh the offline notice of open dialogs.
+        for dialog in model.dialogs {
+            if case .chat(let user) = dialog.id { perform([.openChat(userID: user)]) }
+        }
+        // Offline mail and presence often arrive with the login answer: they are buffered in the
+        // session already and will not make the socket readable again.
+        drainSession()
+    }
+
+    // MARK: run loop
+
+    public func run(terminal: Terminal) throws {
+        try terminal.enter()
+        defer {
+            terminal.leave()
+            session?.connection.close()
+        }
+        var previous: ScreenBuffer?
+        var lastSize = (width: 0, height: 0)
+        var hits: [HitRegion] = []
+        var dirty = true
+        while !quitting {
+            let now = Clock.monotonicMs()
+            if session == nil, case .waitingToReconnect(_, let retryAt, let attempt) = model.connection, now >= retryAt {
+                reconnect(attempt: attempt + 1, terminal: terminal, previous: &previous)
+                dirty = true
+            }
+            if let flash = model.flash {
+                if flash != flashShown { flashShown = flash; flashSince = now } else if now - flashSince > 10_000 {
+                    model.flash = nil; flashShown = nil; dirty = true
+                }
+            }
+            let size = terminal.size()
+            if size != lastSize { lastSize = size; previous = nil; dirty = true }
+            if dirty {
+                hits = draw(terminal, size: size, previous: &previous)
+                dirty = false
+                acknowledgeShown()
+            }
+
+            var fds = [pollfd(fd: 0, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: terminal.resizeFD, events: Int16(POLLIN), revents: 0)]
+            if let session { fds.append(pollfd(fd: session.connection.fd, events: Int16(POLLIN), revents: 0)) }
+            var timeout: Int32 = decoder.hasPending ? 30 : 1000
+            if session == nil, case .waitingToReconnect(_, let retryAt, _) = model.connection {
+                timeout = Int32(clamping: min(UInt64(timeout), retryAt > now ? retryAt - now : 0))
+            }
+            let rc = poll(&fds, nfds_t(fds.count), timeout)
+            if rc < 0 {
+                if errno == EINTR { continue }
+                throw TerminalError("poll failed: errno \(errno)")
+            }
+            if rc == 0 {
+                if decoder.hasPending { handle(decoder.flush(nowMs: Clock.monotonicMs()), hits: hits) }
+                dirty = true  // status countdowns and flash expiry
+                continue
+            }
+            if fds[1].revents != 0 { terminal.drainResize(); dirty = true }
+            if fds[0].revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
+                guard let bytes = terminal.readInput() else { quitting = true; break }
+                handle(decoder.feed(bytes, nowMs: Clock.monotonicMs()), hits: hits)
+                dirty = true
+            }
+            if session != nil {
+                // Also after input: requests made for it may have left events in the session's buffers.
+                drainSession()
+                dirty = true
+            }
+        }
+    }
+
+    private func draw(_ terminal: Terminal, size: (width: Int, height: Int), previous: inout ScreenBuffer?) -> [HitRegion] {
+        var frame = renderer.render(model, width: size.width, height: size.height)
+        if let id = model.activeDialog, (model.dialog(id)?.scroll ?? 0) > frame.maxScroll {
+            model.clampScroll(id, maximum: frame.maxScroll)
+            frame = renderer.render(model, width: size.width, height: size.height)
+        }
+        var out = frame.buffer.ansi(from: previous)
+        if let cursor = frame.cursor {
+            out += "\u{1B}[\(cursor.row + 1);\(cursor.column + 1)H\u{1B}[?25h"
+        } else {
+            out += "\u{1B}[?25l"
+        }
+        terminal.write(out)
+        previous = frame.buffer
+        return frame.hits
+    }
+
+    private func handle(_ events: [InputEvent], hits: [HitRegion]) {
+        for event in events {
+            let effects = model.handle(event, hits: hits, nowMs: Clock.wallMs())
+            perform(effects)
+            if quitting { return }
+        }
+    }
+
+    // MARK: effects
+
+    private func perform(_ effects: [Effect]) {
+        for effect in effects {
+            if case .quit = effect { quitting = true; return }
+            guard let session else {
+                // Sends stay in the outbox and go out after the reconnect; other requests need a connection.
+                if case .send = effect { continue }
+                model.flash = "not connected: try again when online"
+                continue
+            }
+            do {
+                switch effect {
+                case .quit:
+                    return
+                case .openChat(let user):
+                    let status = try session.openChat(with: user)
+                    model.chatStatus(userID: user, online: status.online, text: status.text)
+                case .send(let to, let messageID, let body):
+                    try session.send(to: to, messageID: messageID, body: body)
+                case .addContact(let name):
+                    try session.addContact(name)
+                    let list = try session.contacts()
+                    model.replaceContacts(list)
+                    let now = list.first { $0.name == name }
+                    model.flash = now?.relation == .accepted ? "\(name) is now a contact" : "request sent to \(name)"
+                case .acceptContact(let name):
+                    try session.acceptContact(name)
+                    model.replaceContacts(try session.contacts())
+                    model.flash = "\(name) is now a contact"
+                case .removeContact(let name):
+                    try session.removeContact(name)
+                    model.replaceContacts(try session.contacts())
+                    model.flash = "removed \(name)"
+                }
+                // Requests wait for their answers; events that came meanwhile are queued in the session.
+                drainQueued()
+            } catch let error as ClientError where (error.code ?? 0) >= 100 {
+                model.flash = "\(describe(effect)): \(error.message)"
+            } catch {
+                connectionLost(error)
+                return
+            }
+        }
+    }
+
+    private func describe(_ effect: Effect) -> String {
+        switch effect {
+        case .addContact(let name): return "add \(name)"
+        case .acceptContact(let name): return "accept \(name)"
+        case .removeContact(let name): return "remove \(name)"
+        case .openChat: return "open dialog"
+        case .send: return "send"
+        case .quit: return "quit"
+        }
+    }
+
+    /// Events the session already holds (no waiting on the socket).
+    private func drainQueued() {
+        drainSession()
+    }
+
+    private func drainSession() {
+        guard let session else { return }
+        do {
+            // nextEvent reads frames already buffered before it polls, so this also empties TLS buffers.
+            for _ in 0..<2000 {
+                guard let event = try session.nextEvent(timeoutMs: 1) else { break }
+                model.apply(event)
+                if case .serverError(let code, let message) = event {
+                    connectionLost(ClientError(message, code: code))
+                    return
+                }
+            }
+        } catch {
+            connectionLost(error)
+        }
+    }
+
+    private func acknowledgeShown() {
+        let (deliveries, mail) = model.takeAcknowledgements()
+        guard let session else { return }
+        do {
+            if let deliveries { try session.acknowledgeDeliveries(through: deliveries) }
+            if let mail { try session.acknowledgeMail(through: mail) }
+        } catch {
+            connectionLost(error)
+        }
+    }
+
+    // MARK: reconnecting
+
+    private func connectionLost(_ error: Error, attempt: Int = 0) {
+        session?.connection.close()
+        session = nil
+        let reason = (error as? ClientError)?.message ?? "\(error)"
+        if let code = (error as? ClientError)?.code,
+           code == ErrorCode.sessionTakenOver.rawValue || code == ErrorCode.lockedOut.rawValue
+            || code == ErrorCode.authenticationFailed.rawValue {
+            model.connection = .stopped(reason: reason)
+            return
+        }
+        model.connectionLost(reason: reason, retryAtMs: Clock.monotonicMs() + ChatApp.backoffMs(attempt: attempt + 1),
+                             attempt: attempt)
+    }
+
+    /// Delay before attempt `n` (1-based): 0.5 s doubling to 30 s, with ±20 % jitter.
+    public static func backoffMs(attempt: Int) -> UInt64 {
+        let base = min(30_000, 500 << min(max(attempt - 1, 0), 6))
+        let jitter = Double.random(in: 0.8...1.2)
+        return UInt64(Double(base) * jitter)
+    }
+
+    private func reconnect(attempt: Int, terminal: Terminal, previous: inout ScreenBuffer?) {
+        model.connection = .connecting(attempt: attempt)
+        // Show "connecting" before blocking on connect.
+        _ = draw(terminal, size: terminal.size(), previous: &previous)
+        do {
+            let session = try configuration.connect()
+            do {
+                let info = try session.logIn(name: configuration.user, password: configuration.password)
+                adopt(session, info: info)
+                model.flash = "reconnected"
+            } catch {
+                session.connection.close()
+                throw error
+            }
+        } catch {
+            connectionLost(error, attempt: attempt)
+        }
+    }
+
+    /// "HH:MM:SS" in local time.
+    public static func localTime(_ ms: UInt64) -> String {
+        var seconds = time_t(ms / 1000)
+        var parts = tm()
+        localtime_r(&seconds, &parts)
+        func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
+        return "\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))"
+    }
+}

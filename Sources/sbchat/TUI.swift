@@ -1,0 +1,57 @@
+// `sbchat tui` (the default subcommand): the full-screen terminal chat client. Logs in before the
+// screen opens (so a wrong password or an unreachable server is a plain one-line error), then hands
+// the terminal to SwitchboardTUI.ChatApp until Ctrl-C / q.
+import ArgumentParser
+import Glibc
+import SwitchboardClient
+import SwitchboardTUI
+
+struct Tui: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tui",
+        abstract: "Full-screen terminal chat (the default when no subcommand is given).",
+        discussion: """
+            Contacts are on the left (online in colour, offline grey, requests to accept in yellow); the open \
+            dialog is on the right with the newest message on top; offline messages received at login have \
+            their own dialog, grouped by sender.
+            Keys: Up/Down + Enter (or double-click) open a dialog; type and press Enter (or click [Send]) to \
+            send; a accepts a request; + adds a contact; - removes one; Tab switches between the list and \
+            typing; Ctrl-N/Ctrl-P switch dialogs; Ctrl-W closes one; F1 or ? shows help; Ctrl-C or q quits.
+            Marks: … sending, ✓ delivered, ✉ stored offline, ✗ not sent.
+            The password comes from SWITCHBOARD_PASSWORD or is asked for without echo.
+            """)
+
+    @OptionGroup var common: Common
+    @Flag(help: "Create the account first, then log in.") var register = false
+
+    func run() throws {
+        try runReporting {
+            guard isatty(0) != 0, isatty(1) != 0 else {
+                throw Failure(code: 2, "the terminal client needs a terminal; use the other subcommands in scripts (sbchat --help)")
+            }
+            let name = try common.userName()
+            let pw = try common.password()
+            let common = self.common
+            let app = ChatApp(configuration: ChatAppConfiguration(
+                server: common.serverAddress, user: name, password: pw,
+                connect: { try connectForTUI(common) }))
+            if register {
+                do { try app.register() } catch let failure as Failure { throw failure } catch {
+                    throw Failure(code: 1, "register \(name): \(error)")
+                }
+            }
+            do { try app.logIn() } catch let failure as Failure { throw failure } catch {
+                throw Failure(code: 1, "login as \(name) failed: \(error)")
+            }
+            let terminal: Terminal
+            do { terminal = try Terminal() } catch { throw Failure(code: 2, "\(error)") }
+            do { try app.run(terminal: terminal) } catch { throw Failure(code: 1, "\(error)") }
+        }
+    }
+}
+
+/// The one place the terminal client opens connections (first login and every reconnect): it goes
+/// through `Common.connect()`, so switching sbchat to TLS switches the terminal client too.
+func connectForTUI(_ common: Common) throws -> ChatSession {
+    try common.connect()
+}
