@@ -3,6 +3,7 @@
 
 import SwitchboardProtocol
 import Testing
+import SwitchboardIO
 
 private func ours(_ bytes: [UInt8]) -> Bool { bytes.withUnsafeBytes { UTF8Validation.isValid($0) } }
 private func stdlib(_ bytes: [UInt8]) -> Bool { String(validating: bytes, as: UTF8.self) != nil }

@@ -1,5 +1,6 @@
 @testable import SwitchboardRelay
 import Testing
+import SwitchboardIO
 
 private func delivery(_ seq: UInt64) -> PendingDelivery {
     PendingDelivery(seq: seq, sender: UInt32(truncatingIfNeeded: seq % 7 + 1), messageID: seq &* 31,
