@@ -85,7 +85,8 @@ public final class RelayServer: EventHandler {
         let limits = configuration.limits
         core = RelayCore(limits: RelayLimits(mailboxMaxMessages: Int(limits.mailboxMaxMessages),
                                              mailboxMaxBytes: Int(limits.mailboxMaxBytes),
-                                             maxBodyBytes: limits.maxBodyBytes),
+                                             maxBodyBytes: limits.maxBodyBytes,
+                                             dedupeWindow: configuration.dedupeWindow),
                          loadMailboxUsage: { user in
                              (try? store.mailboxUsage(of: user)) ?? MailboxUsage(count: 0, bytes: 0, lastSeq: 0)
                          })

@@ -32,6 +32,10 @@ public struct ServerConfiguration: Sendable {
     public var hashThreads = 1
     /// Stored mail sent per page at login; the next page follows the client's MAIL_ACK.
     public var mailPageSize = 256
+    /// Recent message ids remembered per sender for in-memory duplicate suppression. Must cover
+    /// the most messages a client keeps unacknowledged (sbchat: a handful; sbload: its --window):
+    /// resends after a reconnect are at most that many. Larger windows cost memory and cache.
+    public var dedupeWindow = 256
     /// How long (sender, message id) dedupe records of stored mail are kept.
     public var dedupeRetentionMs: UInt64 = 7 * 24 * 3600 * 1000
     /// LMDB map size: the most the database may grow to.

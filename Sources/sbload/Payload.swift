@@ -51,6 +51,19 @@ enum Payload {
         out.didWrite(4 + frameLength)
     }
 
+    /// Writes the body alone (header + filler, `headerBytes + filler.count` bytes) at `p`: peer adapters
+    /// put it inside their own publish framing.
+    @inline(__always)
+    static func writeBody(at p: UnsafeMutableRawPointer, seq: UInt64, sentNs: UInt64, pair: UInt32, run: UInt32,
+                          filler: UnsafeRawBufferPointer) {
+        p.storeBytes(of: seq.bigEndian, as: UInt64.self)
+        p.storeBytes(of: sentNs.bigEndian, toByteOffset: 8, as: UInt64.self)
+        p.storeBytes(of: pair.bigEndian, toByteOffset: 16, as: UInt32.self)
+        p.storeBytes(of: run.bigEndian, toByteOffset: 20, as: UInt32.self)
+        p.storeBytes(of: check(seq: seq, sentNs: sentNs, pair: pair, run: run).bigEndian, toByteOffset: 24, as: UInt64.self)
+        if filler.count > 0 { (p + headerBytes).copyMemory(from: filler.baseAddress!, byteCount: filler.count) }
+    }
+
     @inline(__always) static func messageID(run: UInt32, seq: UInt64) -> UInt64 { UInt64(run) << 32 | (seq & 0xFFFF_FFFF) }
 
     struct Header {

@@ -121,6 +121,10 @@ struct Report: Codable {
     var payloadBytes: Int
     var window: Int?
     var rate: Double?
+    /// Peer adapters only (nil for Switchboard): protocol, MQTT QoS and what the "ack" is.
+    var peer: String?
+    var qos: Int?
+    var ackMode: String?
     var measuredSeconds: Double = 0
     var sent: UInt64 = 0
     var acknowledgedDelivered: UInt64 = 0
@@ -165,7 +169,7 @@ struct Report: Codable {
     var phaseA: Window?
     var phaseB: Window?
     enum CodingKeys: String, CodingKey {
-        case scenario, target, threads, pairs, connections, payloadBytes, window, rate, measuredSeconds, sent,
+        case scenario, target, threads, pairs, connections, payloadBytes, window, rate, peer, qos, ackMode, measuredSeconds, sent,
              acknowledgedDelivered, acknowledgedStored, refused, received, throughputPerSecond, latencyNs, ackRoundTripNs,
              loginLatencyNs, lost, duplicates, corrupt, outOfOrder, unacknowledged, storedNotDrained, staleMail, disconnects,
              serverErrors, unexpectedAcks, scheduleStalls, generatorCores, serverCores, storedPerSecond, drainedPerSecond,
@@ -175,7 +179,16 @@ struct Report: Codable {
 
     init(plan: Plan) {
         scenario = plan.scenario.rawValue
-        target = plan.target.description
+        target = plan.targetLabel ?? plan.target.description
+        switch plan.peer {
+        case .switchboard: break
+        case .redis: peer = "redis"; ackMode = "PUBLISH reply (accepted by the server; weaker than Switchboard's end-to-end SEND_ACK)"
+        case .mqtt:
+            peer = "mqtt"; qos = plan.qos
+            ackMode = plan.qos == 1 ? "broker PUBACK (QoS 1; weaker than Switchboard's end-to-end SEND_ACK)"
+                : "receipt by the receiver in this process (QoS 0 has no ack)"
+        case .nats: peer = "nats"; ackMode = "receipt by the receiver in this process (NATS core has no ack)"
+        }
         threads = plan.threads
         pairs = plan.pairs
         connections = plan.connections
@@ -256,7 +269,7 @@ struct Report: Codable {
     }
 
     func text() -> String {
-        var s = "\n== sbload \(scenario) -> \(target)  threads \(threads)"
+        var s = "\n== sbload \(scenario) -> \(target)\(qos.map { " QoS \($0)" } ?? "")  threads \(threads)"
         if scenario == "connect" { s += "  connections \(connections)\n" } else {
             s += "  pairs \(pairs)  payload \(payloadBytes) B  "
             s += rate.map { "open loop \(Format.count($0)) msg/s" } ?? "closed loop window \(window ?? 0)"
@@ -268,6 +281,7 @@ struct Report: Codable {
             s += String(format: "throughput   %@ msg/s over %.1f s (received in window)\n", Format.count(throughputPerSecond), measuredSeconds)
             s += "latency      \(latencyNs?.line ?? "-")\n"
             s += "ack rtt      \(ackRoundTripNs?.line ?? "-")\n"
+            if let ackMode { s += "ack is       \(ackMode)\n" }
             s += "messages     sent \(sent)  delivered+acked \(acknowledgedDelivered)  received \(received)  stored-offline \(acknowledgedStored)  refused \(refused)\n"
         case "offline":
             s += "stored       \(acknowledgedStored) msgs  \(storedPerSecond.map { Format.count($0) } ?? "-") msg/s (SEND_ACK storedOffline)\n"

@@ -18,11 +18,14 @@ struct SBLoad: ParsableCommand {
         Exit status: 0 passed, 2 a message was lost, duplicated or corrupted, 3 other failures \
         (disconnects, refused or unacknowledged messages, setup errors).
         """,
-        subcommands: [Relay.self, Connect.self, Offline.self, LoginStorm.self])
+        subcommands: [Relay.self, Connect.self, Offline.self, LoginStorm.self, PeerSelfTest.self])
 }
 
 struct CommonOptions: ParsableArguments {
-    @Option(help: "Server address HOST:PORT (loopback only). redis://, nats://, mqtt:// peer adapters are not implemented yet.")
+    @Option(help: """
+        Server address HOST:PORT (loopback only). relay also takes peers to compare with: redis://HOST[:6379] (pub/sub), \
+        mqtt://HOST[:1883] (MQTT 3.1.1, see --qos), nats://HOST[:4222] (core protocol).
+        """)
     var target = "127.0.0.1:7878"
     @Option(help: "Load threads, each with its own epoll loop and share of connections.")
     var threads = 1
@@ -50,11 +53,35 @@ struct CommonOptions: ParsableArguments {
     }
 
     func address() throws -> SocketAddress {
-        for scheme in ["redis://", "nats://", "mqtt://", "mqtts://", "rediss://"] where target.hasPrefix(scheme) {
-            throw ValidationError("peer adapter \(scheme) is not implemented yet; only a Switchboard HOST:PORT target works today")
+        if target.contains("://") {
+            throw ValidationError("--target \(target): peer adapters (redis://, mqtt://, nats://) only run the relay scenario")
         }
+        return try loopbackAddress(target)
+    }
+
+    /// relay: a Switchboard HOST:PORT, or SCHEME://HOST[:PORT][/] for a peer adapter.
+    func relayTarget() throws -> (peer: PeerProtocol, address: SocketAddress, label: String) {
+        guard let schemeEnd = target.range(of: "://") else {
+            return (.switchboard, try loopbackAddress(target), target)
+        }
+        let scheme = String(target[..<schemeEnd.lowerBound]).lowercased()
+        guard let peer = PeerProtocol(rawValue: scheme), peer != .switchboard else {
+            throw ValidationError("--target \(target): unknown scheme '\(scheme)' (redis://, mqtt:// or nats://; TLS peers are not supported)")
+        }
+        var hostPort = String(target[schemeEnd.upperBound...])
+        if hostPort.hasSuffix("/") { hostPort.removeLast() }
+        guard !hostPort.isEmpty, !hostPort.contains("/"), !hostPort.contains("@") else {
+            throw ValidationError("--target \(target): expected \(scheme)://HOST[:PORT] (no user, path or database)")
+        }
+        let hasPort = hostPort.hasPrefix("[") ? hostPort.contains("]:") : hostPort.contains(":")
+        if !hasPort { hostPort += ":\(peer.defaultPort)" }
+        let address = try loopbackAddress(hostPort)
+        return (peer, address, "\(scheme)://\(address)")
+    }
+
+    private func loopbackAddress(_ text: String) throws -> SocketAddress {
         let address: SocketAddress
-        do { address = try SocketAddress(parsing: target) } catch { throw ValidationError("--target: \(error)") }
+        do { address = try SocketAddress(parsing: text) } catch { throw ValidationError("--target: \(error)") }
         guard address.isLoopback else {
             throw ValidationError("--target \(target) is not a loopback address: sbload only loads servers on this machine (127.0.0.0/8 or ::1)")
         }
@@ -97,6 +124,12 @@ struct Relay: ParsableCommand {
     @Option(help: "Seconds to wait for outstanding acknowledgements after sending stops.") var drain: Double = 5
     @Option(help: "Open loop: spin instead of sleeping when the next send is under 2 ms away (precise schedule, 100% CPU).")
     var busyPoll = true
+    @Option(help: """
+        mqtt:// only: QoS of publishes and subscriptions. 1: the broker's PUBACK releases the sender's window slot \
+        (the receiver PUBACKs each delivery); 0: no ack exists, so a slot is released when the receiver (same \
+        sbload thread) gets the message.
+        """)
+    var qos = 0
 
     func validate() throws {
         try common.validateCommon()
@@ -107,17 +140,34 @@ struct Relay: ParsableCommand {
             throw ValidationError("--duration must be in (0, 3600], --warmup and --drain in [0, 600]")
         }
         if let rate { guard rate > 0 && rate <= 50_000_000 else { throw ValidationError("--rate must be in (0, 50M]") } }
+        let peer = try common.relayTarget().peer
+        if peer != .switchboard {
+            guard !common.tls else { throw ValidationError("--tls: the peer adapters speak plaintext only") }
+            guard payload <= PeerLimits.maxPayload else { throw ValidationError("--payload above the peer limit") }
+        }
+        if peer == .mqtt {
+            guard qos == 0 || qos == 1 else { throw ValidationError("--qos must be 0 or 1") }
+            // PUBACKs name packet ids (1...65535): in-flight messages must map to distinct ids.
+            guard window <= 32_767 && maxInflight <= 32_767 else { throw ValidationError("mqtt: --window and --max-inflight must be at most 32767") }
+        } else if qos != 0 {
+            throw ValidationError("--qos applies to mqtt:// targets only")
+        }
     }
 
     func run() throws {
-        let target = try common.address()
+        let (peer, target, label) = try common.relayTarget()
+        let password = peer == .switchboard ? try common.resolvedPassword() : ""
         var plan = Plan(scenario: .relay, target: target, sourceAddresses: try common.sources(connections: 2 * pairs, target: target),
-                        threads: min(common.threads, pairs), prefix: common.prefix, password: try common.resolvedPassword(),
+                        threads: min(common.threads, pairs), prefix: common.prefix, password: password,
                         run: UInt32.random(in: 1...UInt32.max), pairs: pairs, payload: payload, window: window, rate: rate ?? 0,
                         maxInflight: maxInflight, count: count ?? .max, messagesPerSender: 0,
                         warmupNs: UInt64(warmup * 1e9), durationNs: UInt64(duration * 1e9), drainNs: UInt64(drain * 1e9),
                         busyPoll: busyPoll, connections: 2 * pairs, loginConcurrency: common.loginConcurrency)
         plan.tlsCAFile = try common.tlsCAFile()
+        plan.peer = peer
+        plan.qos = qos
+        plan.releaseOnReceipt = peer == .nats || (peer == .mqtt && qos == 0)
+        if peer != .switchboard { plan.targetLabel = label }
         throw ExitCode(Runner(plan: plan, common: common).execute())
     }
 }

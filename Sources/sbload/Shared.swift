@@ -35,6 +35,14 @@ struct Plan: Sendable {
     var loginConcurrency: Int
     /// TLS: verify the server against this CA file (nil: plaintext).
     var tlsCAFile: String? = nil
+    /// Relay only: the server's protocol (Switchboard, or a peer adapter), and how the target was written.
+    var peer: PeerProtocol = .switchboard
+    var targetLabel: String? = nil
+    /// MQTT: QoS of publishes and of the subscription.
+    var qos: Int = 0
+    /// Peers without an acknowledgement (MQTT QoS 0, NATS): a sender's slot is released when its
+    /// receiver (same thread) gets the message.
+    var releaseOnReceipt = false
 
     /// Users handled by `thread`: pair k (users 2k, 2k+1) or connection i goes to thread k % threads.
     func units(of thread: Int) -> [Int] {

@@ -48,6 +48,13 @@ final class LoadConnection: EventHandler {
     var deliverAcked: UInt64 = 0
     var mailHigh: UInt64 = 0
     var mailAcked: UInt64 = 0
+    // peer adapters (PeerAdapters.swift): index in the worker's senders/receivers, channel or topic,
+    // pre-encoded publish prefix, whether a publish ends in CRLF, handshake seen (CONNACK, INFO)
+    var slot = 0
+    var peerChannel: [UInt8] = []
+    var peerPrefix: [UInt8] = []
+    var peerSuffixCRLF = false
+    var peerHandshake = false
 
     static let inflightStatus: UInt8 = 1, deliveredStatus: UInt8 = 2, storedStatus: UInt8 = 3, refusedStatus: UInt8 = 4
 
@@ -113,9 +120,11 @@ final class Worker {
     var acceptDeliveries = true
     var lastAckNs: UInt64 = 0
     let tlsContext: TLSContext?
+    let peer: PeerProtocol
 
     init(plan: Plan, index: Int, coord: Coordinator) throws {
         self.plan = plan
+        peer = plan.peer
         tlsContext = try plan.tlsCAFile.map { try TLSContext(client: TLSClientConfiguration(verification: .certificateAuthority(file: $0))) }
         self.index = index
         self.coord = coord
@@ -131,6 +140,9 @@ final class Worker {
                 let s = LoadConnection(user: 2 * k, prefix: plan.prefix, pair: k, worker: self)
                 let r = LoadConnection(user: 2 * k + 1, prefix: plan.prefix, pair: k, worker: self)
                 s.makeRing(capacity: plan.rate > 0 ? plan.maxInflight : 2 * plan.window)
+                s.slot = senders.count
+                r.slot = senders.count
+                if plan.peer != .switchboard { configurePeer(sender: s, receiver: r, pair: k) }
                 senders.append(s)
                 receivers.append(r)
                 all.append(s)
@@ -226,7 +238,12 @@ final class Worker {
             }
             closedQuota = 0
         }
-        try drain(until: { self.senders.allSatisfy { $0.inflight == 0 } })
+        // A peer's ack (PUBLISH reply, PUBACK) only says the server took the message: also wait until the
+        // receivers got what was sent, so messages still queued in the server are not counted as lost.
+        try drain(until: {
+            self.senders.allSatisfy { $0.inflight == 0 }
+                && (self.peer == .switchboard || self.counters.received + self.counters.refused >= self.counters.sent)
+        })
         verifyRelay()
     }
 
@@ -411,6 +428,10 @@ final class Worker {
                 }
             }
             c.state = .loggingIn
+            if peer != .switchboard {
+                peerGreet(c)
+                return
+            }
             FrameEncoder.encode(ClientFrame.hello(version: ProtocolConstants.version, agent: "sbload/1"), into: c.output)
             FrameEncoder.encode(ClientFrame.login(requestID: 1, name: TextView(c.name), password: TextView(plan.password)), into: c.output)
             enqueue(c)
@@ -450,7 +471,7 @@ final class Worker {
         case .processed(let n):
             target.didWrite(n)
             lastReadNs = Clock.monotonicNs()
-            process(c, target)
+            if peer == .switchboard { process(c, target) } else { peerProcess(c, target) }
             if target === readBuffer {
                 if readBuffer.readableBytes > 0 && c.fd >= 0 { c.input.writeBytes(readBuffer.readableView) }
                 readBuffer.clear()
@@ -576,8 +597,12 @@ final class Worker {
     @inline(__always)
     private func send(_ s: LoadConnection, sentNs: UInt64) {
         let seq = s.nextSeq
-        Payload.writeSend(into: s.output, to: s.partnerID, seq: seq, sentNs: sentNs, pair: UInt32(truncatingIfNeeded: s.pair),
-                          run: plan.run, filler: UnsafeRawBufferPointer(filler))
+        if peer == .switchboard {
+            Payload.writeSend(into: s.output, to: s.partnerID, seq: seq, sentNs: sentNs, pair: UInt32(truncatingIfNeeded: s.pair),
+                              run: plan.run, filler: UnsafeRawBufferPointer(filler))
+        } else {
+            writePeerPublish(s, seq: seq, sentNs: sentNs)
+        }
         let slot = Int(truncatingIfNeeded: seq) & s.ringMask
         s.ringStatus![slot] = LoadConnection.inflightStatus
         s.ringSentNs![slot] = sentNs
@@ -588,7 +613,7 @@ final class Worker {
     }
 
     @inline(__always)
-    private func completed(_ s: LoadConnection, id: UInt64, status: UInt8) {
+    func completed(_ s: LoadConnection, id: UInt64, status: UInt8) {
         let slot = Int(truncatingIfNeeded: id) & s.ringMask
         guard s.ringStatus != nil, id >= s.base, id < s.nextSeq, s.ringStatus![slot] == LoadConnection.inflightStatus else {
             counters.unexpectedAcks += 1
@@ -616,7 +641,7 @@ final class Worker {
     }
 
     @inline(__always)
-    private func received(_ r: LoadConnection, from: UInt32, messageID: UInt64, payload: UnsafeRawBufferPointer, mail: Bool) {
+    func received(_ r: LoadConnection, from: UInt32, messageID: UInt64, payload: UnsafeRawBufferPointer, mail: Bool) {
         switch Payload.verify(payload, run: plan.run, filler: UnsafeRawBufferPointer(filler)) {
         case .corrupt:
             counters.corrupt += 1
@@ -658,7 +683,7 @@ final class Worker {
 
     // MARK: writing and closing
 
-    @inline(__always) private func enqueue(_ c: LoadConnection) {
+    @inline(__always) func enqueue(_ c: LoadConnection) {
         if !c.pendingWrite {
             c.pendingWrite = true
             pending.append(c)
@@ -708,7 +733,7 @@ final class Worker {
         close(c, byServer: true)
     }
 
-    private func close(_ c: LoadConnection, byServer: Bool) {
+    func close(_ c: LoadConnection, byServer: Bool) {
         if c.state == .connecting || c.state == .loggingIn { inLogin -= 1 }
         if let registration = c.registration { loop.deregister(registration) }
         c.registration = nil
@@ -724,7 +749,7 @@ final class Worker {
         c.output.clear()
     }
 
-    private func note(_ message: String) {
+    func note(_ message: String) {
         if result.firstErrors.count < 20 { result.firstErrors.append(message) }
     }
 

@@ -88,6 +88,8 @@ struct Serve: ParsableCommand {
     var lockoutWindow: UInt64 = 900
     @Option(help: "PBKDF2-HMAC-SHA256 iterations for new passwords.")
     var pbkdf2Iterations: UInt32 = 210_000
+    @Option(help: "Recent message ids remembered per sender to drop resent duplicates; at least the most messages a client keeps unacknowledged.")
+    var dedupeWindow = 256
     @Option(help: "TLS certificate chain (PEM). Default: DATA/tls/server.pem from `switchboard cert init`.")
     var tlsCert: String?
     @Option(help: "TLS private key (PEM). Default: DATA/tls/server.key.")
@@ -104,6 +106,7 @@ struct Serve: ParsableCommand {
         guard maxFrame >= 1024, maxFrameBeforeLogin >= 256 else { throw ValidationError("frame limits are too small (min 1024 / 256)") }
         guard outputSoftCap < outputHardCap else { throw ValidationError("--output-soft-cap must be below --output-hard-cap") }
         guard pbkdf2Iterations >= 1 else { throw ValidationError("--pbkdf2-iterations must be at least 1") }
+        guard dedupeWindow >= 1 && dedupeWindow <= 1 << 20 else { throw ValidationError("--dedupe-window must be 1...1048576") }
     }
 
     func run() throws {
@@ -127,6 +130,7 @@ struct Serve: ParsableCommand {
         config.maxFailedLoginsPerAddress = maxFailedLoginsPerAddress
         config.lockoutWindowMs = lockoutWindow * 1000
         config.pbkdf2Iterations = pbkdf2Iterations
+        config.dedupeWindow = dedupeWindow
         config.plaintext = plaintext
         config.handshakeTimeoutMs = handshakeTimeout * 1000
         if !plaintext {
