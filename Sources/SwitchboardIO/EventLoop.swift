@@ -55,6 +55,9 @@ public final class EventLoop {
     public var hasPendingWork: (() -> Bool)?
     /// Coarse monotonic time of the current turn.
     public private(set) var now: UInt64 = Clock.monotonicMs()
+    /// Wall-clock milliseconds of the current turn: one clock read per turn instead of one per
+    /// message that needs a timestamp.
+    public private(set) var wallNow: UInt64 = Clock.wallMs()
     /// Loop statistics for tests and benchmarks.
     public private(set) var turns: UInt64 = 0
     public private(set) var wakeCalls: UInt64 = 0
@@ -158,6 +161,7 @@ public final class EventLoop {
         let count = epoll_wait(epollFD, events, maxEventsPerWait, timeout)
         turns &+= 1
         now = Clock.monotonicMs()
+        wallNow = Clock.wallMs()
         if count < 0 {
             let code = Glibc.errno
             if code == EINTR { return }

@@ -41,7 +41,9 @@ public enum RouteDecision: Equatable, Sendable {
     case reject(ErrorCode, String)
 }
 
-public struct Session {
+/// One logged-in user. A class so that the hot path reads it through one dictionary lookup and a
+/// reference, instead of copying (and retaining everything in) a struct per message.
+public final class Session {
     public let userID: UserID
     public let name: String
     public let connection: ConnectionID
@@ -52,6 +54,12 @@ public struct Session {
     /// Set by the server while this user's output backlog is over its soft cap: new messages
     /// are stored as mail instead of growing the backlog.
     public var congested = false
+
+    init(userID: UserID, name: String, connection: ConnectionID, address: String,
+         contacts: [UserID: ContactState], contactNames: [UserID: String]) {
+        self.userID = userID; self.name = name; self.connection = connection; self.address = address
+        self.contacts = contacts; self.contactNames = contactNames
+    }
 }
 
 public struct LoginOutcome {

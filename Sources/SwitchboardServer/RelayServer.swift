@@ -634,11 +634,11 @@ public final class RelayServer: EventHandler {
                     sender: sender.userID, recipient: recipient, messageID: messageID, bodyBytes: bodyBytes))
                 return
             }
-            deliver(to: target, sender: sender.userID, messageID: messageID, sentAtMs: Clock.wallMs(), body: body)
+            deliver(to: target, sender: sender.userID, messageID: messageID, sentAtMs: loop.wallNow, body: body)
             stats.relayedLive += 1
         case .store(let recipientID, let seq):
             let mail = StoredMail(recipient: recipientID, seq: seq, sender: sender.userID, messageID: messageID,
-                                  sentAtMs: Clock.wallMs(), body: body.array)
+                                  sentAtMs: loop.wallNow, body: body.array)
             storeBatch.append(.putMail(mail), .mail(mail, senderConnection: sender.id.raw))
         case .dropInFlightDuplicate:
             stats.duplicatesDropped += 1
@@ -655,7 +655,7 @@ public final class RelayServer: EventHandler {
         switch decision {
         case .store(let recipientID, let seq):
             let mail = StoredMail(recipient: recipientID, seq: seq, sender: sender.userID, messageID: messageID,
-                                  sentAtMs: Clock.wallMs(), body: body.array)
+                                  sentAtMs: loop.wallNow, body: body.array)
             storeBatch.append(.putMail(mail), .mail(mail, senderConnection: sender.id.raw))
         case .reject(let code, let message):
             send(sender, .sendError(messageID: messageID, code: code.rawValue, message: TextView(message)))
