@@ -619,7 +619,7 @@ public final class RelayServer: EventHandler {
             send(connection, .error(requestID: requestID, code: ErrorCode.invalidName.rawValue, message: "'\(name)' is not a valid user name"))
             return
         }
-        storeBatch.append(op(connection.userID, name), .contact(connection: connection.id.raw, requestID: requestID, owner: connection.userID))
+        storeBatch.append(op(connection.userID, name), .contact(connection: connection.id.raw, requestID: requestID))
     }
 
     // MARK: relaying (hot path)
@@ -639,7 +639,7 @@ public final class RelayServer: EventHandler {
         case .store(let recipientID, let seq):
             let mail = StoredMail(recipient: recipientID, seq: seq, sender: sender.userID, messageID: messageID,
                                   sentAtMs: loop.wallNow, body: body.array)
-            storeBatch.append(.putMail(mail), .mail(mail, senderConnection: sender.id.raw))
+            storeBatch.append(.putMail(mail), .mail(mail))
         case .dropInFlightDuplicate:
             stats.duplicatesDropped += 1
         case .acknowledgeDuplicate(let status):
@@ -656,7 +656,7 @@ public final class RelayServer: EventHandler {
         case .store(let recipientID, let seq):
             let mail = StoredMail(recipient: recipientID, seq: seq, sender: sender.userID, messageID: messageID,
                                   sentAtMs: loop.wallNow, body: body.array)
-            storeBatch.append(.putMail(mail), .mail(mail, senderConnection: sender.id.raw))
+            storeBatch.append(.putMail(mail), .mail(mail))
         case .reject(let code, let message):
             send(sender, .sendError(messageID: messageID, code: code.rawValue, message: TextView(message)))
         default:
@@ -812,7 +812,7 @@ public final class RelayServer: EventHandler {
             case .store(let recipient, let seq):
                 let mail = StoredMail(recipient: recipient, seq: seq, sender: from, messageID: messageID, sentAtMs: sentAtMs,
                                       body: payload.array)
-                storeBatch.append(.putMail(mail), .mail(mail, senderConnection: 0))
+                storeBatch.append(.putMail(mail), .mail(mail))
             case .reject(let code, let message):
                 if let senderID = core.failed(sender: from, messageID: messageID), let sender = connections[senderID.raw] {
                     send(sender, .sendError(messageID: messageID, code: code.rawValue, message: TextView(message)))
@@ -896,7 +896,7 @@ public final class RelayServer: EventHandler {
                 send(connection, .error(requestID: requestID, code: ErrorCode.internalError.rawValue, message: "unexpected store result"))
             }
             unpark(connection, phase: .awaitingAuth)
-        case .contact(let id, let requestID, let owner):
+        case .contact(let id, let requestID):
             let connection = connections[id].flatMap { $0.isClosing ? nil : $0 }
             switch outcome {
             case .contactChanged(let ownerView, let otherView, let ownerID, let otherID):
@@ -913,8 +913,7 @@ public final class RelayServer: EventHandler {
             default:
                 if let connection { send(connection, .error(requestID: requestID, code: ErrorCode.internalError.rawValue, message: "unexpected store result")) }
             }
-            _ = owner
-        case .mail(let mail, _):
+        case .mail(let mail):
             switch outcome {
             case .mailStored:
                 stats.storedOffline += 1
@@ -962,11 +961,11 @@ public final class RelayServer: EventHandler {
                 send(connection, .error(requestID: requestID, code: ErrorCode.internalError.rawValue, message: "could not create the account"))
                 unpark(connection, phase: .awaitingAuth)
             }
-        case .contact(let id, let requestID, _):
+        case .contact(let id, let requestID):
             if let connection = connections[id], !connection.isClosing {
                 send(connection, .error(requestID: requestID, code: ErrorCode.internalError.rawValue, message: "could not change contacts"))
             }
-        case .mail(let mail, _):
+        case .mail(let mail):
             core.mailRemoved(recipient: mail.recipient, count: 1, bytes: mail.body.count)
             failMail(mail, why)
         case .deleteMail, .prune:

@@ -19,8 +19,8 @@ enum HashResult: Sendable {
 /// What the loop must do when a write op completes: one context per op, same order.
 enum StoreContext: Sendable {
     case createAccount(connection: UInt64, requestID: UInt32)
-    case contact(connection: UInt64, requestID: UInt32, owner: UserID)
-    case mail(StoredMail, senderConnection: UInt64)
+    case contact(connection: UInt64, requestID: UInt32)
+    case mail(StoredMail)
     case deleteMail(recipient: UserID, count: Int, bytes: Int)
     case prune
 }
