@@ -46,8 +46,9 @@ import SwitchboardProtocol
             #expect(errorCodes(in: RawSocket.serverFrames(reply.bytes)) == [ErrorCode.frameTooLarge.rawValue])
         }
         let grown = residentKiB() - before
-        // 20 x 100 MB would be 2 GB; the server reserved nothing for them.
-        #expect(grown < 32 * 1024, "RSS grew by \(grown) KiB")
+        // 20 x 100 MB would be 2 GB; the server reserved nothing for them. The bound is loose
+        // because other suites run in this process at the same time.
+        #expect(grown < 256 * 1024, "RSS grew by \(grown) KiB")
         // And it still serves normal clients.
         _ = try server.user("after")
     }
