@@ -81,17 +81,40 @@ public enum Sys {
         _ = Glibc.shutdown(fd, Int32(SHUT_WR))
     }
 
-    /// Raises RLIMIT_NOFILE's soft limit to the hard limit (or `wanted`, if lower); returns the new soft limit.
+    /// Raises RLIMIT_NOFILE towards `wanted`: the soft limit up to the hard one, and, where the
+    /// process may (root, CAP_SYS_RESOURCE), the hard limit too, up to the kernel's fs.nr_open.
+    /// Returns the soft limit in force afterwards.
     @discardableResult
     public static func raiseFileLimit(wanted: UInt64 = .max) -> UInt64 {
         var limit = rlimit()
         guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 0 }
+        if UInt64(limit.rlim_max) < wanted {
+            let ceiling = kernelFileCeiling()
+            var raised = limit
+            raised.rlim_max = rlim_t(min(wanted, ceiling))
+            raised.rlim_cur = raised.rlim_max
+            if raised.rlim_max > limit.rlim_max, setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 {
+                return UInt64(raised.rlim_cur)
+            }
+        }
         let target = min(UInt64(limit.rlim_max), wanted)
         if UInt64(limit.rlim_cur) < target {
             limit.rlim_cur = rlim_t(target)
             _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
         }
         return UInt64(limit.rlim_cur)
+    }
+
+    /// /proc/sys/fs/nr_open: the most descriptors one process may ever be allowed.
+    private static func kernelFileCeiling() -> UInt64 {
+        let fd = Glibc.open("/proc/sys/fs/nr_open", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return 1 << 20 }
+        defer { Glibc.close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 32)
+        let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+        guard n > 0 else { return 1 << 20 }
+        let text = String(decoding: buffer[0..<n], as: UTF8.self).trimmingWhitespace
+        return UInt64(text) ?? (1 << 20)
     }
 
     public static func ignoreSIGPIPE() { _ = signal(SIGPIPE, SIG_IGN) }
@@ -103,4 +126,10 @@ public enum Clock {
     @inline(__always) public static func monotonicMs() -> UInt64 { csb_monotonic_coarse_ms() }
     @inline(__always) public static func monotonicNs() -> UInt64 { csb_monotonic_ns() }
     @inline(__always) public static func wallMs() -> UInt64 { csb_realtime_ms() }
+}
+
+extension String {
+    fileprivate var trimmingWhitespace: String {
+        String(self.drop { $0.isWhitespace }.reversed().drop { $0.isWhitespace }.reversed())
+    }
 }

@@ -145,7 +145,7 @@ struct Serve: ParsableCommand {
             }
             config.tls = TLSServerConfiguration(certificateChainFile: cert, privateKeyFile: key, clientCAFile: tlsCa)
         }
-        let limit = Sys.raiseFileLimit()
+        let limit = Sys.raiseFileLimit(wanted: UInt64(maxConnections) + 1024)
         if limit < UInt64(maxConnections) + 64 {
             Logger(label: "switchboard").warning("file descriptor limit is below --max-connections",
                                                  metadata: ["limit": "\(limit)", "max-connections": "\(maxConnections)"])
