@@ -9,7 +9,7 @@ DATA ?= ./data
 LISTEN ?= 127.0.0.1:7878
 RUN_FLAGS ?=
 
-.PHONY: all deps test-deps install-packages build release run test cert clean bench
+.PHONY: all deps test-deps install-packages build release run test cert clean bench bench-deps
 
 all: build
 
@@ -45,11 +45,25 @@ cert: release
 test: test-deps
 	$(SWIFT) test
 
-# The performance comparison of perf/README.md: relay throughput and latency, plaintext then TLS
-# (server pinned to CPU 0, sbload to CPU 1, medians of 3 runs), then the micro-benchmarks.
-bench: deps
+# The peers and tools of the performance comparison (Redis, Mosquitto, NATS, gnuplot for the sweep's PNG,
+# perf for perf/flamegraph.sh and --perf-stat); installed only when missing.
+BENCH_PACKAGES := redis-server mosquitto nats-server gnuplot-nox linux-perf
+
+bench-deps:
+	@$(MAKE) --no-print-directory install-packages PACKAGES="$(BENCH_PACKAGES)"
+
+# The performance comparison of perf/README.md (server pinned to CPU 0, sbload to CPU 1, loopback only):
+# relay throughput and latency, plaintext then TLS (medians of 3 runs); the same scenario against the peers
+# (perf/run-peers.sh, 3 runs each); the open-loop rate sweep for sb, sb-tls, redis, mosquitto QoS 0 and nats
+# (1 run per rate, each target until it saturates); then the micro-benchmarks.
+# Estimate on the 2-vCPU machine of perf/README.md, release builds already done: relay pair ~1 min, peers
+# ~3.5 min (6 targets x 3 runs x ~11 s), sweep ~4 min (~50 points x ~4.5 s), micro-benchmarks ~3 min:
+# about 12 minutes in all (first builds of the release and Benchmarks packages come on top).
+bench: deps bench-deps
 	perf/run-relay.sh
 	perf/run-relay.sh --tls
+	perf/run-peers.sh --runs 3
+	perf/sweep.sh --targets sb,sb-tls,redis,mqtt0,nats
 	cd Benchmarks && swift package --allow-writing-to-package-directory benchmark
 
 clean:

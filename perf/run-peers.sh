@@ -18,17 +18,15 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=perf/lib.sh
+. "$ROOT/perf/lib.sh"
 SCRATCH=${SCRATCH:-$ROOT/.build-peers}
 SB_PORT=${PORT:-17900}
-PASSWORD=loadtest-pw
-PREFIX=load
 PAIRS=1000
 RUNS=3
 DURATION=5
 WARMUP=1
 TARGETS=sb,sb-tls,redis,mqtt0,mqtt1,nats
-SERVER_CPU=${SERVER_CPU:-0}
-LOAD_CPU=${LOAD_CPU:-1}
 SBLOAD_ARGS=()
 
 while [ $# -gt 0 ]; do
@@ -46,90 +44,8 @@ done
 
 OUT=$ROOT/perf/out/peers-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
-echo "== building (release, scratch $SCRATCH)" >&2
-(cd "$ROOT" && swift build --scratch-path "$SCRATCH" -c release --product switchboard >/dev/null &&
-               swift build --scratch-path "$SCRATCH" -c release --product sbload >/dev/null)
-BIN=$SCRATCH/release
-# Servers and sbload get the highest file limit allowed (2 connections per pair, plus the servers' own).
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-WORK=$(mktemp -d /tmp/sb-peers.XXXXXX)
-SERVER_PID=
-stop_server() {
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-  SERVER_PID=
-}
-cleanup() { stop_server; rm -rf "$WORK"; }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() {
-  for _ in $(seq 100); do port_open "$1" && return 0; sleep 0.1; done
-  return 1
-}
-
-# Users for Switchboard (created once, server stopped, shared by the plaintext and TLS runs).
-SB_DATA=$WORK/sb-data
-case ",$TARGETS," in
-  *,sb,*|*,sb-tls,*)
-    echo "== creating $((2 * PAIRS)) Switchboard users" >&2
-    "$BIN/switchboard" users bulk-create --data "$SB_DATA" --prefix "$PREFIX" --count $((2 * PAIRS)) \
-      --password "$PASSWORD" --pair-contacts >/dev/null
-    "$BIN/switchboard" cert init --data "$SB_DATA" >/dev/null ;;
-esac
-
-cat >"$WORK/mosquitto.conf" <<EOF
-listener 1883 127.0.0.1
-allow_anonymous true
-max_connections -1
-persistence false
-# Nagle off, as Redis, NATS and Switchboard do: without it small packets wait for delayed ACKs.
-set_tcp_nodelay true
-log_dest stderr
-log_type error
-log_type warning
-EOF
-
-# start_server NAME: starts it pinned to SERVER_CPU, sets SERVER_PID, TARGET and EXTRA (sbload arguments).
-start_server() {
-  local name=$1 port
-  EXTRA=()
-  case "$name" in
-    sb|sb-tls)
-      port=$SB_PORT
-      local args=(serve --data "$SB_DATA" --listen "127.0.0.1:$port" --log-level warning)
-      if [ "$name" = sb ]; then args+=(--plaintext); else EXTRA=(--tls --ca "$SB_DATA/tls/ca.pem"); fi
-      EXTRA+=(--password "$PASSWORD" --prefix "$PREFIX")
-      TARGET=127.0.0.1:$port
-      port_open "$port" && { echo "port $port is in use: skipping $name" >&2; return 1; }
-      taskset -c "$SERVER_CPU" "$BIN/switchboard" "${args[@]}" >"$OUT/server-$name.log" 2>&1 & ;;
-    redis)
-      command -v redis-server >/dev/null || { echo "redis-server not installed (apt-get install redis-server): skipping" >&2; return 1; }
-      port=6379; TARGET=redis://127.0.0.1:$port
-      port_open "$port" && { echo "port $port is in use: skipping $name" >&2; return 1; }
-      taskset -c "$SERVER_CPU" redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
-        --daemonize no --dir "$WORK" >"$OUT/server-$name.log" 2>&1 & ;;
-    mqtt0|mqtt1)
-      command -v mosquitto >/dev/null || { echo "mosquitto not installed (apt-get install mosquitto): skipping" >&2; return 1; }
-      port=1883; TARGET=mqtt://127.0.0.1:$port; EXTRA=(--qos "${name#mqtt}")
-      port_open "$port" && { echo "port $port is in use: skipping $name" >&2; return 1; }
-      taskset -c "$SERVER_CPU" mosquitto -c "$WORK/mosquitto.conf" >"$OUT/server-$name.log" 2>&1 & ;;
-    nats)
-      command -v nats-server >/dev/null || { echo "nats-server not installed (apt-get install nats-server): skipping" >&2; return 1; }
-      port=4222; TARGET=nats://127.0.0.1:$port
-      port_open "$port" && { echo "port $port is in use: skipping $name" >&2; return 1; }
-      taskset -c "$SERVER_CPU" nats-server -a 127.0.0.1 -p "$port" >"$OUT/server-$name.log" 2>&1 & ;;
-    *) echo "unknown target $name (sb, sb-tls, redis, mqtt0, mqtt1, nats)" >&2; return 1 ;;
-  esac
-  SERVER_PID=$!
-  wait_port "$port" || { echo "$name did not start:" >&2; cat "$OUT/server-$name.log" >&2; stop_server; return 1; }
-}
+build_release
+setup_work peers
 
 STATUS=0
 DONE=()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Open-loop rate sweep: `sbload relay --rate R --pairs 1000` from a low offered rate up to saturation, for
-# Switchboard plaintext, Switchboard TLS and Redis pub/sub (when redis-server is installed), in one run.
+# Switchboard plaintext and TLS (by default with Redis pub/sub; also Mosquitto QoS 0/1 and NATS), in one run.
 # Each server is started on loopback pinned to CPU 0 (one server at a time), sbload runs pinned to CPU 1.
 # A target's sweep stops at the first rate where the delivered rate falls short of the offered one (below
 # --min-delivered, default 97 %) or p99 explodes (above --stop-p99-ms, default 50 ms).
@@ -9,7 +9,8 @@
 #   perf/sweep.sh --rates 10000,20000,40000 --targets sb,redis --duration 5 --runs 3
 #   perf/sweep.sh --plot-only perf/out/sweep-YYYYmmdd-HHMMSS   # re-render the PNG and summary from a CSV
 #
-# Options: --rates LIST (msg/s, comma separated, ascending), --targets sb,sb-tls,redis, --pairs N (1000),
+# Options: --rates LIST (msg/s, comma separated, ascending), --targets LIST (sb,sb-tls,redis; also mqtt0,
+# mqtt1, nats: a peer not installed is skipped; servers in perf/lib.sh), --pairs N (1000),
 # --duration S (3), --warmup S (1), --drain S (2), --runs N (per point, median; 1), --p99-ms L (2: the figure
 # reported), --stop-p99-ms M (50), --min-delivered F (0.97), --port P (17920), --redis-port P (6379).
 # Every other option goes to `sbload relay` (e.g. --threads 1, --payload 64, --busy-poll false).
@@ -17,11 +18,10 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=perf/lib.sh
+. "$ROOT/perf/lib.sh"
 SCRATCH=${SCRATCH:-$ROOT/.build-load}
 SB_PORT=${PORT:-17920}
-REDIS_PORT=6379
-PASSWORD=loadtest-pw
-PREFIX=load
 PAIRS=1000
 RUNS=1
 DURATION=3
@@ -32,8 +32,6 @@ TARGETS=sb,sb-tls,redis
 P99_MS=2
 STOP_P99_MS=50
 MIN_DELIVERED=0.97
-SERVER_CPU=${SERVER_CPU:-0}
-LOAD_CPU=${LOAD_CPU:-1}
 PLOT_ONLY=
 SBLOAD_ARGS=()
 
@@ -52,7 +50,7 @@ while [ $# -gt 0 ]; do
     --port) SB_PORT=$2; shift 2 ;;
     --redis-port) REDIS_PORT=$2; shift 2 ;;
     --plot-only) PLOT_ONLY=$2; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) SBLOAD_ARGS+=("$1"); shift ;;
   esac
 done
@@ -65,7 +63,8 @@ report() {
 import csv, sys
 path, limit_ms, min_deliv = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 rows = list(csv.DictReader(open(path)))
-label = {"sb": "switchboard", "sb-tls": "switchboard TLS", "redis": "redis pub/sub"}
+label = {"sb": "switchboard", "sb-tls": "switchboard TLS", "redis": "redis pub/sub", "mqtt0": "mosquitto QoS 0",
+         "mqtt1": "mosquitto QoS 1", "nats": "nats"}
 def ms(v): return f"{float(v)/1000:.2f} ms" if float(v) >= 1000 else f"{float(v):.0f} µs"
 print(f"== open-loop sweep ({path})")
 print("| target | offered | delivered | p50 | p99 | p99.9 | server CPU | gen CPU | passed |")
@@ -120,7 +119,9 @@ PY
   targets=$(python3 -c 'import csv,sys; print(" ".join(dict.fromkeys(r["target"] for r in csv.DictReader(open(sys.argv[1])))))' "$out/sweep.csv")
   for t in $targets; do
     case "$t" in sb) color='#1f77b4'; name=switchboard ;; sb-tls) color='#2ca02c'; name='switchboard TLS' ;;
-                 redis) color='#d62728'; name='redis pub/sub' ;; *) color='#7f7f7f'; name=$t ;; esac
+                 redis) color='#d62728'; name='redis pub/sub' ;; mqtt0) color='#ff7f0e'; name='mosquitto QoS 0' ;;
+                 mqtt1) color='#9467bd'; name='mosquitto QoS 1' ;; nats) color='#17becf'; name=nats ;;
+                 *) color='#7f7f7f'; name=$t ;; esac
     plot+="'$out/sweep.dat' index $i using 1:2 with linespoints dt 3 pt 6 ps 1.2 lw 2 lc rgb '$color' title '$name p50', "
     plot+="'$out/sweep.dat' index $i using 1:3 with linespoints dt 1 pt 7 ps 1.2 lw 2.5 lc rgb '$color' title '$name p99', "
     plot+="'$out/sweep.dat' index $i using 1:4 with linespoints dt 2 pt 5 ps 1.0 lw 1.5 lc rgb '$color' title '$name p99.9', "
@@ -151,70 +152,8 @@ fi
 
 OUT=$ROOT/perf/out/sweep-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
-echo "== building (release, scratch $SCRATCH)" >&2
-(cd "$ROOT" && swift build --scratch-path "$SCRATCH" -c release --product switchboard >/dev/null &&
-               swift build --scratch-path "$SCRATCH" -c release --product sbload >/dev/null)
-BIN=$SCRATCH/release
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-WORK=$(mktemp -d /tmp/sb-sweep.XXXXXX)
-SERVER_PID=
-stop_server() {
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
-  SERVER_PID=
-}
-LOAD_PID=
-cleanup() {
-  if [ -n "$LOAD_PID" ]; then kill -TERM "$LOAD_PID" 2>/dev/null || true; fi
-  stop_server
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-wait_port() {
-  for _ in $(seq 100); do port_open "$1" && return 0; sleep 0.1; done
-  return 1
-}
-
-SB_DATA=$WORK/sb-data
-case ",$TARGETS," in
-  *,sb,*|*,sb-tls,*)
-    echo "== creating $((2 * PAIRS)) Switchboard users, development CA" >&2
-    "$BIN/switchboard" users bulk-create --data "$SB_DATA" --prefix "$PREFIX" --count $((2 * PAIRS)) \
-      --password "$PASSWORD" --pair-contacts >/dev/null
-    "$BIN/switchboard" cert init --data "$SB_DATA" >/dev/null ;;
-esac
-
-# start_server NAME: pinned to SERVER_CPU; sets SERVER_PID, TARGET and EXTRA (sbload arguments).
-start_server() {
-  local name=$1 port
-  EXTRA=()
-  case "$name" in
-    sb|sb-tls)
-      port=$SB_PORT; TARGET=127.0.0.1:$port
-      local args=(serve --data "$SB_DATA" --listen "127.0.0.1:$port" --log-level warning)
-      if [ "$name" = sb ]; then args+=(--plaintext); else EXTRA=(--tls --ca "$SB_DATA/tls/ca.pem"); fi
-      EXTRA+=(--password "$PASSWORD" --prefix "$PREFIX")
-      port_open "$port" && { echo "port $port is in use: skipping $name" >&2; return 1; }
-      taskset -c "$SERVER_CPU" "$BIN/switchboard" "${args[@]}" >"$OUT/server-$name.log" 2>&1 & ;;
-    redis)
-      command -v redis-server >/dev/null || { echo "redis-server not installed (apt-get install redis-server): skipping" >&2; return 1; }
-      port=$REDIS_PORT; TARGET=redis://127.0.0.1:$port
-      port_open "$port" && { echo "port $port is in use: skipping $name" >&2; return 1; }
-      taskset -c "$SERVER_CPU" redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
-        --daemonize no --dir "$WORK" >"$OUT/server-$name.log" 2>&1 & ;;
-    *) echo "unknown target $name (sb, sb-tls, redis)" >&2; return 1 ;;
-  esac
-  SERVER_PID=$!
-  wait_port "$port" || { echo "$name did not start:" >&2; cat "$OUT/server-$name.log" >&2; stop_server; return 1; }
-}
+build_release
+setup_work sweep
 
 # point_row NAME RATE: one CSV row from the point's JSON files (median over the runs).
 point_row() {
