@@ -48,8 +48,22 @@ private func run(_ args: [String], outputTo path: String) throws -> Int32 {
     var argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
     argv.append(nil)
     defer { for p in argv { free(p) } }
+    // The test runner may block or ignore signals; a child inheriting that would keep tmux panes
+    // alive through `tmux kill-server` (SIGHUP) and leak them. Start it with a clean mask and the
+    // default handlers.
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    var emptyMask = sigset_t()
+    sigemptyset(&emptyMask)
+    posix_spawnattr_setsigmask(&attributes, &emptyMask)
+    var defaults = sigset_t()
+    sigemptyset(&defaults)
+    for signal in [SIGHUP, SIGINT, SIGTERM, SIGPIPE, SIGQUIT] { sigaddset(&defaults, signal) }
+    posix_spawnattr_setsigdefault(&attributes, &defaults)
+    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
     var pid: pid_t = 0
-    let rc = posix_spawn(&pid, args[0], &actions, nil, argv, environ)
+    let rc = posix_spawn(&pid, args[0], &actions, &attributes, argv, environ)
     guard rc == 0 else { throw SpawnError(description: "posix_spawn \(args[0]) failed: \(rc)") }
     var status: Int32 = 0
     while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
