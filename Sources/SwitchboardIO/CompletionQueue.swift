@@ -5,7 +5,7 @@ import CSwitchboard
 import Glibc
 
 public final class CompletionQueue<Item: Sendable>: EventHandler, @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
+    private let lock = Lock()
     private var items: [Item] = []
     private var spare: [Item] = []
     private var signalled = false
@@ -15,11 +15,9 @@ public final class CompletionQueue<Item: Sendable>: EventHandler, @unchecked Sen
 
     public init() throws {
         eventFD = try Sys.eventfdCreate()
-        pthread_mutex_init(&mutex, nil)
     }
 
     deinit {
-        pthread_mutex_destroy(&mutex)
         Sys.close(eventFD)
     }
 
@@ -36,11 +34,11 @@ public final class CompletionQueue<Item: Sendable>: EventHandler, @unchecked Sen
 
     /// Thread-safe.
     public func post(_ item: Item) {
-        pthread_mutex_lock(&mutex)
+        lock.lock()
         items.append(item)
         let needsSignal = !signalled
         signalled = true
-        pthread_mutex_unlock(&mutex)
+        lock.unlock()
         if needsSignal { Sys.eventfdSignal(eventFD) }
     }
 
@@ -51,10 +49,10 @@ public final class CompletionQueue<Item: Sendable>: EventHandler, @unchecked Sen
 
     /// Delivers everything posted so far (also used at shutdown).
     public func drain() {
-        pthread_mutex_lock(&mutex)
+        lock.lock()
         swap(&items, &spare)
         signalled = false
-        pthread_mutex_unlock(&mutex)
+        lock.unlock()
         if !spare.isEmpty {
             onItems?(spare)
             spare.removeAll(keepingCapacity: true)
@@ -64,33 +62,25 @@ public final class CompletionQueue<Item: Sendable>: EventHandler, @unchecked Sen
 
 /// A FIFO of work items consumed by one helper thread, which blocks on a condition variable.
 public final class WorkQueue<Item: Sendable>: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
-    private var condition = pthread_cond_t()
+    private let lock = Lock()
+    private let nonEmpty = Condition()
     private var items: [Item] = []
     private var closed = false
 
-    public init() {
-        pthread_mutex_init(&mutex, nil)
-        pthread_cond_init(&condition, nil)
-    }
-
-    deinit {
-        pthread_cond_destroy(&condition)
-        pthread_mutex_destroy(&mutex)
-    }
+    public init() {}
 
     public func push(_ item: Item) {
-        pthread_mutex_lock(&mutex)
-        items.append(item)
-        pthread_cond_signal(&condition)
-        pthread_mutex_unlock(&mutex)
+        lock.withLock {
+            items.append(item)
+            nonEmpty.signal()
+        }
     }
 
     /// Blocks until items are available; returns all of them (nil once closed and empty).
     public func popAll() -> [Item]? {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        while items.isEmpty && !closed { pthread_cond_wait(&condition, &mutex) }
+        lock.lock()
+        defer { lock.unlock() }
+        while items.isEmpty && !closed { nonEmpty.wait(lock) }
         if items.isEmpty { return nil }
         let batch = items
         items.removeAll(keepingCapacity: true)
@@ -98,10 +88,10 @@ public final class WorkQueue<Item: Sendable>: @unchecked Sendable {
     }
 
     public func close() {
-        pthread_mutex_lock(&mutex)
-        closed = true
-        pthread_cond_broadcast(&condition)
-        pthread_mutex_unlock(&mutex)
+        lock.withLock {
+            closed = true
+            nonEmpty.broadcast()
+        }
     }
 }
 
