@@ -297,6 +297,12 @@ final class Worker {
                 intended = t0 + UInt64(offset + Double(n) * intervalNs)
             }
             let waitNs = intended > now ? intended - now : 0
+            if !plan.busyPoll && waitNs > 0 && waitNs < 1_000_000 {
+                // epoll_wait counts in milliseconds: sleep the sub-millisecond part instead of
+                // spinning, so the generator's CPU figure means something (at ~60 µs timer slack).
+                var pause = timespec(tv_sec: 0, tv_nsec: Int(waitNs))
+                nanosleep(&pause, nil)
+            }
             let waitMs: Int32 = (plan.busyPoll && waitNs < 2_000_000) ? 0 : Int32(clamping: waitNs / 1_000_000)
             try turn(maxWaitMs: min(waitMs, 50))
             if failedElsewhere() { throw LoadFailure("another thread failed") }
