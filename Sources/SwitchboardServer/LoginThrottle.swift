@@ -6,13 +6,16 @@ struct LoginThrottle {
     private struct Window { var failures: Int; var windowStart: UInt64 }
     private var byName: [String: Window] = [:]
     private var byAddress: [String: Window] = [:]
+    private var registrationsByAddress: [String: Window] = [:]
+    let maxRegistrationsPerAddress: Int
     let maxPerName: Int
     let maxPerAddress: Int
     let windowMs: UInt64
 
-    init(maxPerName: Int, maxPerAddress: Int, windowMs: UInt64) {
+    init(maxPerName: Int, maxPerAddress: Int, maxRegistrationsPerAddress: Int, windowMs: UInt64) {
         self.maxPerName = maxPerName
         self.maxPerAddress = maxPerAddress
+        self.maxRegistrationsPerAddress = maxRegistrationsPerAddress
         self.windowMs = windowMs
     }
 
@@ -37,7 +40,21 @@ struct LoginThrottle {
 
     mutating func recordSuccess(name: String) { byName[name] = nil }
 
+    /// Counts a registration attempt from `address`; false when the address is over its quota for
+    /// this window (account creation costs a PBKDF2 hash and disk space, so it is rationed).
+    mutating func admitRegistration(address: String, now: UInt64) -> Bool {
+        if var w = registrationsByAddress[address], now - w.windowStart < windowMs {
+            guard w.failures < maxRegistrationsPerAddress else { return false }
+            w.failures += 1
+            registrationsByAddress[address] = w
+        } else {
+            registrationsByAddress[address] = Window(failures: 1, windowStart: now)
+        }
+        return true
+    }
+
     mutating func sweep(now: UInt64) {
+        registrationsByAddress = registrationsByAddress.filter { now - $0.value.windowStart < windowMs }
         byName = byName.filter { now - $0.value.windowStart < windowMs }
         byAddress = byAddress.filter { now - $0.value.windowStart < windowMs }
     }

@@ -92,6 +92,7 @@ public final class RelayServer: EventHandler {
                          })
         throttle = LoginThrottle(maxPerName: configuration.maxFailedLoginsPerUser,
                                  maxPerAddress: configuration.maxFailedLoginsPerAddress,
+                                 maxRegistrationsPerAddress: configuration.maxRegistrationsPerAddress,
                                  windowMs: configuration.lockoutWindowMs)
         dummyHash = PasswordHasher.hash(password: Array("not a real password".utf8), iterations: configuration.pbkdf2Iterations)
         workers = try Workers(store: store, hashThreads: configuration.hashThreads)
@@ -444,6 +445,12 @@ public final class RelayServer: EventHandler {
         guard password.count >= ProtocolConstants.minPasswordBytes else {
             send(connection, .error(requestID: requestID, code: ErrorCode.invalidPassword.rawValue,
                                     message: "passwords need at least \(ProtocolConstants.minPasswordBytes) bytes"))
+            return
+        }
+        guard throttle.admitRegistration(address: connection.peer.host, now: loop.now) else {
+            logger.notice("registration refused: address over its quota", metadata: ["peer": "\(connection.peerText)"])
+            send(connection, .error(requestID: requestID, code: ErrorCode.busyRetryLater.rawValue,
+                                    message: "too many registrations from \(connection.peer.host); try again later"))
             return
         }
         park(connection)

@@ -27,6 +27,8 @@ public struct ServerConfiguration: Sendable {
     public var maxFailedLoginsPerUser = 5
     public var maxFailedLoginsPerAddress = 20
     public var lockoutWindowMs: UInt64 = 15 * 60 * 1000
+    /// Accounts one client address may try to register within `lockoutWindowMs`.
+    public var maxRegistrationsPerAddress = 20
     public var pbkdf2Iterations: UInt32 = 210_000
     /// Password hashing threads (the loop never hashes).
     public var hashThreads = 1

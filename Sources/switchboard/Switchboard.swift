@@ -84,6 +84,8 @@ struct Serve: ParsableCommand {
     var maxFailedLogins = 5
     @Option(help: "Failed logins per client address within the lockout window before it is locked.")
     var maxFailedLoginsPerAddress = 20
+    @Option(help: "Accounts one client address may register within the lockout window.")
+    var maxRegistrationsPerAddress = 20
     @Option(help: "Lockout window in seconds.")
     var lockoutWindow: UInt64 = 900
     @Option(help: "PBKDF2-HMAC-SHA256 iterations for new passwords.")
@@ -129,6 +131,7 @@ struct Serve: ParsableCommand {
         config.maxFailedLoginsPerUser = maxFailedLogins
         config.maxFailedLoginsPerAddress = maxFailedLoginsPerAddress
         config.lockoutWindowMs = lockoutWindow * 1000
+        config.maxRegistrationsPerAddress = maxRegistrationsPerAddress
         config.pbkdf2Iterations = pbkdf2Iterations
         config.dedupeWindow = dedupeWindow
         config.plaintext = plaintext

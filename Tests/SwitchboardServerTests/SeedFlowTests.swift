@@ -206,4 +206,22 @@ import SwitchboardProtocol
             #expect(error.code == ErrorCode.lockedOut.rawValue)
         }
     }
+
+    @Test func registrationsPerAddressAreRationed() throws {
+        let server = try InProcessServer { $0.maxRegistrationsPerAddress = 2 }
+        defer { server.stop() }
+        let s = try server.session()
+        try s.register(name: "first", password: testPassword)
+        try s.register(name: "second", password: testPassword)
+        do {
+            try s.register(name: "third", password: testPassword)
+            Issue.record("a third registration from the same address was accepted")
+        } catch let error as ClientError {
+            #expect(error.code == ErrorCode.busyRetryLater.rawValue)
+            #expect(error.message.contains("too many registrations"))
+        }
+        // Existing accounts still log in.
+        #expect(try server.session().logIn(name: "second", password: testPassword).name == "second")
+    }
+
 }
