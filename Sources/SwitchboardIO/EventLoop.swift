@@ -60,7 +60,6 @@ public final class EventLoop {
     public private(set) var wallNow: UInt64 = Clock.wallMs()
     /// Loop statistics for tests and benchmarks.
     public private(set) var turns: UInt64 = 0
-    public private(set) var wakeCalls: UInt64 = 0
 
     public init(maxEventsPerWait: Int = 1024) throws {
         epollFD = try Sys.checkInt32("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
@@ -108,12 +107,6 @@ public final class EventLoop {
         event.events = interest.rawValue | EPOLLRDHUP.rawValue
         event.data.u64 = id.packed
         _ = try? Sys.checkInt32("epoll_ctl(MOD)") { epoll_ctl(epollFD, EPOLL_CTL_MOD, registrations[index].fd, &event) }
-    }
-
-    public func interest(of id: RegistrationID) -> IOEvents {
-        let index = Int(id.slot)
-        guard index < registrations.count, registrations[index].generation == id.generation else { return [] }
-        return registrations[index].interest
     }
 
     /// Removes the registration; the caller closes the descriptor afterwards.

@@ -77,10 +77,6 @@ public enum Sys {
         }
     }
 
-    public static func shutdownWrite(_ fd: Int32) {
-        _ = Glibc.shutdown(fd, Int32(SHUT_WR))
-    }
-
     /// Raises RLIMIT_NOFILE towards `wanted`: the soft limit up to the hard one, and, where the
     /// process may (root, CAP_SYS_RESOURCE), the hard limit too, up to the kernel's fs.nr_open.
     /// Returns the soft limit in force afterwards.

@@ -633,7 +633,8 @@ public final class RelayServer: EventHandler {
 
     private func relay(from sender: Connection, to recipient: UInt32, messageID: UInt64, body: ByteView) {
         let bodyBytes = body.count
-        switch core.route(from: sender.userID, to: recipient, messageID: messageID, bodyBytes: bodyBytes) {
+        let decision = core.route(from: sender.userID, to: recipient, messageID: messageID, bodyBytes: bodyBytes)
+        switch decision {
         case .deliver(let targetID):
             guard let target = connections[targetID.raw] else {
                 // The session ended this turn; its close is pending. Store instead.
@@ -643,10 +644,8 @@ public final class RelayServer: EventHandler {
             }
             deliver(to: target, sender: sender.userID, messageID: messageID, sentAtMs: loop.wallNow, body: body)
             stats.relayedLive += 1
-        case .store(let recipientID, let seq):
-            let mail = StoredMail(recipient: recipientID, seq: seq, sender: sender.userID, messageID: messageID,
-                                  sentAtMs: loop.wallNow, body: body.array)
-            storeBatch.append(.putMail(mail), .mail(mail))
+        case .store:
+            storeMail(sender: sender, recipient: recipient, messageID: messageID, body: body, decision: decision)
         case .dropInFlightDuplicate:
             stats.duplicatesDropped += 1
         case .acknowledgeDuplicate(let status):
@@ -658,6 +657,8 @@ public final class RelayServer: EventHandler {
         }
     }
 
+    /// Queues a `.store` decision's mail for the next group commit (the body's one copy off the
+    /// loop's buffers), or reports a `.reject`.
     private func storeMail(sender: Connection, recipient: UInt32, messageID: UInt64, body: ByteView, decision: RouteDecision) {
         switch decision {
         case .store(let recipientID, let seq):
