@@ -75,6 +75,8 @@ public enum ErrorCode: UInt16, Sendable, CaseIterable {
     case alreadyLoggedIn = 108
     case internalError = 109
     case busyRetryLater = 110
+    /// The server's storage is full (LMDB map full or disk full): nothing was stored; live relaying goes on.
+    case storageFull = 111
 
     public var closesConnection: Bool { rawValue < 100 }
 }
