@@ -1,0 +1,296 @@
+// The admission and lockout bookkeeping for password checks, without sockets, threads or clocks of its
+// own: the driver submits a LOGIN or REGISTER, asks which submitted attempt may be hashed next, reports
+// each hash's outcome, and wakes the gate at `nextWakeupMs`.
+//
+// Invariants (each is checked after every step of the seeded simulation in SwitchboardSessionTests):
+// - an attempt counts the moment it is submitted: the lock check sees failures plus attempts still
+//   queued or hashing, so parallel guesses cannot overtake the limit (at most `maxFailuresPerUserAddress`
+//   wrong passwords are ever checked per (user, address) per window);
+// - at most `maxInFlightPerAddress` attempts per address and one hash per user name are in progress;
+// - the queue never holds more than `maxQueued` attempts, and a cancelled (closed) attempt is never hashed;
+// - the owner is never locked out by others: locks are per (user, address) and per address; a user
+//   name under attack only gets slower (a growing delay, capped) from addresses it has never logged in
+//   from, and logins from an address the user logged in from recently skip the delay and the queue.
+// Tables are bounded: entries expire with their window and `sweep` removes them; the known-address
+// memory is capped at `maxKnownUsers` users of `knownAddressesPerUser` addresses each.
+
+public struct AuthGateLimits: Sendable, Equatable {
+    /// Wrong passwords checked per (user, address) per window before that address is locked out for that user.
+    public var maxFailuresPerUserAddress = 5
+    /// Wrong passwords from one address (any user) per window before the address is locked out.
+    public var maxFailuresPerAddress = 20
+    public var windowMs: UInt64 = 15 * 60 * 1000
+    /// LOGIN/REGISTER attempts queued or hashing per address at once; more get busyRetryLater.
+    public var maxInFlightPerAddress = 2
+    /// Attempts waiting for a hash thread, over all addresses; more get busyRetryLater.
+    public var maxQueued = 1024
+    /// Attempts waiting per user name from addresses it has not logged in from.
+    public var maxQueuedPerUser = 4
+    /// Hashes handed to the hash threads at once (one per thread keeps queued work cancellable).
+    public var maxHashing = 1
+    /// After this many failures of one user name in a window (from any address), further attempts from
+    /// addresses it has not logged in from wait `min(delayMaxMs, delayBaseMs << (failures - threshold))`.
+    public var userDelayThreshold = 5
+    public var userDelayBaseMs: UInt64 = 250
+    public var userDelayMaxMs: UInt64 = 4_000
+    /// Accounts one address may register per window.
+    public var maxRegistrationsPerAddress = 20
+    /// How long a successful login's address stays "known" for that user.
+    public var knownAddressTTLms: UInt64 = 30 * 24 * 3600 * 1000
+    public var knownAddressesPerUser = 8
+    public var maxKnownUsers = 100_000
+
+    public init() {}
+}
+
+public enum AuthKind: Sendable, Equatable { case login, register }
+
+public struct AuthAttempt<Payload>: @unchecked Sendable {
+    public let connection: UInt64
+    public let address: String
+    public let user: String
+    public let kind: AuthKind
+    public let payload: Payload
+    /// When the attempt was submitted and when it may be hashed (later under a per-user delay).
+    public let submittedAt: UInt64
+    public fileprivate(set) var readyAt: UInt64
+    /// Known address: skips the per-user delay and queue cap, and goes first.
+    public fileprivate(set) var trusted: Bool
+
+    public init(connection: UInt64, address: String, user: String, kind: AuthKind, payload: Payload, now: UInt64) {
+        self.connection = connection
+        self.address = address
+        self.user = user
+        self.kind = kind
+        self.payload = payload
+        self.submittedAt = now
+        self.readyAt = now
+        self.trusted = false
+    }
+}
+
+public enum AuthAdmission: Sendable, Equatable {
+    case queued
+    /// Locked out for this (user, address) or this address: ERROR lockedOut, and the connection closes.
+    case lockedOut(String)
+    /// Over an in-flight or queue bound: ERROR busyRetryLater; the client may try again.
+    case busy(String)
+}
+
+public enum AuthOutcome: Sendable, Equatable {
+    case success
+    case wrongPassword
+    /// A registration finished (either way) or the check could not run: no lockout bookkeeping.
+    case neutral
+}
+
+public struct AuthGate<Payload> {
+    private struct Window { var count: Int; var start: UInt64 }
+    private struct UserState { var failures = Window(count: 0, start: 0); var hashing = false; var lastFailureAt: UInt64 = 0 }
+    private struct PairKey: Hashable { let user: String; let address: String }
+
+    public let limits: AuthGateLimits
+    private var queue: [AuthAttempt<Payload>] = []
+    private var inFlightByAddress: [String: Int] = [:]
+    private var pendingByPair: [PairKey: Int] = [:]
+    private var pendingLoginsByAddress: [String: Int] = [:]
+    private var failuresByPair: [PairKey: Window] = [:]
+    private var failuresByAddress: [String: Window] = [:]
+    private var registrationsByAddress: [String: Window] = [:]
+    private var users: [String: UserState] = [:]
+    /// user -> (address -> last successful login)
+    private var known: [String: [String: UInt64]] = [:]
+    public private(set) var hashing = 0
+
+    public init(limits: AuthGateLimits) { self.limits = limits }
+
+    public var queuedCount: Int { queue.count }
+    public func inFlight(address: String) -> Int { inFlightByAddress[address] ?? 0 }
+    /// Table sizes, for the memory-bound tests.
+    public var tableEntries: Int {
+        inFlightByAddress.count + pendingByPair.count + pendingLoginsByAddress.count + failuresByPair.count
+            + failuresByAddress.count + registrationsByAddress.count + users.count + known.count
+    }
+
+    // MARK: submitting
+
+    public mutating func submit(_ attempt: AuthAttempt<Payload>, now: UInt64) -> AuthAdmission {
+        var attempt = attempt
+        let address = attempt.address
+        if attempt.kind == .login {
+            let pair = PairKey(user: attempt.user, address: address)
+            if count(failuresByAddress[address], now) + (pendingLoginsByAddress[address] ?? 0) >= limits.maxFailuresPerAddress {
+                return .lockedOut("too many failed logins from \(address); try again later")
+            }
+            if count(failuresByPair[pair], now) + (pendingByPair[pair] ?? 0) >= limits.maxFailuresPerUserAddress {
+                return .lockedOut("too many failed logins for \(attempt.user) from \(address); try again later")
+            }
+        }
+        if inFlight(address: address) >= limits.maxInFlightPerAddress {
+            return .busy("\(limits.maxInFlightPerAddress) logins already in progress from \(address); wait for their answers")
+        }
+        if queue.count >= limits.maxQueued {
+            return .busy("the server is busy checking passwords; try again later")
+        }
+        attempt.trusted = attempt.kind == .login && isKnown(user: attempt.user, address: address, now: now)
+        if attempt.kind == .login && !attempt.trusted {
+            let waiting = queue.reduce(0) { $0 + ($1.user == attempt.user && !$1.trusted ? 1 : 0) }
+            if waiting >= limits.maxQueuedPerUser {
+                return .busy("too many logins in progress for \(attempt.user); try again later")
+            }
+            let state = users[attempt.user] ?? UserState()
+            let failures = count(state.failures, now)
+            if failures >= limits.userDelayThreshold {
+                let shift = UInt64(min(failures - limits.userDelayThreshold, 16))
+                let delay = min(limits.userDelayMaxMs, limits.userDelayBaseMs << shift)
+                attempt.readyAt = max(now, state.lastFailureAt + delay)
+            }
+        }
+        if attempt.kind == .register {
+            let used = count(registrationsByAddress[address], now)
+            guard used < limits.maxRegistrationsPerAddress else {
+                return .busy("too many registrations from \(address); try again later")
+            }
+            bump(&registrationsByAddress, address, now)
+        }
+        inFlightByAddress[address, default: 0] += 1
+        if attempt.kind == .login {
+            pendingByPair[PairKey(user: attempt.user, address: address), default: 0] += 1
+            pendingLoginsByAddress[address, default: 0] += 1
+        }
+        queue.append(attempt)
+        return .queued
+    }
+
+    /// Removes the queued attempts of a closed connection (they are never hashed). Returns how many.
+    @discardableResult
+    public mutating func cancel(connection: UInt64) -> Int {
+        var removed = 0
+        var index = 0
+        while index < queue.count {
+            if queue[index].connection == connection {
+                release(queue.remove(at: index))
+                removed += 1
+            } else {
+                index += 1
+            }
+        }
+        return removed
+    }
+
+    // MARK: hashing
+
+    /// The next attempt to hand to a hash thread, or nil (none ready, or `maxHashing` busy). Trusted
+    /// attempts go first; otherwise first come, first served among ready attempts whose user is not
+    /// being hashed already.
+    public mutating func next(now: UInt64) -> AuthAttempt<Payload>? {
+        guard hashing < limits.maxHashing, !queue.isEmpty else { return nil }
+        var chosen: Int?
+        for (index, attempt) in queue.enumerated() where attempt.readyAt <= now && users[attempt.user]?.hashing != true {
+            if attempt.trusted { chosen = index; break }
+            if chosen == nil { chosen = index }
+        }
+        guard let index = chosen else { return nil }
+        let attempt = queue.remove(at: index)
+        hashing += 1
+        users[attempt.user, default: UserState()].hashing = true
+        return attempt
+    }
+
+    /// Reports a hashed attempt's outcome (also when its connection closed meanwhile).
+    public mutating func finished(_ attempt: AuthAttempt<Payload>, _ outcome: AuthOutcome, now: UInt64) {
+        hashing -= 1
+        users[attempt.user, default: UserState()].hashing = false
+        release(attempt)
+        guard attempt.kind == .login else { return }
+        let pair = PairKey(user: attempt.user, address: attempt.address)
+        switch outcome {
+        case .success:
+            failuresByPair[pair] = nil
+            remember(user: attempt.user, address: attempt.address, now: now)
+        case .wrongPassword:
+            bump(&failuresByPair, pair, now)
+            bump(&failuresByAddress, attempt.address, now)
+            var state = users[attempt.user] ?? UserState()
+            if now - state.failures.start >= limits.windowMs { state.failures = Window(count: 0, start: now) }
+            state.failures.count += 1
+            state.lastFailureAt = now
+            users[attempt.user] = state
+        case .neutral:
+            break
+        }
+    }
+
+    /// When a delayed attempt becomes ready (schedule a wake-up then), or nil.
+    public var nextWakeupMs: UInt64? {
+        var earliest: UInt64?
+        for attempt in queue where users[attempt.user]?.hashing != true {
+            earliest = min(earliest ?? .max, attempt.readyAt)
+        }
+        return earliest
+    }
+
+    // MARK: upkeep
+
+    public mutating func sweep(now: UInt64) {
+        let window = limits.windowMs
+        failuresByPair = failuresByPair.filter { now - $0.value.start < window }
+        failuresByAddress = failuresByAddress.filter { now - $0.value.start < window }
+        registrationsByAddress = registrationsByAddress.filter { now - $0.value.start < window }
+        users = users.filter { $0.value.hashing || now - $0.value.failures.start < window }
+        let ttl = limits.knownAddressTTLms
+        known = known.compactMapValues { addresses in
+            let fresh = addresses.filter { now - $0.value < ttl }
+            return fresh.isEmpty ? nil : fresh
+        }
+        if known.count > limits.maxKnownUsers {
+            // Forget the users whose latest login is oldest.
+            let ordered = known.map { ($0.key, $0.value.values.max() ?? 0) }.sorted { $0.1 < $1.1 }
+            for (user, _) in ordered.prefix(known.count - limits.maxKnownUsers) { known[user] = nil }
+        }
+    }
+
+    // MARK: private
+
+    private func count(_ window: Window?, _ now: UInt64) -> Int {
+        guard let window, now - window.start < limits.windowMs else { return 0 }
+        return window.count
+    }
+
+    private func bump<Key: Hashable>(_ table: inout [Key: Window], _ key: Key, _ now: UInt64) {
+        if var w = table[key], now - w.start < limits.windowMs {
+            w.count += 1
+            table[key] = w
+        } else {
+            table[key] = Window(count: 1, start: now)
+        }
+    }
+
+    private mutating func release(_ attempt: AuthAttempt<Payload>) {
+        decrement(&inFlightByAddress, attempt.address)
+        if attempt.kind == .login {
+            decrement(&pendingByPair, PairKey(user: attempt.user, address: attempt.address))
+            decrement(&pendingLoginsByAddress, attempt.address)
+        }
+    }
+
+    private func decrement<Key: Hashable>(_ table: inout [Key: Int], _ key: Key) {
+        guard let value = table[key] else { return }
+        table[key] = value > 1 ? value - 1 : nil
+    }
+
+    private func isKnown(user: String, address: String, now: UInt64) -> Bool {
+        guard let at = known[user]?[address] else { return false }
+        return now - at < limits.knownAddressTTLms
+    }
+
+    private mutating func remember(user: String, address: String, now: UInt64) {
+        var addresses = known[user] ?? [:]
+        addresses[address] = now
+        if addresses.count > limits.knownAddressesPerUser,
+           let oldest = addresses.min(by: { $0.value < $1.value })?.key {
+            addresses[oldest] = nil
+        }
+        known[user] = addresses
+    }
+}
