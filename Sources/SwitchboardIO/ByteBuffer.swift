@@ -134,6 +134,13 @@ public final class ByteBuffer {
         }
     }
 
+    /// Drops unread bytes from `index` (a reader-side index, at or after the reader) to the writer:
+    /// queued output that will never be sent.
+    public func truncate(toIndex index: Int) {
+        precondition(index >= readerIndex && index <= writerIndex)
+        writerIndex = index
+    }
+
     /// Writable region for a read syscall; call `didWrite` with the bytes produced.
     @inlinable public func writableRegion(minimum: Int) -> UnsafeMutableRawBufferPointer {
         reserveWritable(minimum)

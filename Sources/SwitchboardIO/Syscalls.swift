@@ -50,6 +50,17 @@ public enum Sys {
         _ = Glibc.close(fd)
     }
 
+    /// Half-closes a socket for writing (FIN after what is queued); errors are ignored (the peer may be gone).
+    public static func shutdownWrite(_ fd: Int32) {
+        _ = Glibc.shutdown(fd, Int32(SHUT_WR))
+    }
+
+    /// A spare descriptor (/dev/null) held so that, when the process runs out of descriptors, one can be
+    /// freed to accept and refuse a waiting connection. -1 if even that fails.
+    public static func openReserveDescriptor() -> Int32 {
+        Glibc.open("/dev/null", O_RDONLY | O_CLOEXEC)
+    }
+
     public static func eventfdCreate() throws -> Int32 {
         try checkInt32("eventfd") { eventfd(0, Int32(EFD_NONBLOCK) | Int32(EFD_CLOEXEC)) }
     }

@@ -1,10 +1,13 @@
 // One client connection as the loop sees it. Invariants: only the loop thread touches it; `input`
-// holds only bytes of an incomplete frame (complete frames are handled straight from the loop's
-// read buffer); `output` keeps every DELIVER frame from the oldest unacknowledged one on
-// (`DeliveryWindow` names them by stream position) so a drop can move them to the mailbox.
+// holds only bytes of an incomplete frame, or frames received while reading was paused (complete
+// frames are otherwise handled straight from the loop's read buffer); `output` keeps every DELIVER
+// frame from the oldest unacknowledged one on (`DeliveryWindow` names them by stream position) so a
+// drop can move them to the mailbox, and keeps the frame at `frameCursor` (a frame boundary at or
+// before the write position) so a close can cut unwritten output at a frame boundary.
 import SwitchboardIO
 import SwitchboardProtocol
 import SwitchboardRelay
+import SwitchboardSession
 import SwitchboardStore
 
 final class Connection: EventHandler {
@@ -41,8 +44,18 @@ final class Connection: EventHandler {
     let output = ByteBuffer()
     var window = DeliveryWindow()
     var isPendingWrite = false
-    var readingPaused = false
-    var congested = false
+    /// A password hash or account commit is in flight for this connection.
+    var parked = false
+    /// What its output backlog means (reading paused, congested); updated only by the output path.
+    var budget = OutputBudget()
+    var readingPaused: Bool { parked || budget.readingPaused }
+    /// Stream position of a frame boundary at or before the write position (see the header).
+    var frameCursor: UInt64 = 0
+    /// The ERROR the peer gets when the connection is finalized (nil: closed without one).
+    var closeCode: ErrorCode?
+    var closeReason = ""
+    /// Counted in the pre-login connections of its address until it logs in or closes.
+    var countedPreLogin = false
 
     // timers
     var createdAt: UInt64
@@ -56,6 +69,9 @@ final class Connection: EventHandler {
     var mailSentCount: UInt32 = 0
     /// Mail sent and not yet acknowledged: (seq, body bytes) to release quota on MAIL_ACK.
     var mailInFlight: [(seq: UInt64, bytes: Int)] = []
+    /// Mail committed after MAIL_END was not pushed (the receiver was congested): it is sent from the
+    /// store, after `mailCursor`, once the receiver drains or acknowledges.
+    var mailBehind = false
 
     init(id: ConnectionID, transport: Transport, peer: SocketAddress, now: UInt64) {
         self.id = id

@@ -3,11 +3,17 @@
 // handler); each connection is written at most once per turn (the pending-write list), and
 // EPOLLOUT is registered only for output that could not be written; a message is acknowledged to
 // its sender only when its receiver acknowledged it or its mail commit returned.
+// Bounds: every byte queued for a connection passes `outputChanged`, the one place its OutputBudget
+// is consulted (pause reading, congestion, hard cap); password checks go through the AuthGate; a
+// closed connection's last bytes are the rest of the frame being written and its ERROR, then FIN;
+// HUP/ERR of a connection that is not being read closes it (level-triggered events never spin);
+// accept failures pause accepting for 100 ms and are logged at most every 10 s.
 import Glibc
 import Logging
 import SwitchboardIO
 import SwitchboardProtocol
 import SwitchboardRelay
+import SwitchboardSession
 import SwitchboardStore
 import SwitchboardTLS
 
@@ -23,6 +29,18 @@ public struct ServerStats: Sendable {
     public var protocolErrors: UInt64 = 0
     public var writes: UInt64 = 0
     public var reads: UInt64 = 0
+    public var slowConsumerCloses: UInt64 = 0
+    public var readPauses: UInt64 = 0
+    public var lockouts: UInt64 = 0
+    public var authBusy: UInt64 = 0
+    public var acceptPauses: UInt64 = 0
+    public var refusedConnections: UInt64 = 0
+}
+
+/// What a queued LOGIN or REGISTER needs once a hash thread is free.
+struct AuthRequest {
+    let requestID: UInt32
+    let password: [UInt8]
 }
 
 public enum ServerError: Error, CustomStringConvertible {
@@ -55,7 +73,19 @@ public final class RelayServer: EventHandler {
     private var spareConnections: [Connection] = []
     private var storeBatch = StoreBatch()
     private var storeInFlight = false
-    private var throttle: LoginThrottle
+    private var authGate: AuthGate<AuthRequest>
+    /// The attempt being hashed for each parked connection (at most one each).
+    private var hashingAttempts: [UInt64: AuthAttempt<AuthRequest>] = [:]
+    private var authWakeAt: UInt64 = .max
+    private static let authWakeToken = UInt64.max - 1
+    private var preLoginByAddress: [String: Int] = [:]
+    private var reserveFD: Int32 = -1
+    private var acceptPaused = false
+    private static let acceptResumeToken = UInt64.max - 2
+    private var rateLimitedLogs: [String: (last: UInt64, suppressed: Int)] = [:]
+    /// Closed connections whose last bytes are still being written / whose FIN awaits the peer's.
+    private var lingering: [UInt64: Lingerer] = [:]
+    private let budgetLimits: OutputBudgetLimits
     /// One read buffer for all connections: frames that arrive whole are handled from here and
     /// never copied into per-connection memory.
     private let readBuffer = ByteBuffer(capacity: 64 << 10)
@@ -90,10 +120,9 @@ public final class RelayServer: EventHandler {
                          loadMailboxUsage: { user in
                              (try? store.mailboxUsage(of: user)) ?? MailboxUsage(count: 0, bytes: 0, lastSeq: 0)
                          })
-        throttle = LoginThrottle(maxPerName: configuration.maxFailedLoginsPerUser,
-                                 maxPerAddress: configuration.maxFailedLoginsPerAddress,
-                                 maxRegistrationsPerAddress: configuration.maxRegistrationsPerAddress,
-                                 windowMs: configuration.lockoutWindowMs)
+        authGate = AuthGate(limits: configuration.authLimits)
+        budgetLimits = configuration.budgetLimits
+        reserveFD = Sys.openReserveDescriptor()
         dummyHash = PasswordHasher.hash(password: Array("not a real password".utf8), iterations: configuration.pbkdf2Iterations)
         workers = try Workers(store: store, hashThreads: configuration.hashThreads)
         shutdownFD = try Sys.eventfdCreate()
@@ -122,6 +151,7 @@ public final class RelayServer: EventHandler {
     deinit {
         Sys.close(reloadFD)
         Sys.close(shutdownFD)
+        if reserveFD >= 0 { Sys.close(reserveFD) }
         if listenFD >= 0 { Sys.close(listenFD) }
     }
 
@@ -141,6 +171,7 @@ public final class RelayServer: EventHandler {
         // Results that arrived after the loop stopped still carry acknowledgements (best effort now).
         workers.storeResults.drain()
         for connection in Array(connections.values) { finalizeClose(connection) }
+        for lingerer in Array(lingering.values) { endLinger(lingerer) }
         store.close()
         logger.info("stopped", metadata: ["accepted": "\(stats.accepted)", "relayed": "\(stats.relayedLive)",
                                           "stored": "\(stats.storedOffline)"])
@@ -209,24 +240,29 @@ public final class RelayServer: EventHandler {
     // MARK: accepting
 
     public func handle(events: IOEvents, loop: EventLoop) {
+        guard !acceptPaused, listenFD >= 0 else { return }
         // Level-triggered: accept a bounded number per turn; the rest are reported again.
         for _ in 0..<256 {
             let accepted: (fd: Int32, peer: SocketAddress)?
             do {
                 accepted = try Socket.accept(listenFD)
             } catch {
-                logger.warning("accept failed", metadata: ["error": "\(error)"])
+                acceptFailed(error)
                 return
             }
             guard let (fd, peer) = accepted else { return }
             stats.accepted += 1
             if connections.count >= configuration.maxConnections {
-                if tlsContext == nil {
-                    refuse(fd: fd, code: .serverBusy, "server is at its connection limit (\(configuration.maxConnections))")
-                } else {
-                    Sys.close(fd)  // no handshake spent on a connection we cannot keep
-                }
-                logger.warning("connection refused: at the limit", metadata: ["limit": "\(configuration.maxConnections)"])
+                refuse(fd: fd, code: .serverBusy, "server is at its connection limit (\(configuration.maxConnections))")
+                warnRateLimited("connection refused: at the connection limit", ["limit": "\(configuration.maxConnections)"])
+                continue
+            }
+            let host = peer.host
+            if preLoginByAddress[host, default: 0] >= configuration.maxPreLoginConnectionsPerAddress {
+                refuse(fd: fd, code: .serverBusy,
+                       "too many connections from \(host) have not logged in yet (limit \(configuration.maxPreLoginConnectionsPerAddress))")
+                warnRateLimited("connection refused: address over its pre-login limit",
+                                ["address": "\(host)", "limit": "\(configuration.maxPreLoginConnectionsPerAddress)"])
                 continue
             }
             try? Sys.setOption(fd, level: Int32(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
@@ -235,7 +271,7 @@ public final class RelayServer: EventHandler {
                 do {
                     transport = try TLSTransport(fd: fd, context: tlsContext)
                 } catch {
-                    logger.warning("TLS setup failed", metadata: ["error": "\(error)"])
+                    warnRateLimited("TLS setup failed", ["error": "\(error)"])
                     Sys.close(fd)
                     continue
                 }
@@ -249,17 +285,63 @@ public final class RelayServer: EventHandler {
             do {
                 connection.registration = try loop.register(fd: fd, interest: .readable, handler: connection)
             } catch {
-                logger.warning("register failed", metadata: ["error": "\(error)"])
+                warnRateLimited("register failed", ["error": "\(error)"])
                 connection.transport.close()
                 continue
             }
             connections[id.raw] = connection
+            connection.countedPreLogin = true
+            preLoginByAddress[host, default: 0] += 1
             scheduleTimer(connection, at: nextDeadline(connection))
             logger.trace("accepted", metadata: ["peer": "\(connection.peerText)", "conn": "\(id)"])
         }
     }
 
+    /// Out of descriptors (or another accept error): free the reserve descriptor to accept and refuse one
+    /// waiting connection, stop accepting for 100 ms, and say so at most every 10 s.
+    private func acceptFailed(_ error: Error) {
+        let code = (error as? SyscallError)?.errno ?? 0
+        if code == EMFILE || code == ENFILE, reserveFD >= 0 {
+            Sys.close(reserveFD)
+            reserveFD = -1
+            if case let (fd, _)?? = try? Socket.accept(listenFD) {
+                stats.refusedConnections += 1
+                refuse(fd: fd, code: .serverBusy, "server is out of file descriptors; try again later")
+            }
+            reserveFD = Sys.openReserveDescriptor()
+        }
+        acceptPaused = true
+        stats.acceptPauses += 1
+        if let listenRegistration { loop.setInterest(listenRegistration, []) }
+        loop.schedule(at: loop.now + 100, token: Self.acceptResumeToken)
+        warnRateLimited("accept failed; accepting paused for 100 ms (raise the descriptor limit, e.g. ulimit -n or LimitNOFILE)",
+                        ["error": "\(error)", "connections": "\(connections.count)"])
+    }
+
+    private func resumeAccepting() {
+        acceptPaused = false
+        if let listenRegistration { loop.setInterest(listenRegistration, .readable) }
+    }
+
+    /// One warning per `key` per 10 s; the next one says how many were suppressed.
+    private func warnRateLimited(_ key: String, _ metadata: Logger.Metadata) {
+        let now = loop.now
+        var entry = rateLimitedLogs[key] ?? (last: 0, suppressed: 0)
+        if entry.last != 0 && now - entry.last < 10_000 {
+            entry.suppressed += 1
+            rateLimitedLogs[key] = entry
+            return
+        }
+        var metadata = metadata
+        if entry.suppressed > 0 { metadata["suppressed"] = "\(entry.suppressed) more in the last \((now - entry.last) / 1000) s" }
+        logger.warning("\(key)", metadata: metadata)
+        rateLimitedLogs[key] = (last: now, suppressed: 0)
+    }
+
+    /// Plaintext: one ERROR frame, then close. TLS: close at once (no handshake spent on a refusal).
     private func refuse(fd: Int32, code: ErrorCode, _ message: String) {
+        stats.refusedConnections += 1
+        guard tlsContext == nil else { Sys.close(fd); return }
         let out = ByteBuffer()
         FrameEncoder.encode(ServerFrame.error(requestID: 0, code: code.rawValue, message: TextView(message)), into: out)
         _ = try? Sys.write(fd, out.readableView)
@@ -270,6 +352,14 @@ public final class RelayServer: EventHandler {
 
     func handle(_ connection: Connection, events: IOEvents) {
         if connection.isClosing { return }
+        // HUP, ERR and RDHUP are reported whatever the interest, level-triggered: a connection that is not
+        // being read (parked for a hash, or paused for its output) would report them every turn. A peer
+        // that hung up while paused is closed now; one that is read finds the EOF by reading.
+        if connection.readingPaused
+            && (events.contains(.hangup) || events.contains(.error) || events.contains(.readHangup)) {
+            close(connection, code: nil, "peer hung up")
+            return
+        }
         let transport = connection.transport
         let readable = events.contains(.readable) || events.contains(.error) || events.contains(.hangup)
             || events.contains(.readHangup)
@@ -329,7 +419,7 @@ public final class RelayServer: EventHandler {
 
     /// Handles every complete frame in `buffer`, stopping early while authentication is in flight.
     private func process(_ connection: Connection, from buffer: ByteBuffer) {
-        while !connection.isClosing && connection.phase != .authenticating {
+        while !connection.isClosing && !connection.readingPaused {
             switch FrameDecoder.split(buffer.readableView, maxFrameBytes: maxFrameBytes(connection)) {
             case .needMore:
                 return
@@ -447,50 +537,104 @@ public final class RelayServer: EventHandler {
                                     message: "passwords need at least \(ProtocolConstants.minPasswordBytes) bytes"))
             return
         }
-        guard throttle.admitRegistration(address: connection.peer.host, now: loop.now) else {
-            logger.notice("registration refused: address over its quota", metadata: ["peer": "\(connection.peerText)"])
-            send(connection, .error(requestID: requestID, code: ErrorCode.busyRetryLater.rawValue,
-                                    message: "too many registrations from \(connection.peer.host); try again later"))
-            return
-        }
-        park(connection)
-        workers.hashJobs.push(.hashForRegistration(connection: connection.id.raw, requestID: requestID, name: name,
-                                                   password: password, iterations: configuration.pbkdf2Iterations))
+        submitAuth(connection, kind: .register, name: name, AuthRequest(requestID: requestID, password: password))
     }
 
     private func startLogin(_ connection: Connection, requestID: UInt32, name: String, password: [UInt8]) {
-        let host = connection.peer.host
-        if throttle.isLocked(name: name, address: host, now: loop.now) {
+        submitAuth(connection, kind: .login, name: name, AuthRequest(requestID: requestID, password: password))
+    }
+
+    /// Every password check enters the AuthGate, which decides when (and whether) it is hashed.
+    private func submitAuth(_ connection: Connection, kind: AuthKind, name: String, _ request: AuthRequest) {
+        let now = loop.now
+        let attempt = AuthAttempt(connection: connection.id.raw, address: connection.peer.host, user: name, kind: kind,
+                                  payload: request, now: now)
+        switch authGate.submit(attempt, now: now) {
+        case .queued:
+            park(connection)
+            pumpAuth()
+        case .lockedOut(let why):
+            stats.lockouts += 1
             logger.notice("login locked out", metadata: ["user": "\(name)", "peer": "\(connection.peerText)"])
-            close(connection, code: .lockedOut, "too many failed logins; try again later")
-            return
+            close(connection, code: .lockedOut, why)
+        case .busy(let why):
+            stats.authBusy += 1
+            send(connection, .error(requestID: request.requestID, code: ErrorCode.busyRetryLater.rawValue, message: TextView(why)))
         }
-        let account: AccountRecord?
-        do {
-            account = Store.isValidUserName(name) ? try store.account(named: name) : nil
-        } catch {
-            logger.error("account lookup failed", metadata: ["error": "\(error)"])
-            send(connection, .error(requestID: requestID, code: ErrorCode.internalError.rawValue, message: "account lookup failed"))
-            return
+    }
+
+    /// Hands the gate's ready attempts to the hash threads (at most one per thread is outstanding, so
+    /// the rest stay queued where a close can cancel them) and wakes the gate for delayed ones.
+    private func pumpAuth() {
+        let now = loop.now
+        while let dispatch = authGate.next(now: now) {
+            switch dispatch {
+            case .refuse(let attempt, let why):
+                stats.lockouts += 1
+                if let connection = connections[attempt.connection], !connection.isClosing {
+                    close(connection, code: .lockedOut, why)
+                }
+            case .hash(let attempt):
+                guard let connection = connections[attempt.connection], !connection.isClosing else {
+                    authGate.finished(attempt, .neutral, now: now)
+                    continue
+                }
+                let request = attempt.payload
+                switch attempt.kind {
+                case .register:
+                    hashingAttempts[attempt.connection] = attempt
+                    workers.hashJobs.push(.hashForRegistration(connection: attempt.connection, requestID: request.requestID,
+                                                               name: attempt.user, password: request.password,
+                                                               iterations: configuration.pbkdf2Iterations))
+                case .login:
+                    let account: AccountRecord?
+                    do {
+                        account = Store.isValidUserName(attempt.user) ? try store.account(named: attempt.user) : nil
+                    } catch {
+                        logger.error("account lookup failed", metadata: ["error": "\(error)"])
+                        authGate.finished(attempt, .neutral, now: now)
+                        send(connection, .error(requestID: request.requestID, code: ErrorCode.internalError.rawValue,
+                                                message: "account lookup failed"))
+                        unpark(connection, phase: .awaitingAuth)
+                        continue
+                    }
+                    hashingAttempts[attempt.connection] = attempt
+                    workers.hashJobs.push(.verifyLogin(connection: attempt.connection, requestID: request.requestID,
+                                                       name: attempt.user, password: request.password, account: account,
+                                                       dummy: dummyHash))
+                }
+            }
         }
-        park(connection)
-        workers.hashJobs.push(.verifyLogin(connection: connection.id.raw, requestID: requestID, name: name,
-                                           password: password, account: account, dummy: dummyHash))
+        if let wake = authGate.nextWakeupMs, wake > now, wake < authWakeAt {
+            authWakeAt = wake
+            loop.schedule(at: wake, token: Self.authWakeToken)
+        }
+    }
+
+    private func finishAttempt(_ connection: UInt64, _ outcome: AuthOutcome) {
+        if let attempt = hashingAttempts.removeValue(forKey: connection) {
+            authGate.finished(attempt, outcome, now: loop.now)
+        }
     }
 
     /// Stops reading while a helper thread works for this connection; frames already received
     /// wait in its input buffer.
     private func park(_ connection: Connection) {
         connection.phase = .authenticating
-        connection.readingPaused = true
+        connection.parked = true
         updateInterest(connection)
     }
 
     private func unpark(_ connection: Connection, phase: Connection.Phase) {
         connection.phase = phase
-        connection.readingPaused = false
+        connection.parked = false
+        resumeReading(connection)
+    }
+
+    /// Reading may go on (unparked, or output drained): frames that arrived meanwhile are handled first.
+    private func resumeReading(_ connection: Connection) {
+        guard !connection.isClosing, !connection.readingPaused else { return }
         updateInterest(connection)
-        // Frames that arrived while parked.
         if !connection.input.isEmpty { process(connection, from: connection.input) }
         if connection.transport.hasBufferedPlaintext && !connection.isClosing { bufferedReads.append(connection) }
     }
@@ -499,22 +643,30 @@ public final class RelayServer: EventHandler {
         for result in results {
             switch result {
             case .hashed(let id, let requestID, let name, let hash):
+                finishAttempt(id, .neutral)
                 guard let connection = connections[id], !connection.isClosing else { continue }
                 storeBatch.append(.createAccount(name: name, password: hash), .createAccount(connection: id, requestID: requestID))
             case .verified(let id, let requestID, let name, let account, let ok):
+                finishAttempt(id, ok ? .success : .wrongPassword)
                 guard let connection = connections[id], !connection.isClosing else { continue }
                 guard ok, let account else {
-                    throttle.recordFailure(name: name, address: connection.peer.host, now: loop.now)
                     logger.info("login failed", metadata: ["user": "\(name)", "peer": "\(connection.peerText)"])
                     send(connection, .error(requestID: requestID, code: ErrorCode.authenticationFailed.rawValue,
                                             message: "wrong user name or password"))
                     unpark(connection, phase: .awaitingAuth)
                     continue
                 }
-                throttle.recordSuccess(name: name)
                 completeLogin(connection, requestID: requestID, account: account)
             }
         }
+        pumpAuth()
+    }
+
+    private func leavePreLogin(_ connection: Connection) {
+        guard connection.countedPreLogin else { return }
+        connection.countedPreLogin = false
+        let host = connection.peer.host
+        if let count = preLoginByAddress[host], count > 1 { preLoginByAddress[host] = count - 1 } else { preLoginByAddress[host] = nil }
     }
 
     private func completeLogin(_ connection: Connection, requestID: UInt32, account: AccountRecord) {
@@ -529,6 +681,7 @@ public final class RelayServer: EventHandler {
         }
         connection.userID = account.userID
         connection.userName = account.name
+        leavePreLogin(connection)
         userNameCache[account.userID] = account.name
         let outcome = core.login(user: account.userID, name: account.name, connection: connection.id,
                                  address: connection.peerText, contacts: contacts)
@@ -575,21 +728,49 @@ public final class RelayServer: EventHandler {
         return name ?? "user\(id)"
     }
 
-    private func sendMailPage(_ connection: Connection) {
-        let mails: [StoredMail]
-        do {
-            mails = try store.mail(for: connection.userID, afterSeq: connection.mailCursor, limit: configuration.mailPageSize)
-        } catch {
-            logger.error("mail read failed", metadata: ["error": "\(error)", "user": "\(connection.userName)"])
-            return
+    /// One page of stored mail after the cursor: at most `mailPageSize` messages and about
+    /// `mailPageBytes` bytes (one message more than that only if it alone is larger), read from the
+    /// store a few at a time so a page of large mails is never all in memory at once.
+    /// Returns true when the mailbox had nothing more after the page.
+    private func sendStoredMail(_ connection: Connection) -> Bool {
+        var count = 0
+        var bytes = 0
+        while count < configuration.mailPageSize && bytes < configuration.mailPageBytes {
+            let limit = min(8, configuration.mailPageSize - count)
+            let mails: [StoredMail]
+            do {
+                mails = try store.mail(for: connection.userID, afterSeq: connection.mailCursor, limit: limit)
+            } catch {
+                logger.error("mail read failed", metadata: ["error": "\(error)", "user": "\(connection.userName)"])
+                return false
+            }
+            for (index, mail) in mails.enumerated() {
+                if bytes >= configuration.mailPageBytes { return false }
+                sendMail(connection, mail)
+                count += 1
+                bytes += mail.body.count + 64
+                if index == mails.count - 1 && mails.count < limit { return true }
+            }
+            if mails.isEmpty { return true }
         }
-        for mail in mails { sendMail(connection, mail) }
-        if mails.count < configuration.mailPageSize {
+        return false
+    }
+
+    private func sendMailPage(_ connection: Connection) {
+        if sendStoredMail(connection) {
             connection.mailPaging = .done
             send(connection, .mailEnd(count: connection.mailSentCount))
         } else {
             connection.mailPaging = .awaitingAck
         }
+    }
+
+    /// After MAIL_END, mail committed while the receiver was congested waits in the store; it follows
+    /// in pages once the receiver has drained (never into a congested connection).
+    private func catchUpMail(_ connection: Connection) {
+        guard connection.mailBehind, connection.mailPaging == .done, !connection.isClosing, !connection.budget.congested,
+              connection.output.readableBytes < configuration.mailPageBytes else { return }
+        if sendStoredMail(connection) { connection.mailBehind = false }
     }
 
     private func sendMail(_ connection: Connection, _ mail: StoredMail) {
@@ -616,6 +797,8 @@ public final class RelayServer: EventHandler {
         }
         if connection.mailPaging == .awaitingAck && throughSeq >= connection.mailCursor {
             sendMailPage(connection)
+        } else if connection.mailBehind && throughSeq >= connection.mailCursor {
+            catchUpMail(connection)
         }
     }
 
@@ -636,7 +819,7 @@ public final class RelayServer: EventHandler {
         let decision = core.route(from: sender.userID, to: recipient, messageID: messageID, bodyBytes: bodyBytes)
         switch decision {
         case .deliver(let targetID):
-            guard let target = connections[targetID.raw] else {
+            guard let target = connections[targetID.raw], !target.isClosing else {
                 // The session ended this turn; its close is pending. Store instead.
                 storeMail(sender: sender, recipient: recipient, messageID: messageID, body: body, decision: core.rerouteToMailbox(
                     sender: sender.userID, recipient: recipient, messageID: messageID, bodyBytes: bodyBytes))
@@ -650,8 +833,7 @@ public final class RelayServer: EventHandler {
             stats.duplicatesDropped += 1
         case .acknowledgeDuplicate(let status):
             stats.duplicatesDropped += 1
-            FrameEncoder.writeSendAck(into: sender.output, messageID: messageID, status: status.rawValue)
-            enqueueWrite(sender)
+            sendAck(sender, messageID: messageID, status: status)
         case .reject(let code, let message):
             send(sender, .sendError(messageID: messageID, code: code.rawValue, message: TextView(message)))
         }
@@ -683,47 +865,25 @@ public final class RelayServer: EventHandler {
             target.window.append(PendingDelivery(seq: seq, sender: sender, messageID: messageID, frameStart: start,
                                                  frameEnd: out.streamPosition(ofIndex: out.writerIndex)))
         }
-        enqueueWrite(target)
-        checkBacklog(target)
+        outputChanged(target)
     }
 
     private func acknowledgeDeliveries(_ connection: Connection, throughSeq: UInt64) {
         connection.window.acknowledge(throughSeq: throughSeq) { delivery in
             if let senderID = core.completed(sender: delivery.sender, messageID: delivery.messageID, status: .delivered),
-               let sender = connections[senderID.raw], !sender.isClosing {
-                FrameEncoder.writeSendAck(into: sender.output, messageID: delivery.messageID, status: SendStatus.delivered.rawValue)
-                enqueueWrite(sender)
+               let sender = connections[senderID.raw] {
+                sendAck(sender, messageID: delivery.messageID, status: .delivered)
             }
         }
         updateRetention(connection)
-        checkBacklog(connection)
-    }
-
-    /// Output bytes held for this connection: queued plus kept for unacknowledged deliveries.
-    private func backlog(_ connection: Connection) -> Int { connection.output.retainedBytes }
-
-    private func checkBacklog(_ connection: Connection) {
-        let held = backlog(connection)
-        if held > configuration.outputHardCapBytes {
-            close(connection, code: .slowConsumer, "output backlog over \(configuration.outputHardCapBytes) bytes")
-            return
-        }
-        if !connection.congested && held > configuration.outputSoftCapBytes {
-            connection.congested = true
-            if connection.userID != 0 { core.setCongested(connection.userID, true) }
-        } else if connection.congested && held < configuration.outputSoftCapBytes / 2 {
-            connection.congested = false
-            if connection.userID != 0 { core.setCongested(connection.userID, false) }
-        }
+        applyBudget(connection)
     }
 
     private func updateRetention(_ connection: Connection) {
         let out = connection.output
-        if let oldest = connection.window.oldest {
-            out.retain(from: out.index(ofStreamPosition: oldest.frameStart))
-        } else {
-            out.retain(from: out.readerIndex)
-        }
+        var from = out.index(ofStreamPosition: connection.frameCursor)
+        if let oldest = connection.window.oldest { from = min(from, out.index(ofStreamPosition: oldest.frameStart)) }
+        out.retain(from: from)
     }
 
     // MARK: writing
@@ -731,13 +891,50 @@ public final class RelayServer: EventHandler {
     private func send(_ connection: Connection, _ frame: ServerFrame) {
         guard !connection.isClosing else { return }
         FrameEncoder.encode(frame, into: connection.output)
-        enqueueWrite(connection)
+        outputChanged(connection)
     }
 
-    private func enqueueWrite(_ connection: Connection) {
+    private func sendAck(_ connection: Connection, messageID: UInt64, status: SendStatus) {
+        guard !connection.isClosing else { return }
+        FrameEncoder.writeSendAck(into: connection.output, messageID: messageID, status: status.rawValue)
+        outputChanged(connection)
+    }
+
+    /// The one output path: every frame queued for a connection ends here, once.
+    @inline(__always)
+    private func outputChanged(_ connection: Connection) {
         if !connection.isPendingWrite {
             connection.isPendingWrite = true
             pendingWrites.append(connection)
+        }
+        applyBudget(connection)
+    }
+
+    /// The one place a connection's backlog is judged (see OutputBudget): over the hard cap it closes
+    /// with slowConsumer, above the high-water mark reading stops, and congestion is told to the core.
+    private func applyBudget(_ connection: Connection) {
+        guard !connection.isClosing else { return }
+        let out = connection.output
+        let change = connection.budget.update(unwritten: out.readableBytes, retained: out.retainedBytes,
+                                              loggedIn: connection.userID != 0, limits: budgetLimits)
+        if change.isEmpty { return }
+        if change.overHardCap {
+            stats.slowConsumerCloses += 1
+            close(connection, code: .slowConsumer,
+                  "output backlog over \(configuration.outputHardCapBytes) bytes: read faster (unacknowledged messages go to your mailbox)")
+            return
+        }
+        if let congested = change.congested {
+            core.setCongested(connection.userID, congested)
+            if !congested { catchUpMail(connection) }
+        }
+        if let reading = change.reading {
+            if reading {
+                resumeReading(connection)
+            } else {
+                stats.readPauses += 1
+                updateInterest(connection)
+            }
         }
     }
 
@@ -762,8 +959,31 @@ public final class RelayServer: EventHandler {
                 return
             }
         }
+        if out.readableBytes == 0 {
+            connection.frameCursor = out.streamPosition(ofIndex: out.writerIndex)
+        } else {
+            connection.frameCursor = frameBoundary(connection, atOrBefore: true)
+        }
         updateRetention(connection)
         updateInterest(connection)
+        if connection.budget.readingPaused || connection.budget.congested { applyBudget(connection) }
+    }
+
+    /// Walks frame lengths from `frameCursor` to the write position: the start of the frame being
+    /// written (`atOrBefore`), or the end of it (the first boundary at or after the write position).
+    private func frameBoundary(_ connection: Connection, atOrBefore: Bool) -> UInt64 {
+        let out = connection.output
+        let written = out.streamPosition(ofIndex: out.readerIndex)
+        var position = connection.frameCursor
+        while position < written {
+            let view = out.view(from: out.index(ofStreamPosition: position), to: out.writerIndex)
+            guard view.count >= 4 else { break }
+            let length = UInt64(view[0]) << 24 | UInt64(view[1]) << 16 | UInt64(view[2]) << 8 | UInt64(view[3])
+            let next = position + 4 + length
+            if atOrBefore && next > written { break }
+            position = next
+        }
+        return position
     }
 
     private func updateInterest(_ connection: Connection) {
@@ -779,9 +999,8 @@ public final class RelayServer: EventHandler {
     /// Marks a connection for closing at the end of this turn, after a last attempt to send `code`.
     private func close(_ connection: Connection, code: ErrorCode?, _ reason: String, keepUserForReroute: UserID = 0) {
         guard !connection.isClosing else { return }
-        if let code {
-            FrameEncoder.encode(ServerFrame.error(requestID: 0, code: code.rawValue, message: TextView(reason)), into: connection.output)
-        }
+        connection.closeCode = code
+        connection.closeReason = reason
         logger.debug("closing", metadata: ["peer": "\(connection.peerText)", "reason": "\(reason)"])
         connection.rerouteOwner = keepUserForReroute != 0 ? keepUserForReroute : connection.userID
         connection.phase = .closing
@@ -790,14 +1009,11 @@ public final class RelayServer: EventHandler {
 
     private func finalizeClose(_ connection: Connection) {
         guard connections[connection.id.raw] != nil else { return }
-        // Best effort: the ERROR frame (and anything queued) goes out if the socket takes it now.
+        authGate.cancel(connection: connection.id.raw, address: connection.peer.host)
+        leavePreLogin(connection)
         let out = connection.output
-        if out.readableBytes > 0 {
-            _ = try? connection.transport.write(from: out.readableView)
-        }
         if let registration = connection.registration { loop.deregister(registration) }
         connection.registration = nil
-        connection.transport.close()
         connections[connection.id.raw] = nil
         stats.closed += 1
         for target in core.connectionClosed(connection.id) {
@@ -829,10 +1045,110 @@ public final class RelayServer: EventHandler {
                 break
             }
         }
-        out.clear()
-        out.releaseIfEmpty()
         connection.input.clear()
         connection.input.releaseIfEmpty()
+        // The peer's last bytes: the rest of the frame being written (queued frames behind it are dropped:
+        // its deliveries went to the mailbox above, acks are answered again on resend), then the ERROR.
+        out.truncate(toIndex: out.index(ofStreamPosition: frameBoundary(connection, atOrBefore: false)))
+        out.retain(from: out.readerIndex)
+        if let code = connection.closeCode {
+            FrameEncoder.encode(ServerFrame.error(requestID: 0, code: code.rawValue, message: TextView(connection.closeReason)),
+                                into: out)
+        }
+        if out.readableBytes > 0, connection.closeCode != nil, lingering.count < 10_000,
+           let lingerer = startLinger(connection) {
+            lingering[connection.id.raw] = lingerer
+        } else {
+            connection.transport.close()
+            out.clear()
+            out.releaseIfEmpty()
+        }
+    }
+
+    // MARK: lingering close
+
+    /// A closed connection's socket while its last bytes go out: written, then FIN (shutdown), then the
+    /// peer's bytes are read and dropped until its EOF or `closeLingerMs`, so the peer reads the ERROR
+    /// instead of a reset.
+    final class Lingerer: EventHandler {
+        let id: UInt64
+        let transport: Transport
+        let output: ByteBuffer
+        let deadline: UInt64
+        var registration: RegistrationID?
+        var finSent = false
+        unowned let server: RelayServer
+        init(id: UInt64, transport: Transport, output: ByteBuffer, deadline: UInt64, server: RelayServer) {
+            self.id = id
+            self.transport = transport
+            self.output = output
+            self.deadline = deadline
+            self.server = server
+        }
+        func handle(events: IOEvents, loop: EventLoop) { server.lingerEvent(self, events) }
+    }
+
+    private func startLinger(_ connection: Connection) -> Lingerer? {
+        let lingerer = Lingerer(id: connection.id.raw, transport: connection.transport, output: connection.output,
+                                deadline: loop.now + configuration.closeLingerMs, server: self)
+        guard let registration = try? loop.register(fd: connection.transport.fd, interest: [.readable, .writable],
+                                                    handler: lingerer) else { return nil }
+        lingerer.registration = registration
+        loop.schedule(at: lingerer.deadline, token: lingerer.id)
+        return lingerer
+    }
+
+    func lingerEvent(_ lingerer: Lingerer, _ events: IOEvents) {
+        guard lingering[lingerer.id] != nil else { return }
+        let out = lingerer.output
+        if !lingerer.finSent {
+            while out.readableBytes > 0 {
+                switch try? lingerer.transport.write(from: out.readableView) {
+                case .processed(let written)?:
+                    out.moveReaderIndex(forwardBy: written)
+                case .wouldBlock?:
+                    if lingerer.transport.needsReadable, let registration = lingerer.registration {
+                        loop.setInterest(registration, [.readable, .writable])
+                    }
+                    return
+                case nil:
+                    endLinger(lingerer)
+                    return
+                }
+            }
+            Sys.shutdownWrite(lingerer.transport.fd)
+            lingerer.finSent = true
+            out.releaseIfEmpty()
+            if let registration = lingerer.registration { loop.setInterest(registration, .readable) }
+        }
+        if events.contains(.hangup) || events.contains(.error) {
+            endLinger(lingerer)
+            return
+        }
+        // Drain what the peer still sends (a few reads per wake-up) until its EOF.
+        for _ in 0..<4 {
+            let region = readBuffer.writableRegion(minimum: readChunk)
+            let result = try? lingerer.transport.read(into: region)
+            readBuffer.clear()
+            switch result {
+            case .processed(let count)? where count > 0:
+                continue
+            case .wouldBlock?:
+                return
+            default:
+                endLinger(lingerer)
+                return
+            }
+        }
+    }
+
+    private func endLinger(_ lingerer: Lingerer) {
+        guard lingering.removeValue(forKey: lingerer.id) != nil else { return }
+        if let registration = lingerer.registration { loop.deregister(registration) }
+        lingerer.registration = nil
+        lingerer.transport.close()
+        lingerer.output.clear()
+        lingerer.output.releaseIfEmpty()
     }
 
     // MARK: end of turn
@@ -859,7 +1175,7 @@ public final class RelayServer: EventHandler {
             spareConnections.removeAll(keepingCapacity: true)
         }
         submitStoreBatch()
-        if shuttingDown && toClose.isEmpty && storeBatch.isEmpty && !storeInFlight && connections.isEmpty {
+        if shuttingDown && toClose.isEmpty && storeBatch.isEmpty && !storeInFlight && connections.isEmpty && lingering.isEmpty {
             loop.stop()
         }
     }
@@ -927,9 +1243,15 @@ public final class RelayServer: EventHandler {
                 stats.storedOffline += 1
                 ackStored(mail)
                 // The recipient may have come online meanwhile: push it once its login backlog is done.
+                // Never into a congested receiver: then it follows from the store once drained.
                 if let recipientID = core.connection(of: mail.recipient), let recipient = connections[recipientID.raw],
-                   recipient.mailPaging == .done {
-                    sendMail(recipient, mail)
+                   !recipient.isClosing, recipient.mailPaging == .done {
+                    if recipient.mailBehind || recipient.budget.congested
+                        || recipient.output.readableBytes >= configuration.mailPageBytes {
+                        recipient.mailBehind = true
+                    } else {
+                        sendMail(recipient, mail)
+                    }
                 }
             case .duplicateMail:
                 // Stored before (e.g. acknowledged just before a crash): give the reserved slot back, ack again.
@@ -949,9 +1271,8 @@ public final class RelayServer: EventHandler {
 
     private func ackStored(_ mail: StoredMail) {
         if let senderID = core.completed(sender: mail.sender, messageID: mail.messageID, status: .storedOffline),
-           let sender = connections[senderID.raw], !sender.isClosing {
-            FrameEncoder.writeSendAck(into: sender.output, messageID: mail.messageID, status: SendStatus.storedOffline.rawValue)
-            enqueueWrite(sender)
+           let sender = connections[senderID.raw] {
+            sendAck(sender, messageID: mail.messageID, status: .storedOffline)
         }
     }
 
@@ -1009,8 +1330,22 @@ public final class RelayServer: EventHandler {
     }
 
     private func timerFired(_ token: UInt64) {
-        if token == Self.maintenanceToken {
+        switch token {
+        case Self.maintenanceToken:
             maintenance()
+            return
+        case Self.authWakeToken:
+            authWakeAt = .max
+            pumpAuth()
+            return
+        case Self.acceptResumeToken:
+            resumeAccepting()
+            return
+        default:
+            break
+        }
+        if let lingerer = lingering[token], loop.now >= lingerer.deadline {
+            endLinger(lingerer)
             return
         }
         guard let connection = connections[token], !connection.isClosing else { return }
@@ -1046,7 +1381,8 @@ public final class RelayServer: EventHandler {
 
     private func maintenance() {
         let now = loop.now
-        throttle.sweep(now: now)
+        authGate.sweep(now: now)
+        for (key, entry) in rateLimitedLogs where now - entry.last > 60_000 { rateLimitedLogs[key] = nil }
         core.pruneRecentIDs()
         // Idle connections give their buffer memory back.
         for connection in connections.values where !connection.isClosing && connection.window.isEmpty {

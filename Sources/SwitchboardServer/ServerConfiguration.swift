@@ -6,6 +6,7 @@
 /// its decisions, and runs the helper threads for password hashing and LMDB group commits.
 import SwitchboardIO
 import SwitchboardProtocol
+import SwitchboardSession
 import SwitchboardTLS
 
 public struct ServerConfiguration: Sendable {
@@ -21,9 +22,25 @@ public struct ServerConfiguration: Sendable {
     /// Above this backlog the receiver is disconnected (ERROR slowConsumer); unacknowledged
     /// deliveries move to its mailbox, so nothing is lost.
     public var outputHardCapBytes = 4 << 20
+    /// Unwritten output above which the server stops reading a logged-in connection (until half of it
+    /// has drained), and the same before login: a peer that does not read cannot make replies pile up.
+    public var readPauseAboveBytes = 256 << 10
+    public var preLoginReadPauseAboveBytes = 16 << 10
     /// Most bytes written to one connection per loop turn, so one fast peer cannot starve the rest.
     public var maxWriteBytesPerTurn = 256 << 10
-    /// Failed logins allowed per user name and per client address within `lockoutWindowMs`.
+    /// Stored mail sent per page at login is at most `mailPageSize` messages and about this many bytes.
+    public var mailPageBytes = 128 << 10
+    /// Connections from one client address that have not logged in yet; more are refused (serverBusy).
+    public var maxPreLoginConnectionsPerAddress = 1024
+    /// Password checks: hashes per address at once, attempts queued per address and in all.
+    public var maxHashingPerAddress = 2
+    public var maxQueuedLoginsPerAddress = 512
+    public var maxQueuedLogins = 4096
+    /// A closing connection's last bytes (its ERROR) get this long to be read before the socket closes.
+    public var closeLingerMs: UInt64 = 2_000
+    /// Failed logins allowed per (user name, client address) and per client address within
+    /// `lockoutWindowMs`. Past `maxFailedLoginsPerUser` failures of one name from anywhere, attempts
+    /// from addresses that name never logged in from wait a growing delay (250 ms doubling, ≤ 4 s).
     public var maxFailedLoginsPerUser = 5
     public var maxFailedLoginsPerAddress = 20
     public var lockoutWindowMs: UInt64 = 15 * 60 * 1000
@@ -48,6 +65,25 @@ public struct ServerConfiguration: Sendable {
     public var plaintext = false
     /// A TLS handshake not finished within this time closes the connection.
     public var handshakeTimeoutMs: UInt64 = 5_000
+
+    var budgetLimits: OutputBudgetLimits {
+        OutputBudgetLimits(pauseAboveBytes: readPauseAboveBytes, preLoginPauseAboveBytes: preLoginReadPauseAboveBytes,
+                           congestAboveBytes: outputSoftCapBytes, hardCapBytes: outputHardCapBytes)
+    }
+
+    var authLimits: AuthGateLimits {
+        var limits = AuthGateLimits()
+        limits.maxFailuresPerUserAddress = maxFailedLoginsPerUser
+        limits.userDelayThreshold = maxFailedLoginsPerUser
+        limits.maxFailuresPerAddress = maxFailedLoginsPerAddress
+        limits.windowMs = lockoutWindowMs
+        limits.maxRegistrationsPerAddress = maxRegistrationsPerAddress
+        limits.maxHashing = max(1, hashThreads)
+        limits.maxHashingPerAddress = maxHashingPerAddress
+        limits.maxQueuedPerAddress = maxQueuedLoginsPerAddress
+        limits.maxQueued = maxQueuedLogins
+        return limits
+    }
 
     public init(listenAddress: SocketAddress, dataDirectory: String) {
         self.listenAddress = listenAddress

@@ -6,8 +6,11 @@
 // - an attempt counts the moment it is submitted: the lock check sees failures plus attempts still
 //   queued or hashing, so parallel guesses cannot overtake the limit (at most `maxFailuresPerUserAddress`
 //   wrong passwords are ever checked per (user, address) per window);
-// - at most `maxInFlightPerAddress` attempts per address and one hash per user name are in progress;
-// - the queue never holds more than `maxQueued` attempts, and a cancelled (closed) attempt is never hashed;
+// - at most `maxHashingPerAddress` hashes per address and one per user name run at once; the lock is
+//   checked again when an attempt leaves the queue, so a queue of guesses for many names from one
+//   address stops being hashed once that address reaches `maxFailuresPerAddress`;
+// - the queue never holds more than `maxQueued` attempts (`maxQueuedPerAddress` per address), it is
+//   served round-robin across addresses, and a cancelled (closed) attempt is never hashed;
 // - the owner is never locked out by others: locks are per (user, address) and per address; a user
 //   name under attack only gets slower (a growing delay, capped) from addresses it has never logged in
 //   from, and logins from an address the user logged in from recently skip the delay and the queue.
@@ -20,10 +23,11 @@ public struct AuthGateLimits: Sendable, Equatable {
     /// Wrong passwords from one address (any user) per window before the address is locked out.
     public var maxFailuresPerAddress = 20
     public var windowMs: UInt64 = 15 * 60 * 1000
-    /// LOGIN/REGISTER attempts queued or hashing per address at once; more get busyRetryLater.
-    public var maxInFlightPerAddress = 2
-    /// Attempts waiting for a hash thread, over all addresses; more get busyRetryLater.
-    public var maxQueued = 1024
+    /// Hashes run for one address at once (the rest of its attempts wait their turn).
+    public var maxHashingPerAddress = 2
+    /// Attempts waiting for a hash thread per address and over all addresses; more get busyRetryLater.
+    public var maxQueuedPerAddress = 512
+    public var maxQueued = 4096
     /// Attempts waiting per user name from addresses it has not logged in from.
     public var maxQueuedPerUser = 4
     /// Hashes handed to the hash threads at once (one per thread keeps queued work cancellable).
@@ -77,6 +81,13 @@ public enum AuthAdmission: Sendable, Equatable {
     case busy(String)
 }
 
+public enum AuthDispatch<Payload> {
+    /// Hand it to a hash thread; report the result with `finished`.
+    case hash(AuthAttempt<Payload>)
+    /// Its (user, address) or address became locked while it waited: answer lockedOut, do not hash.
+    case refuse(AuthAttempt<Payload>, String)
+}
+
 public enum AuthOutcome: Sendable, Equatable {
     case success
     case wrongPassword
@@ -90,8 +101,17 @@ public struct AuthGate<Payload> {
     private struct PairKey: Hashable { let user: String; let address: String }
 
     public let limits: AuthGateLimits
-    private var queue: [AuthAttempt<Payload>] = []
-    private var inFlightByAddress: [String: Int] = [:]
+    /// Per-address FIFO queues (only non-empty ones). The address served least recently goes next.
+    private struct AddressQueue {
+        var attempts: [AuthAttempt<Payload>] = []
+        /// When it was last served (0: never), then when it appeared: the order of turns.
+        var servedAt: UInt64 = 0
+        let arrival: UInt64
+    }
+    private var queues: [String: AddressQueue] = [:]
+    private var ticks: UInt64 = 0
+    public private(set) var queuedCount = 0
+    private var hashingByAddress: [String: Int] = [:]
     private var pendingByPair: [PairKey: Int] = [:]
     private var pendingLoginsByAddress: [String: Int] = [:]
     private var failuresByPair: [PairKey: Window] = [:]
@@ -104,11 +124,11 @@ public struct AuthGate<Payload> {
 
     public init(limits: AuthGateLimits) { self.limits = limits }
 
-    public var queuedCount: Int { queue.count }
-    public func inFlight(address: String) -> Int { inFlightByAddress[address] ?? 0 }
+    public func hashing(address: String) -> Int { hashingByAddress[address] ?? 0 }
+    public func queued(address: String) -> Int { queues[address]?.attempts.count ?? 0 }
     /// Table sizes, for the memory-bound tests.
     public var tableEntries: Int {
-        inFlightByAddress.count + pendingByPair.count + pendingLoginsByAddress.count + failuresByPair.count
+        queues.count + hashingByAddress.count + pendingByPair.count + pendingLoginsByAddress.count + failuresByPair.count
             + failuresByAddress.count + registrationsByAddress.count + users.count + known.count
     }
 
@@ -119,22 +139,18 @@ public struct AuthGate<Payload> {
         let address = attempt.address
         if attempt.kind == .login {
             let pair = PairKey(user: attempt.user, address: address)
-            if count(failuresByAddress[address], now) + (pendingLoginsByAddress[address] ?? 0) >= limits.maxFailuresPerAddress {
-                return .lockedOut("too many failed logins from \(address); try again later")
-            }
-            if count(failuresByPair[pair], now) + (pendingByPair[pair] ?? 0) >= limits.maxFailuresPerUserAddress {
-                return .lockedOut("too many failed logins for \(attempt.user) from \(address); try again later")
-            }
+            if let why = lockReason(pair: pair, pendingCountsFor: pendingByPair[pair] ?? 0, now: now) { return .lockedOut(why) }
         }
-        if inFlight(address: address) >= limits.maxInFlightPerAddress {
-            return .busy("\(limits.maxInFlightPerAddress) logins already in progress from \(address); wait for their answers")
+        if queued(address: address) >= limits.maxQueuedPerAddress {
+            return .busy("\(queued(address: address)) logins already waiting from \(address); wait for their answers")
         }
-        if queue.count >= limits.maxQueued {
+        if queuedCount >= limits.maxQueued {
             return .busy("the server is busy checking passwords; try again later")
         }
         attempt.trusted = attempt.kind == .login && isKnown(user: attempt.user, address: address, now: now)
         if attempt.kind == .login && !attempt.trusted {
-            let waiting = queue.reduce(0) { $0 + ($1.user == attempt.user && !$1.trusted ? 1 : 0) }
+            var waiting = 0
+            for (_, list) in queues { for other in list.attempts where other.user == attempt.user && !other.trusted { waiting += 1 } }
             if waiting >= limits.maxQueuedPerUser {
                 return .busy("too many logins in progress for \(attempt.user); try again later")
             }
@@ -153,55 +169,101 @@ public struct AuthGate<Payload> {
             }
             bump(&registrationsByAddress, address, now)
         }
-        inFlightByAddress[address, default: 0] += 1
         if attempt.kind == .login {
             pendingByPair[PairKey(user: attempt.user, address: address), default: 0] += 1
             pendingLoginsByAddress[address, default: 0] += 1
         }
-        queue.append(attempt)
+        if queues[address] == nil {
+            ticks += 1
+            queues[address] = AddressQueue(arrival: ticks)
+        }
+        queues[address]?.attempts.append(attempt)
+        queuedCount += 1
         return .queued
+    }
+
+    /// nil, or why a login for `pair` may not be checked now. `pendingCountsFor` attempts of the pair
+    /// (queued or hashing) count as failures already; the address counts its checked failures plus
+    /// its running hashes.
+    private func lockReason(pair: PairKey, pendingCountsFor pending: Int, now: UInt64) -> String? {
+        if count(failuresByAddress[pair.address], now) + hashing(address: pair.address) >= limits.maxFailuresPerAddress {
+            return "too many failed logins from \(pair.address); try again later"
+        }
+        if count(failuresByPair[pair], now) + pending >= limits.maxFailuresPerUserAddress {
+            return "too many failed logins for \(pair.user) from \(pair.address); try again later"
+        }
+        return nil
     }
 
     /// Removes the queued attempts of a closed connection (they are never hashed). Returns how many.
     @discardableResult
-    public mutating func cancel(connection: UInt64) -> Int {
+    public mutating func cancel(connection: UInt64, address: String) -> Int {
+        guard var list = queues[address]?.attempts else { return 0 }
         var removed = 0
         var index = 0
-        while index < queue.count {
-            if queue[index].connection == connection {
-                release(queue.remove(at: index))
+        while index < list.count {
+            if list[index].connection == connection {
+                releasePending(list.remove(at: index))
                 removed += 1
             } else {
                 index += 1
             }
         }
+        queuedCount -= removed
+        store(list, for: address)
         return removed
     }
 
     // MARK: hashing
 
-    /// The next attempt to hand to a hash thread, or nil (none ready, or `maxHashing` busy). Trusted
-    /// attempts go first; otherwise first come, first served among ready attempts whose user is not
-    /// being hashed already.
-    public mutating func next(now: UInt64) -> AuthAttempt<Payload>? {
-        guard hashing < limits.maxHashing, !queue.isEmpty else { return nil }
-        var chosen: Int?
-        for (index, attempt) in queue.enumerated() where attempt.readyAt <= now && users[attempt.user]?.hashing != true {
-            if attempt.trusted { chosen = index; break }
-            if chosen == nil { chosen = index }
+    /// What to do with the next queued attempt, or nil (none ready, or `maxHashing` busy). Attempts from
+    /// an address the user logged in from go first; otherwise addresses take turns, each serving its
+    /// oldest ready attempt whose user is not being hashed already.
+    public mutating func next(now: UInt64) -> AuthDispatch<Payload>? {
+        guard hashing < limits.maxHashing, queuedCount > 0 else { return nil }
+        var pick: (address: String, index: Int)?
+        var best: (servedAt: UInt64, arrival: UInt64) = (.max, .max)
+        var trustedFound = false
+        for (address, queue) in queues where hashing(address: address) < limits.maxHashingPerAddress {
+            if !trustedFound, let index = queue.attempts.firstIndex(where: { $0.trusted && isReady($0, now) }) {
+                pick = (address, index)
+                trustedFound = true
+                best = (queue.servedAt, queue.arrival)
+                continue
+            }
+            if trustedFound { continue }
+            let rank = (queue.servedAt, queue.arrival)
+            if rank < best, let index = queue.attempts.firstIndex(where: { isReady($0, now) }) {
+                pick = (address, index)
+                best = rank
+            }
         }
-        guard let index = chosen else { return nil }
-        let attempt = queue.remove(at: index)
+        guard let (address, index) = pick, var list = queues[address]?.attempts else { return nil }
+        let attempt = list.remove(at: index)
+        queuedCount -= 1
+        ticks += 1
+        queues[address]?.servedAt = ticks
+        store(list, for: address)
+        if attempt.kind == .login {
+            let pair = PairKey(user: attempt.user, address: address)
+            // Pending attempts of this pair other than this one count as failures already.
+            if let why = lockReason(pair: pair, pendingCountsFor: (pendingByPair[pair] ?? 1) - 1, now: now) {
+                releasePending(attempt)
+                return .refuse(attempt, why)
+            }
+        }
         hashing += 1
+        hashingByAddress[address, default: 0] += 1
         users[attempt.user, default: UserState()].hashing = true
-        return attempt
+        return .hash(attempt)
     }
 
     /// Reports a hashed attempt's outcome (also when its connection closed meanwhile).
     public mutating func finished(_ attempt: AuthAttempt<Payload>, _ outcome: AuthOutcome, now: UInt64) {
         hashing -= 1
+        decrement(&hashingByAddress, attempt.address)
         users[attempt.user, default: UserState()].hashing = false
-        release(attempt)
+        releasePending(attempt)
         guard attempt.kind == .login else { return }
         let pair = PairKey(user: attempt.user, address: attempt.address)
         switch outcome {
@@ -224,8 +286,10 @@ public struct AuthGate<Payload> {
     /// When a delayed attempt becomes ready (schedule a wake-up then), or nil.
     public var nextWakeupMs: UInt64? {
         var earliest: UInt64?
-        for attempt in queue where users[attempt.user]?.hashing != true {
-            earliest = min(earliest ?? .max, attempt.readyAt)
+        for (address, list) in queues where hashing(address: address) < limits.maxHashingPerAddress {
+            for attempt in list.attempts where users[attempt.user]?.hashing != true {
+                earliest = min(earliest ?? .max, attempt.readyAt)
+            }
         }
         return earliest
     }
@@ -266,8 +330,15 @@ public struct AuthGate<Payload> {
         }
     }
 
-    private mutating func release(_ attempt: AuthAttempt<Payload>) {
-        decrement(&inFlightByAddress, attempt.address)
+    private func isReady(_ attempt: AuthAttempt<Payload>, _ now: UInt64) -> Bool {
+        attempt.readyAt <= now && users[attempt.user]?.hashing != true
+    }
+
+    private mutating func store(_ list: [AuthAttempt<Payload>], for address: String) {
+        if list.isEmpty { queues[address] = nil } else { queues[address]?.attempts = list }
+    }
+
+    private mutating func releasePending(_ attempt: AuthAttempt<Payload>) {
         if attempt.kind == .login {
             decrement(&pendingByPair, PairKey(user: attempt.user, address: attempt.address))
             decrement(&pendingLoginsByAddress, attempt.address)

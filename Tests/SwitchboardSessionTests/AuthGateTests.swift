@@ -40,11 +40,16 @@ func login(_ conn: UInt64, _ user: String, from address: String, right: Bool = f
 @discardableResult
 func drain(_ gate: inout Gate, now: UInt64) -> (ok: Int, failed: Int) {
     var ok = 0, failed = 0
-    while let attempt = gate.next(now: now) {
+    while let dispatch = gate.next(now: now) {
+        guard case .hash(let attempt) = dispatch else { continue }
         if attempt.payload { ok += 1 } else { failed += 1 }
         gate.finished(attempt, attempt.payload ? .success : .wrongPassword, now: now)
     }
     return (ok, failed)
+}
+
+extension AuthDispatch {
+    var hashed: AuthAttempt<Payload>? { if case .hash(let a) = self { return a } else { return nil } }
 }
 
 @Suite struct AuthGateTests {
@@ -71,14 +76,39 @@ func drain(_ gate: inout Gate, now: UInt64) -> (ok: Int, failed: Int) {
         #expect(admitted + locked + busy == 39 && locked > 0)
     }
 
-    @Test func inFlightPerAddressIsBounded() {
-        var gate = Gate(limits: AuthGateLimits())
-        #expect(gate.submit(login(1, "a", from: "1.1.1.1", at: 0), now: 0) == .queued)
-        #expect(gate.submit(login(2, "b", from: "1.1.1.1", at: 0), now: 0) == .queued)
-        guard case .busy = gate.submit(login(3, "c", from: "1.1.1.1", at: 0), now: 0) else {
-            Issue.record("third in-flight login from one address was admitted"); return
+    @Test func guessesForManyNamesFromOneAddressStopAtTheAddressLimit() {
+        var limits = AuthGateLimits()
+        limits.maxHashing = 4
+        var gate = Gate(limits: limits)
+        for i in 0..<100 {
+            #expect(gate.submit(login(UInt64(i), "name\(i)", from: "10.0.0.66", at: 0), now: 0) == .queued)
         }
-        // Another address is not affected.
+        var checked = 0, refused = 0
+        var running: [AuthAttempt<Bool>] = []
+        while gate.queuedCount > 0 || !running.isEmpty {
+            while let dispatch = gate.next(now: 0) {
+                switch dispatch {
+                case .hash(let attempt): running.append(attempt)
+                case .refuse: refused += 1
+                }
+            }
+            #expect(gate.hashing(address: "10.0.0.66") <= limits.maxHashingPerAddress)
+            if let attempt = running.popLast() { checked += 1; gate.finished(attempt, .wrongPassword, now: 0) }
+        }
+        #expect(checked == limits.maxFailuresPerAddress && refused == 100 - checked)
+        guard case .lockedOut = gate.submit(login(500, "x", from: "10.0.0.66", at: 0), now: 0) else {
+            Issue.record("locked address admitted"); return
+        }
+    }
+
+    @Test func queuePerAddressIsBounded() {
+        var limits = AuthGateLimits()
+        limits.maxQueuedPerAddress = 3
+        var gate = Gate(limits: limits)
+        for i in 0..<3 { #expect(gate.submit(login(UInt64(i), "u\(i)", from: "1.1.1.1", at: 0), now: 0) == .queued) }
+        guard case .busy = gate.submit(login(3, "c", from: "1.1.1.1", at: 0), now: 0) else {
+            Issue.record("fourth queued login from one address was admitted"); return
+        }
         #expect(gate.submit(login(4, "d", from: "2.2.2.2", at: 0), now: 0) == .queued)
     }
 
@@ -127,21 +157,20 @@ func drain(_ gate: inout Gate, now: UInt64) -> (ok: Int, failed: Int) {
         #expect(gaps.suffix(2).allSatisfy { $0 == limits.userDelayMaxMs })
     }
 
-    @Test func cancelledAttemptsAreNeverHashed() {
-        // Item 5: a flood from one address is bounded, and closed connections' attempts vanish.
+    @Test func aFloodFromOneAddressDoesNotStarveAnother() {
+        // Item 5: 160 LOGINs from one address; closed connections' attempts vanish; a real user
+        // elsewhere is served next, not after the flood.
         var gate = Gate(limits: AuthGateLimits())
-        var refused = 0
         for i in 0..<160 {
-            if case .queued = gate.submit(login(UInt64(i), "u\(i)", from: "10.9.9.9", at: 0), now: 0) {} else { refused += 1 }
+            #expect(gate.submit(login(UInt64(i), "u\(i)", from: "10.9.9.9", at: 0), now: 0) == .queued)
         }
-        #expect(refused == 158)
-        #expect(gate.cancel(connection: 0) == 1)
-        #expect(gate.cancel(connection: 1) == 1)
-        #expect(gate.next(now: 0) == nil)
-        #expect(gate.inFlight(address: "10.9.9.9") == 0)
-        // A real user elsewhere is served at once.
+        #expect(gate.cancel(connection: 0, address: "10.9.9.9") == 1)
+        #expect(gate.cancel(connection: 0, address: "10.9.9.9") == 0)
+        guard let first = gate.next(now: 0)?.hashed else { Issue.record("nothing hashed"); return }
+        #expect(first.connection == 1, "a cancelled attempt was handed out")
         #expect(gate.submit(login(500, "real", from: "10.0.0.1", right: true, at: 0), now: 0) == .queued)
-        #expect(gate.next(now: 0)?.connection == 500)
+        gate.finished(first, .wrongPassword, now: 0)
+        #expect(gate.next(now: 0)?.hashed?.connection == 500)
     }
 
     @Test func tablesShrinkAfterTheWindow() {
@@ -173,6 +202,8 @@ func simulate(seed: UInt64) -> String? {
     var limits = AuthGateLimits()
     limits.maxHashing = Int.random(in: 1...3, using: &rng)
     limits.maxQueued = Int.random(in: 4...64, using: &rng)
+    limits.maxQueuedPerAddress = Int.random(in: 2...16, using: &rng)
+    limits.maxHashingPerAddress = Int.random(in: 1...2, using: &rng)
     var gate = Gate(limits: limits)
     let addresses = (0..<12).map { "10.0.0.\($0)" }
     let users = (0..<6).map { "user\($0)" }
@@ -180,7 +211,7 @@ func simulate(seed: UInt64) -> String? {
     var nextConn: UInt64 = 1
     var hashingNow: [AuthAttempt<Bool>] = []
     var open: Set<UInt64> = []
-    var queuedConns: Set<UInt64> = []
+    var queuedConns: [UInt64: String] = [:]
     var wrongChecked: [String: Int] = [:]   // "user|address" -> wrong passwords hashed in the current window
     var windowStart: UInt64 = 1
     for step in 0..<400 {
@@ -191,19 +222,27 @@ func simulate(seed: UInt64) -> String? {
             let right = Int.random(in: 0..<4, using: &rng) == 0
             let conn = nextConn; nextConn += 1
             if gate.submit(login(conn, user, from: address, right: right, at: now), now: now) == .queued {
-                open.insert(conn); queuedConns.insert(conn)
+                open.insert(conn); queuedConns[conn] = address
             }
         case 4:
-            if let conn = queuedConns.randomElement(using: &rng) {
-                if gate.cancel(connection: conn) != 1 { return "step \(step): cancel of a queued attempt removed nothing" }
-                queuedConns.remove(conn); open.remove(conn)
+            if let (conn, address) = queuedConns.randomElement(using: &rng) {
+                if gate.cancel(connection: conn, address: address) != 1 {
+                    return "step \(step): cancel of a queued attempt removed nothing"
+                }
+                queuedConns[conn] = nil; open.remove(conn)
             }
         case 5...7:
-            while let attempt = gate.next(now: now) {
-                if !queuedConns.contains(attempt.connection) { return "step \(step): a cancelled attempt was handed out" }
+            while let dispatch = gate.next(now: now) {
+                let attempt: AuthAttempt<Bool>
+                switch dispatch {
+                case .hash(let a): attempt = a
+                case .refuse(let a, _): attempt = a
+                }
+                if queuedConns[attempt.connection] == nil { return "step \(step): a cancelled attempt was handed out" }
                 if attempt.readyAt > now { return "step \(step): handed out before its delay" }
+                queuedConns[attempt.connection] = nil
+                guard case .hash = dispatch else { open.remove(attempt.connection); continue }
                 if hashingNow.contains(where: { $0.user == attempt.user }) { return "step \(step): two hashes for one user" }
-                queuedConns.remove(attempt.connection)
                 hashingNow.append(attempt)
             }
             if hashingNow.count > limits.maxHashing { return "step \(step): \(hashingNow.count) hashing > \(limits.maxHashing)" }
@@ -222,8 +261,14 @@ func simulate(seed: UInt64) -> String? {
         // Invariants after every step.
         if gate.queuedCount > limits.maxQueued { return "step \(step): queue \(gate.queuedCount) > \(limits.maxQueued)" }
         if gate.queuedCount != queuedConns.count { return "step \(step): queue \(gate.queuedCount) != model \(queuedConns.count)" }
-        for address in addresses where gate.inFlight(address: address) > limits.maxInFlightPerAddress {
-            return "step \(step): \(address) has \(gate.inFlight(address: address)) in flight"
+        for address in addresses where gate.hashing(address: address) > limits.maxHashingPerAddress
+            || gate.queued(address: address) > limits.maxQueuedPerAddress {
+            return "step \(step): \(address) has \(gate.hashing(address: address)) hashing, \(gate.queued(address: address)) queued"
+        }
+        var perAddressWrong: [String: Int] = [:]
+        for (key, wrong) in wrongChecked { perAddressWrong[String(key.split(separator: "|")[1]), default: 0] += wrong }
+        for (address, wrong) in perAddressWrong where wrong > 2 * limits.maxFailuresPerAddress {
+            return "step \(step): \(wrong) wrong passwords checked from \(address)"
         }
         // Windows are fixed per key, so within one model window a pair may see at most two gate windows.
         for (key, wrong) in wrongChecked where wrong > 2 * limits.maxFailuresPerUserAddress {
