@@ -80,7 +80,25 @@ struct Serve: ParsableCommand {
     var mailboxMaxMessages: UInt32 = 10_000
     @Option(help: "Most stored body bytes per mailbox.")
     var mailboxMaxBytes: UInt64 = 64 << 20
-    @Option(help: "Failed logins per user name within the lockout window before it is locked.")
+    @Option(help: "Unwritten bytes for one connection above which the server stops reading it until half has drained.")
+    var readPauseAbove = 256 << 10
+    @Option(help: "The same before login.")
+    var readPauseAboveBeforeLogin = 16 << 10
+    @Option(help: "Connections from one client address that have not logged in yet; more are refused (serverBusy).")
+    var maxPreloginPerAddress = 1024
+    @Option(help: "Password checks run at once for one client address (the rest wait their turn).")
+    var maxHashingPerAddress = 2
+    @Option(help: "LOGIN/REGISTER attempts waiting per client address; more get busyRetryLater.")
+    var maxQueuedLoginsPerAddress = 512
+    @Option(help: "LOGIN/REGISTER attempts waiting in all; more get busyRetryLater.")
+    var maxQueuedLogins = 4096
+    @Option(help: "Password hashing threads.")
+    var hashThreads = 1
+    @Option(help: "Stored mail per page at login: most bytes (a page is also at most 256 messages).")
+    var mailPageBytes = 128 << 10
+    @Option(help: "Largest size the LMDB database may grow to, in MiB (address space; the file grows as needed). When full, sends that would be stored get SEND_ERROR storageFull; raise it and restart.")
+    var mapSize = 16 << 10
+    @Option(help: "Failed logins per (user name, client address) within the lockout window before that address is locked out for that name; past this many failures of a name from anywhere, attempts from addresses it never logged in from are delayed (250 ms doubling, at most 4 s).")
     var maxFailedLogins = 5
     @Option(help: "Failed logins per client address within the lockout window before it is locked.")
     var maxFailedLoginsPerAddress = 20
@@ -109,6 +127,15 @@ struct Serve: ParsableCommand {
         guard outputSoftCap < outputHardCap else { throw ValidationError("--output-soft-cap must be below --output-hard-cap") }
         guard pbkdf2Iterations >= 1 else { throw ValidationError("--pbkdf2-iterations must be at least 1") }
         guard dedupeWindow >= 1 && dedupeWindow <= 1 << 20 else { throw ValidationError("--dedupe-window must be 1...1048576") }
+        guard readPauseAbove >= 4096, readPauseAboveBeforeLogin >= 1024 else {
+            throw ValidationError("--read-pause-above must be at least 4096 and --read-pause-above-before-login at least 1024")
+        }
+        guard maxPreloginPerAddress >= 1, maxHashingPerAddress >= 1, maxQueuedLoginsPerAddress >= 1, maxQueuedLogins >= 1 else {
+            throw ValidationError("--max-prelogin-per-address, --max-hashing-per-address and the login queue limits must be at least 1")
+        }
+        guard hashThreads >= 1 && hashThreads <= 64 else { throw ValidationError("--hash-threads must be 1...64") }
+        guard mailPageBytes >= 1024 else { throw ValidationError("--mail-page-bytes must be at least 1024") }
+        guard mapSize >= 1 && mapSize <= 1 << 26 else { throw ValidationError("--map-size must be 1...67108864 MiB") }
     }
 
     func run() throws {
@@ -134,6 +161,15 @@ struct Serve: ParsableCommand {
         config.maxRegistrationsPerAddress = maxRegistrationsPerAddress
         config.pbkdf2Iterations = pbkdf2Iterations
         config.dedupeWindow = dedupeWindow
+        config.readPauseAboveBytes = readPauseAbove
+        config.preLoginReadPauseAboveBytes = readPauseAboveBeforeLogin
+        config.maxPreLoginConnectionsPerAddress = maxPreloginPerAddress
+        config.maxHashingPerAddress = maxHashingPerAddress
+        config.maxQueuedLoginsPerAddress = maxQueuedLoginsPerAddress
+        config.maxQueuedLogins = maxQueuedLogins
+        config.hashThreads = hashThreads
+        config.mailPageBytes = mailPageBytes
+        config.storeMapSizeBytes = mapSize << 20
         config.plaintext = plaintext
         config.handshakeTimeoutMs = handshakeTimeout * 1000
         if !plaintext {

@@ -228,18 +228,32 @@ final class ServerProcess {
     var clientTLS: ClientTLSOptions { .certificateAuthority(file: caFile) }
     func session() throws -> ChatSession { try ChatSession(server: address, tls: clientTLS) }
 
-    init(directory: String, extraArguments: [String] = []) throws {
+    /// `launcher` runs the server through another program (e.g. `prlimit --nofile=64`); `stderrPath`
+    /// keeps its log in a file.
+    init(directory: String, extraArguments: [String] = [], launcher: [String] = [], stderrPath: String? = nil,
+         logLevel: String = "error") throws {
         self.directory = directory
         guard let binary = builtProduct("switchboard") else { throw ClientError("switchboard executable not found next to the tests") }
         let tlsDirectory = DevelopmentCA.directory(forDataDirectory: directory)
         if !DevelopmentCA.serverCredentialsExist(in: tlsDirectory) {
             _ = try DevelopmentCA.create(in: tlsDirectory, extraNames: [], force: false)
         }
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["serve", "--listen", "127.0.0.1:0", "--data", directory, "--pbkdf2-iterations", "1000",
-                             "--log-level", "error"] + extraArguments
+        let serveArguments = ["serve", "--listen", "127.0.0.1:0", "--data", directory, "--pbkdf2-iterations", "1000",
+                              "--log-level", logLevel] + extraArguments
+        if let program = launcher.first {
+            process.executableURL = URL(fileURLWithPath: program)
+            process.arguments = Array(launcher.dropFirst()) + [binary] + serveArguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: binary)
+            process.arguments = serveArguments
+        }
         process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
+        if let stderrPath {
+            _ = FileManager.default.createFile(atPath: stderrPath, contents: nil)
+            process.standardError = FileHandle(forWritingAtPath: stderrPath)
+        } else {
+            process.standardError = FileHandle.nullDevice
+        }
         try process.run()
         // The server prints "switchboard listening on ADDRESS" once it accepts connections.
         var line = ""
