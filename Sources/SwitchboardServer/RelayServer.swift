@@ -1022,7 +1022,10 @@ public final class RelayServer: EventHandler {
         // Live deliveries the receiver never acknowledged move to its mailbox; their frames are
         // still in the retained output bytes.
         let owner = connection.rerouteOwner
+        let written = out.streamPosition(ofIndex: out.readerIndex)
+        var firstUnwrittenDelivery: UInt64?
         connection.window.drain { delivery in
+            if delivery.frameStart >= written && firstUnwrittenDelivery == nil { firstUnwrittenDelivery = delivery.frameStart }
             let frameBytes = out.view(from: out.index(ofStreamPosition: delivery.frameStart),
                                       to: out.index(ofStreamPosition: delivery.frameEnd))
             guard case .frame(let (type, body), _) = FrameDecoder.split(frameBytes, maxFrameBytes: Int.max),
@@ -1047,9 +1050,13 @@ public final class RelayServer: EventHandler {
         }
         connection.input.clear()
         connection.input.releaseIfEmpty()
-        // The peer's last bytes: the rest of the frame being written (queued frames behind it are dropped:
-        // its deliveries went to the mailbox above, acks are answered again on resend), then the ERROR.
-        out.truncate(toIndex: out.index(ofStreamPosition: frameBoundary(connection, atOrBefore: false)))
+        // The peer's last bytes: what was queued before its first unwritten DELIVER (those went to the
+        // mailbox above), at most 64 KiB of it; for a slow consumer only the rest of the frame being
+        // written. Then the ERROR. A cut is always at a frame boundary.
+        let partialEnd = frameBoundary(connection, atOrBefore: false)
+        var cut = firstUnwrittenDelivery ?? out.streamPosition(ofIndex: out.writerIndex)
+        if connection.closeCode == .slowConsumer || cut - written > 64 << 10 { cut = partialEnd }
+        out.truncate(toIndex: out.index(ofStreamPosition: max(cut, partialEnd)))
         out.retain(from: out.readerIndex)
         if let code = connection.closeCode {
             FrameEncoder.encode(ServerFrame.error(requestID: 0, code: code.rawValue, message: TextView(connection.closeReason)),
