@@ -1,5 +1,5 @@
-// Every limit the server enforces, with its default. The defaults are documented in README.md
-// ("Limits"); `switchboard serve --help` shows the flags that set them.
+// How the server is started: where it listens, its data folder, TLS, the store's map size, and the
+// session limits (SessionConfiguration, forwarded here under their old names).
 
 /// SwitchboardServer owns the running relay: it accepts connections on the event loop, moves bytes
 /// between sockets and per-connection buffers, feeds decoded frames to the relay core, carries out
@@ -12,78 +12,40 @@ import SwitchboardTLS
 public struct ServerConfiguration: Sendable {
     public var listenAddress: SocketAddress
     public var dataDirectory: String
-    public var serverName = "switchboard"
-    /// Limits announced in WELCOME (frame sizes, timeouts, mailbox quota).
-    public var limits = ServerLimits()
-    public var maxConnections = 100_000
-    /// Above this backlog (bytes queued or kept for unacknowledged deliveries) a receiver is
-    /// "congested": new messages for it go to its mailbox instead of its connection.
-    public var outputSoftCapBytes = 256 << 10
-    /// Above this backlog the receiver is disconnected (ERROR slowConsumer); unacknowledged
-    /// deliveries move to its mailbox, so nothing is lost.
-    public var outputHardCapBytes = 4 << 20
-    /// Unwritten output above which the server stops reading a logged-in connection (until half of it
-    /// has drained), and the same before login: a peer that does not read cannot make replies pile up.
-    public var readPauseAboveBytes = 256 << 10
-    public var preLoginReadPauseAboveBytes = 16 << 10
-    /// Most bytes written to one connection per loop turn, so one fast peer cannot starve the rest.
-    public var maxWriteBytesPerTurn = 256 << 10
-    /// Stored mail sent per page at login is at most `mailPageSize` messages and about this many bytes.
-    public var mailPageBytes = 128 << 10
-    /// Connections from one client address that have not logged in yet; more are refused (serverBusy).
-    public var maxPreLoginConnectionsPerAddress = 1024
-    /// Password checks: hashes per address at once, attempts queued per address and in all.
-    public var maxHashingPerAddress = 2
-    public var maxQueuedLoginsPerAddress = 512
-    public var maxQueuedLogins = 4096
-    /// A closing connection's last bytes (its ERROR) get this long to be read before the socket closes.
-    public var closeLingerMs: UInt64 = 2_000
-    /// Failed logins allowed per (user name, client address) and per client address within
-    /// `lockoutWindowMs`. Past `maxFailedLoginsPerUser` failures of one name from anywhere, attempts
-    /// from addresses that name never logged in from wait a growing delay (250 ms doubling, ≤ 4 s).
-    public var maxFailedLoginsPerUser = 5
-    public var maxFailedLoginsPerAddress = 20
-    public var lockoutWindowMs: UInt64 = 15 * 60 * 1000
-    /// Accounts one client address may try to register within `lockoutWindowMs`.
-    public var maxRegistrationsPerAddress = 20
-    public var pbkdf2Iterations: UInt32 = 210_000
-    /// Password hashing threads (the loop never hashes).
-    public var hashThreads = 1
-    /// Stored mail sent per page at login; the next page follows the client's MAIL_ACK.
-    public var mailPageSize = 256
-    /// Recent message ids remembered per sender for in-memory duplicate suppression. Must cover
-    /// the most messages a client keeps unacknowledged (sbchat: a handful; sbload: its --window):
-    /// resends after a reconnect are at most that many. Larger windows cost memory and cache.
-    public var dedupeWindow = 256
-    /// How long (sender, message id) dedupe records of stored mail are kept.
-    public var dedupeRetentionMs: UInt64 = 7 * 24 * 3600 * 1000
     /// LMDB map size: the most the database may grow to.
     public var storeMapSizeBytes = 1 << 34
     /// TLS: certificate chain and key (PEM). nil with `plaintext == false` is a configuration error.
     public var tls: TLSServerConfiguration?
     /// Serve without TLS (benchmarks against plaintext peers only); logged as a warning.
     public var plaintext = false
-    /// A TLS handshake not finished within this time closes the connection.
-    public var handshakeTimeoutMs: UInt64 = 5_000
+    /// Everything the session core decides with (limits, caps, auth, mail, dedupe); the properties
+    /// below forward to it so each limit has one home.
+    public var session = SessionConfiguration()
 
-    var budgetLimits: OutputBudgetLimits {
-        OutputBudgetLimits(pauseAboveBytes: readPauseAboveBytes, preLoginPauseAboveBytes: preLoginReadPauseAboveBytes,
-                           congestAboveBytes: outputSoftCapBytes, hardCapBytes: outputHardCapBytes)
-    }
-
-    var authLimits: AuthGateLimits {
-        var limits = AuthGateLimits()
-        limits.maxFailuresPerUserAddress = maxFailedLoginsPerUser
-        limits.userDelayThreshold = maxFailedLoginsPerUser
-        limits.maxFailuresPerAddress = maxFailedLoginsPerAddress
-        limits.windowMs = lockoutWindowMs
-        limits.maxRegistrationsPerAddress = maxRegistrationsPerAddress
-        limits.maxHashing = max(1, hashThreads)
-        limits.maxHashingPerAddress = maxHashingPerAddress
-        limits.maxQueuedPerAddress = maxQueuedLoginsPerAddress
-        limits.maxQueued = maxQueuedLogins
-        return limits
-    }
+    public var serverName: String { get { session.serverName } set { session.serverName = newValue } }
+    public var limits: ServerLimits { get { session.limits } set { session.limits = newValue } }
+    public var maxConnections: Int { get { session.maxConnections } set { session.maxConnections = newValue } }
+    public var outputSoftCapBytes: Int { get { session.outputSoftCapBytes } set { session.outputSoftCapBytes = newValue } }
+    public var outputHardCapBytes: Int { get { session.outputHardCapBytes } set { session.outputHardCapBytes = newValue } }
+    public var readPauseAboveBytes: Int { get { session.readPauseAboveBytes } set { session.readPauseAboveBytes = newValue } }
+    public var preLoginReadPauseAboveBytes: Int { get { session.preLoginReadPauseAboveBytes } set { session.preLoginReadPauseAboveBytes = newValue } }
+    public var maxWriteBytesPerTurn: Int { get { session.maxWriteBytesPerTurn } set { session.maxWriteBytesPerTurn = newValue } }
+    public var mailPageBytes: Int { get { session.mailPageBytes } set { session.mailPageBytes = newValue } }
+    public var maxPreLoginConnectionsPerAddress: Int { get { session.maxPreLoginConnectionsPerAddress } set { session.maxPreLoginConnectionsPerAddress = newValue } }
+    public var maxHashingPerAddress: Int { get { session.maxHashingPerAddress } set { session.maxHashingPerAddress = newValue } }
+    public var maxQueuedLoginsPerAddress: Int { get { session.maxQueuedLoginsPerAddress } set { session.maxQueuedLoginsPerAddress = newValue } }
+    public var maxQueuedLogins: Int { get { session.maxQueuedLogins } set { session.maxQueuedLogins = newValue } }
+    public var closeLingerMs: UInt64 { get { session.closeLingerMs } set { session.closeLingerMs = newValue } }
+    public var maxFailedLoginsPerUser: Int { get { session.maxFailedLoginsPerUser } set { session.maxFailedLoginsPerUser = newValue } }
+    public var maxFailedLoginsPerAddress: Int { get { session.maxFailedLoginsPerAddress } set { session.maxFailedLoginsPerAddress = newValue } }
+    public var lockoutWindowMs: UInt64 { get { session.lockoutWindowMs } set { session.lockoutWindowMs = newValue } }
+    public var maxRegistrationsPerAddress: Int { get { session.maxRegistrationsPerAddress } set { session.maxRegistrationsPerAddress = newValue } }
+    public var pbkdf2Iterations: UInt32 { get { session.pbkdf2Iterations } set { session.pbkdf2Iterations = newValue } }
+    public var hashThreads: Int { get { session.hashThreads } set { session.hashThreads = newValue } }
+    public var mailPageSize: Int { get { session.mailPageSize } set { session.mailPageSize = newValue } }
+    public var dedupeWindow: Int { get { session.dedupeWindow } set { session.dedupeWindow = newValue } }
+    public var dedupeRetentionMs: UInt64 { get { session.dedupeRetentionMs } set { session.dedupeRetentionMs = newValue } }
+    public var handshakeTimeoutMs: UInt64 { get { session.handshakeTimeoutMs } set { session.handshakeTimeoutMs = newValue } }
 
     public init(listenAddress: SocketAddress, dataDirectory: String) {
         self.listenAddress = listenAddress

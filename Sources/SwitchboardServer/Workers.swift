@@ -3,47 +3,8 @@
 // come back through a CompletionQueue whose eventfd wakes the loop. Workers get immutable items and
 // never touch a connection.
 import SwitchboardIO
+import SwitchboardSession
 import SwitchboardStore
-
-enum HashJob: Sendable {
-    case hashForRegistration(connection: UInt64, requestID: UInt32, name: String, password: [UInt8], iterations: UInt32)
-    case verifyLogin(connection: UInt64, requestID: UInt32, name: String, password: [UInt8], account: AccountRecord?,
-                     dummy: PasswordHash)
-}
-
-enum HashResult: Sendable {
-    case hashed(connection: UInt64, requestID: UInt32, name: String, hash: PasswordHash)
-    case verified(connection: UInt64, requestID: UInt32, name: String, account: AccountRecord?, ok: Bool)
-}
-
-/// What the loop must do when a write op completes: one context per op, same order.
-enum StoreContext: Sendable {
-    case createAccount(connection: UInt64, requestID: UInt32)
-    case contact(connection: UInt64, requestID: UInt32)
-    case mail(StoredMail)
-    case deleteMail(recipient: UserID, count: Int, bytes: Int)
-    case prune
-}
-
-struct StoreBatch: Sendable {
-    var ops: [WriteOp] = []
-    var contexts: [StoreContext] = []
-    var isEmpty: Bool { ops.isEmpty }
-    mutating func append(_ op: WriteOp, _ context: StoreContext) {
-        ops.append(op)
-        contexts.append(context)
-    }
-}
-
-struct StoreBatchResult: Sendable {
-    var batch: StoreBatch
-    var results: Result<[WriteResult], StoreErrorBox>
-    var commitNanos: UInt64
-}
-
-struct StoreErrorBox: Error, Sendable, CustomStringConvertible {
-    let description: String
-}
 
 final class Workers: @unchecked Sendable {
     let hashJobs = WorkQueue<HashJob>()

@@ -1,0 +1,77 @@
+// Closing: marked during the turn, finalized at its end. Finalizing tells contacts, moves the
+// unacknowledged deliveries to the mailbox, cuts the unwritten output at a frame boundary and
+// appends the ERROR, then hands the client to the driver to write those last bytes and close.
+import Logging
+import SwitchboardIO
+import SwitchboardProtocol
+import SwitchboardRelay
+import SwitchboardStore
+
+extension ServerCore {
+    /// Marks a connection for closing at the end of this turn, after a last attempt to send `code`.
+    func close(_ connection: ClientState, code: ErrorCode?, _ reason: String, keepUserForReroute: UserID = 0) {
+        guard !connection.isClosing else { return }
+        connection.closeCode = code
+        connection.closeReason = reason
+        logger.debug("closing", metadata: ["peer": "\(connection.peerText)", "reason": "\(reason)"])
+        connection.rerouteOwner = keepUserForReroute != 0 ? keepUserForReroute : connection.userID
+        connection.phase = .closing
+        toClose.append(connection)
+    }
+
+    func finalizeClose(_ connection: ClientState) {
+        guard connections[connection.id.raw] != nil else { return }
+        authGate.cancel(connection: connection.id.raw, address: connection.host)
+        leavePreLogin(connection)
+        let out = connection.output
+        connections[connection.id.raw] = nil
+        stats.closed += 1
+        for target in core.connectionClosed(connection.id) {
+            if let other = connections[target.raw] { send(other, .presence(userID: connection.userID, online: false)) }
+        }
+        // Live deliveries the receiver never acknowledged move to its mailbox; their frames are
+        // still in the retained output bytes.
+        let owner = connection.rerouteOwner
+        let written = out.streamPosition(ofIndex: out.readerIndex)
+        var firstUnwrittenDelivery: UInt64?
+        connection.window.drain { delivery in
+            if delivery.frameStart >= written && firstUnwrittenDelivery == nil { firstUnwrittenDelivery = delivery.frameStart }
+            let frameBytes = out.view(from: out.index(ofStreamPosition: delivery.frameStart),
+                                      to: out.index(ofStreamPosition: delivery.frameEnd))
+            guard case .frame(let (type, body), _) = FrameDecoder.split(frameBytes, maxFrameBytes: Int.max),
+                  case .deliver(_, let from, let messageID, let sentAtMs, let payload)? = try? FrameDecoder.serverFrame(type: type, body: body)
+            else {
+                logger.error("retained delivery frame unreadable", metadata: ["conn": "\(connection.id)"])
+                return
+            }
+            let decision = core.rerouteToMailbox(sender: from, recipient: owner, messageID: messageID, bodyBytes: payload.count)
+            switch decision {
+            case .store(let recipient, let seq):
+                let mail = StoredMail(recipient: recipient, seq: seq, sender: from, messageID: messageID, sentAtMs: sentAtMs,
+                                      body: payload.array)
+                storeBatch.append(.putMail(mail), .mail(mail))
+            case .reject(let code, let message):
+                if let senderID = core.failed(sender: from, messageID: messageID), let sender = connections[senderID.raw] {
+                    send(sender, .sendError(messageID: messageID, code: code.rawValue, message: TextView(message)))
+                }
+            default:
+                break
+            }
+        }
+        connection.input.clear()
+        connection.input.releaseIfEmpty()
+        // The peer's last bytes: what was queued before its first unwritten DELIVER (those went to the
+        // mailbox above), at most 64 KiB of it; for a slow consumer only the rest of the frame being
+        // written. Then the ERROR. A cut is always at a frame boundary.
+        let partialEnd = frameBoundary(connection, atOrBefore: false)
+        var cut = firstUnwrittenDelivery ?? out.streamPosition(ofIndex: out.writerIndex)
+        if connection.closeCode == .slowConsumer || cut - written > 64 << 10 { cut = partialEnd }
+        out.truncate(toIndex: out.index(ofStreamPosition: max(cut, partialEnd)))
+        out.retain(from: out.readerIndex)
+        if let code = connection.closeCode {
+            FrameEncoder.encode(ServerFrame.error(requestID: 0, code: code.rawValue, message: TextView(connection.closeReason)),
+                                into: out)
+        }
+        driver.finalize(connection)
+    }
+}

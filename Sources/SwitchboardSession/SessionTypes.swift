@@ -1,0 +1,117 @@
+// What crosses the boundary between the server core and its driver: the jobs the core asks for
+// (password hashes, store batches) and their results, the driver's side of the contract
+// (`SessionDriver`), the store reads the core makes (`StoreReading`), and the counters.
+import SwitchboardIO
+import SwitchboardProtocol
+import SwitchboardRelay
+import SwitchboardStore
+
+public enum HashJob: Sendable {
+    case hashForRegistration(connection: UInt64, requestID: UInt32, name: String, password: [UInt8], iterations: UInt32)
+    case verifyLogin(connection: UInt64, requestID: UInt32, name: String, password: [UInt8], account: AccountRecord?,
+                     dummy: PasswordHash)
+}
+
+public enum HashResult: Sendable {
+    case hashed(connection: UInt64, requestID: UInt32, name: String, hash: PasswordHash)
+    case verified(connection: UInt64, requestID: UInt32, name: String, account: AccountRecord?, ok: Bool)
+}
+
+/// What the loop must do when a write op completes: one context per op, same order.
+public enum StoreContext: Sendable {
+    case createAccount(connection: UInt64, requestID: UInt32)
+    case contact(connection: UInt64, requestID: UInt32)
+    case mail(StoredMail)
+    case deleteMail(recipient: UserID, count: Int, bytes: Int)
+    case prune
+}
+
+public struct StoreBatch: Sendable {
+    public init() {}
+    public var ops: [WriteOp] = []
+    public var contexts: [StoreContext] = []
+    public var isEmpty: Bool { ops.isEmpty }
+    public mutating func append(_ op: WriteOp, _ context: StoreContext) {
+        ops.append(op)
+        contexts.append(context)
+    }
+}
+
+public struct StoreBatchResult: Sendable {
+    public init(batch: StoreBatch, results: Result<[WriteResult], StoreErrorBox>, commitNanos: UInt64) {
+        self.batch = batch; self.results = results; self.commitNanos = commitNanos
+    }
+    public var batch: StoreBatch
+    public var results: Result<[WriteResult], StoreErrorBox>
+    public var commitNanos: UInt64
+}
+
+public struct StoreErrorBox: Error, Sendable, CustomStringConvertible {
+    public init(description: String) { self.description = description }
+    public let description: String
+}
+
+
+/// What a queued LOGIN or REGISTER needs once a hash thread is free.
+public struct AuthRequest: Sendable {
+    public let requestID: UInt32
+    public let password: [UInt8]
+}
+
+public struct ServerStats: Sendable {
+    public var accepted: UInt64 = 0
+    public var closed: UInt64 = 0
+    public var framesIn: UInt64 = 0
+    public var relayedLive: UInt64 = 0
+    public var storedOffline: UInt64 = 0
+    public var duplicatesDropped: UInt64 = 0
+    public var storeBatches: UInt64 = 0
+    public var storeOps: UInt64 = 0
+    public var protocolErrors: UInt64 = 0
+    public var writes: UInt64 = 0
+    public var reads: UInt64 = 0
+    public var slowConsumerCloses: UInt64 = 0
+    public var readPauses: UInt64 = 0
+    public var lockouts: UInt64 = 0
+    public var authBusy: UInt64 = 0
+    public var acceptPauses: UInt64 = 0
+    public var refusedConnections: UInt64 = 0
+    public var storageFull: UInt64 = 0
+    public init() {}
+}
+
+/// The driver's side: everything the core needs done that touches a socket, a thread or the clock.
+/// The real one is SwitchboardServer's RelayServer (epoll, sockets, TLS, helper threads); the
+/// simulation in SwitchboardSessionTests is another.
+public protocol SessionDriver: AnyObject {
+    /// Monotonic and wall-clock milliseconds.
+    var now: UInt64 { get }
+    var wallNow: UInt64 { get }
+    /// The client's reading or writing wishes changed (`readingPaused`, queued output): update its interest.
+    func interestChanged(_ client: ClientState)
+    /// Write what the client has queued (called once per turn per client with output).
+    func flush(_ client: ClientState)
+    /// The client is closed: write its remaining output (its last frames and ERROR) if any, then close the socket.
+    func finalize(_ client: ClientState)
+    /// Decrypted input is waiting inside the transport (TLS): read again this turn.
+    func hasBufferedInput(_ client: ClientState) -> Bool
+    func readAgain(_ client: ClientState)
+    /// The TLS handshake has not finished yet (the handshake timeout applies).
+    func handshakePending(_ client: ClientState) -> Bool
+    func startHash(_ job: HashJob)
+    func startCommit(_ batch: StoreBatch)
+    /// Call `timerFired(token)` at (or after) `deadline`. Extra or early calls are harmless.
+    func schedule(at deadline: UInt64, token: UInt64)
+}
+
+/// The store reads the core makes on the loop (LMDB reads are memory-mapped and do not block on I/O
+/// in steady state). `Store` conforms; the simulation may use a real store in a temp folder.
+public protocol StoreReading: AnyObject {
+    func account(named name: String) throws -> AccountRecord?
+    func userName(of userID: UserID) throws -> String?
+    func contacts(of userID: UserID) throws -> [ContactEntry]
+    func mail(for recipient: UserID, afterSeq: UInt64, limit: Int) throws -> [StoredMail]
+    func mailboxUsage(of recipient: UserID) throws -> MailboxUsage
+}
+
+extension Store: StoreReading {}
