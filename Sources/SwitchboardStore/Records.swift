@@ -1,5 +1,6 @@
 // The values the store hands in and out. They are plain copies: nothing here points into the LMDB map,
-// so they outlive the transaction that read them and cross threads freely.
+// so they outlive the transaction that read them and cross threads freely. `WriteOp` and `WriteResult` pair up
+// positionally: `Store.apply` returns exactly one result per op, in the batch's order.
 
 public typealias UserID = UInt32   // 0 is never a valid user: ids are allocated from 1.
 
@@ -79,6 +80,17 @@ public enum WriteOp: Sendable {
     case deleteMail(recipient: UserID, throughSeq: UInt64)
     /// Removes dedupe records whose storedAtMs < `olderThanMs`.
     case pruneDedupe(olderThanMs: UInt64)
+
+    /// Whether the op can make the database bigger. Under MDB_MAP_FULL / ENOSPC, `Store.apply` retries the batch
+    /// with only the ops for which this is false, and answers the others `storageFull`.
+    var growsDatabase: Bool {
+        switch self {
+        case .createAccount, .contactAdd, .contactAccept, .putMail:
+            return true
+        case .contactRemove, .deleteMail, .pruneDedupe:
+            return false
+        }
+    }
 }
 
 public enum WriteResult: Sendable, Equatable {
@@ -97,4 +109,7 @@ public enum WriteResult: Sendable, Equatable {
     case duplicateMail
     case mailDeleted(count: Int)
     case pruned(count: Int)
+    /// Not applied: the batch hit MDB_MAP_FULL, ENOSPC or EDQUOT and this op could grow the database. The ops
+    /// that cannot (deletes, removes, prunes) were applied in a retry and carry their own results.
+    case storageFull
 }
