@@ -23,7 +23,8 @@ public enum StoreError: Error, Sendable, Equatable, CustomStringConvertible {
     /// free space left is reported here as ENOSPC, with "short write" in `operation`.
     case noSpace(operation: String, code: Int32, path: String)
     /// The environment was written by another schema version. `found` is 0 when the environment holds data
-    /// but no version at all. The store never migrates or rewrites on its own.
+    /// but no version at all. The only change the store makes on its own is the additive upgrade of an older
+    /// version it knows (see `Store.init`); anything else is refused and left untouched.
     case schemaMismatch(found: UInt32, expected: UInt32)
     /// A record does not decode under the current layout (truncated, unknown state byte, bad UTF-8...).
     case corruptRecord(database: String, reason: String)

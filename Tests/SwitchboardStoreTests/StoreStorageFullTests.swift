@@ -126,6 +126,8 @@ func fillWithMail(_ store: Store, to recipient: UserID, from sender: UserID, fir
             .contactAdd(owner: alice, contactName: "bob"),
             .contactAccept(owner: bob, contactName: "alice"),
             .contactRemove(owner: alice, contactName: "bob"),
+            .putDedupeWindow(sender: alice, entries: [DedupeWindowEntry(messageID: 1, status: 1, atMs: 5)]),
+            .putDedupeWindow(sender: bob, entries: []),
             .pruneDedupe(olderThanMs: 0),
         ]
     }
@@ -146,10 +148,11 @@ func fillWithMail(_ store: Store, to recipient: UserID, from sender: UserID, fir
             let results = try store.apply(everyKindOfOp(alice: alice, bob: bob))
             let removed = WriteResult.contactChanged(owner: nil, other: nil, ownerID: alice, otherID: bob)
             #expect(results == [.storageFull, .mailDeleted(count: 1), .storageFull, .storageFull, .storageFull,
-                                removed, .pruned(count: 0)])
+                                removed, .storageFull, .dedupeWindowSaved, .pruned(count: 0)])
             #expect(try store.mail(for: bob, afterSeq: 0, limit: 10).map(\.seq) == [2])
             #expect(try store.contacts(of: alice).isEmpty)
             #expect(try store.account(named: "carol") == nil)
+            #expect(try store.dedupeWindow(of: alice, notBeforeMs: 0).isEmpty)
             #expect(try !store.dedupeRecordExists(sender: alice, messageID: 3))
         }
     }
