@@ -15,10 +15,10 @@ struct NamedDatabase: Sendable {
     let name: String
 }
 
-/// The six named databases. Handles are opened once, in the transaction that checks the schema, and stay valid
-/// for every later transaction of the environment.
+/// The seven named databases. Handles are opened once, in the transaction that checks (and if needed upgrades)
+/// the schema, and stay valid for every later transaction of the environment.
 struct Databases: Sendable {
-    static let maxCount: UInt32 = 6
+    static let maxCount: UInt32 = 7
 
     let meta: NamedDatabase
     let accounts: NamedDatabase
@@ -26,9 +26,11 @@ struct Databases: Sendable {
     let contacts: NamedDatabase
     let mail: NamedDatabase
     let dedupe: NamedDatabase
+    /// Added in schema version 2.
+    let dedupeWindows: NamedDatabase
 
     func named(_ name: String) -> NamedDatabase? {
-        [meta, accounts, users, contacts, mail, dedupe].first { $0.name == name }
+        [meta, accounts, users, contacts, mail, dedupe, dedupeWindows].first { $0.name == name }
     }
 }
 
@@ -60,6 +62,11 @@ struct LMDBTransaction {
         let rc = mdb_dbi_open(raw, name, create ? UInt32(MDB_CREATE) : 0, &dbi)
         try lmdbCheck(rc, "mdb_dbi_open(\(name ?? "main"))")
         return dbi
+    }
+
+    /// Deletes the database and closes its handle (mdb_drop with del = 1).
+    func dropDatabase(_ db: NamedDatabase) throws {
+        try lmdbCheck(mdb_drop(raw, db.handle, 1), "mdb_drop(\(db.name))")
     }
 
     func entryCount(_ handle: MDB_dbi, _ name: String) throws -> Int {

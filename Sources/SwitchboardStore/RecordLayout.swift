@@ -1,4 +1,4 @@
-// Byte layouts of every key and value (schema version 1). Integers are big-endian so that LMDB's bytewise key
+// Byte layouts of every key and value (schema version 2; version 1 lacked "dedupewin" and is otherwise the same). Integers are big-endian so that LMDB's bytewise key
 // order is numeric order: a cursor range scan over owner ++ contact or recipient ++ seq visits one user's entries
 // in order. Decoding checks every length and throws `corruptRecord`; it never traps on what it reads.
 
@@ -39,6 +39,14 @@ enum RecordKey {
         key.reserveCapacity(12)
         key.appendBigEndian(sender)
         key.appendBigEndian(messageID)
+        return key
+    }
+
+    /// "dedupewin": sender -> that sender's whole dedupe window (`DedupeWindowLayout`).
+    static func dedupeWindow(sender: UserID) -> [UInt8] {
+        var key: [UInt8] = []
+        key.reserveCapacity(4)
+        key.appendBigEndian(sender)
         return key
     }
 
@@ -237,6 +245,65 @@ enum DedupeLayout {
         let storedAt = try reader.read(UInt64.self, "storedAtMs")
         try reader.expectEnd("dedupe record")
         return storedAt
+    }
+}
+
+enum DedupeWindowLayout {
+    static let version: UInt8 = 1
+    static let headerSize = 5      // version u8 | count u32
+    static let entrySize = 17      // messageID u64 | status u8 | atMs u64
+    static let maxEntries = 4096
+
+    /// version u8 | count u32 | count x (messageID u64 | status u8 | atMs u64), in the order given (oldest first).
+    static func encode(_ entries: [DedupeWindowEntry]) -> [UInt8] {
+        var value: [UInt8] = []
+        value.reserveCapacity(headerSize + entries.count * entrySize)
+        value.append(version)
+        value.appendBigEndian(UInt32(truncatingIfNeeded: entries.count))
+        for entry in entries {
+            value.appendBigEndian(entry.messageID)
+            value.append(entry.status)
+            value.appendBigEndian(entry.atMs)
+        }
+        return value
+    }
+
+    /// Every entry with atMs >= `notBeforeMs`, in stored order. Each entry is tested on its own, so one stamped
+    /// before a wall-clock step backwards does not hide the ones after it.
+    static func decode(_ bytes: UnsafeRawBufferPointer, sender: UserID,
+                       notBeforeMs: UInt64 = 0) throws -> [DedupeWindowEntry] {
+        var reader = RecordReader(bytes, database: "dedupewin")
+        let found = try reader.read(UInt8.self, "version")
+        guard found == version else {
+            throw StoreError.corruptRecord(database: "dedupewin",
+                                           reason: "window of sender \(sender) has record version \(found), "
+                                               + "expected \(version)")
+        }
+        let count = try reader.read(UInt32.self, "count")
+        guard count <= UInt32(maxEntries), reader.remainingCount == Int(count) * entrySize else {
+            throw StoreError.corruptRecord(database: "dedupewin",
+                                           reason: "window of sender \(sender) claims \(count) entries but holds "
+                                               + "\(reader.remainingCount) bytes of entries (\(entrySize) each, "
+                                               + "at most \(maxEntries))")
+        }
+        var entries: [DedupeWindowEntry] = []
+        entries.reserveCapacity(Int(count))
+        for _ in 0..<count {
+            let messageID = try reader.read(UInt64.self, "messageID")
+            let status = try reader.read(UInt8.self, "status")
+            let atMs = try reader.read(UInt64.self, "atMs")
+            if atMs >= notBeforeMs { entries.append(DedupeWindowEntry(messageID: messageID, status: status, atMs: atMs)) }
+        }
+        try reader.expectEnd("dedupe window of sender \(sender)")
+        return entries
+    }
+
+    /// The sender of a "dedupewin" key.
+    static func decodeKey(_ key: UnsafeRawBufferPointer) throws -> UserID {
+        var reader = RecordReader(key, database: "dedupewin")
+        let sender = try reader.read(UInt32.self, "sender")
+        try reader.expectEnd("dedupe window key")
+        return sender
     }
 }
 

@@ -1,5 +1,6 @@
 // The values the store hands in and out. They are plain copies: nothing here points into the LMDB map,
-// so they outlive the transaction that read them and cross threads freely.
+// so they outlive the transaction that read them and cross threads freely. `WriteOp` and `WriteResult` pair up
+// positionally: `Store.apply` returns exactly one result per op, in the batch's order.
 
 public typealias UserID = UInt32   // 0 is never a valid user: ids are allocated from 1.
 
@@ -68,6 +69,21 @@ public struct MailboxUsage: Sendable, Equatable {
     }
 }
 
+/// One completed send in a sender's durable dedupe window (see `WriteOp.putDedupeWindow`).
+public struct DedupeWindowEntry: Sendable, Equatable {
+    public var messageID: UInt64
+    /// The SendStatus raw value as the server gives it; the store does not interpret it.
+    public var status: UInt8
+    /// Wall-clock ms when the send completed.
+    public var atMs: UInt64
+
+    public init(messageID: UInt64, status: UInt8, atMs: UInt64) {
+        self.messageID = messageID
+        self.status = status
+        self.atMs = atMs
+    }
+}
+
 public enum WriteOp: Sendable {
     case createAccount(name: String, password: PasswordHash)
     case contactAdd(owner: UserID, contactName: String)
@@ -77,8 +93,25 @@ public enum WriteOp: Sendable {
     case putMail(StoredMail)
     /// Deletes all mail of `recipient` with seq <= `throughSeq` (cumulative ack). Dedupe records stay.
     case deleteMail(recipient: UserID, throughSeq: UInt64)
-    /// Removes dedupe records whose storedAtMs < `olderThanMs`.
+    /// Removes dedupe records whose storedAtMs < `olderThanMs`, and dedupe-window entries whose atMs <
+    /// `olderThanMs` (a window left empty is deleted).
     case pruneDedupe(olderThanMs: UInt64)
+    /// Replaces `sender`'s whole dedupe window with `entries` (kept in the given order, oldest first); empty
+    /// `entries` deletes it. At most `Store.maxDedupeWindowEntries` entries, else `invalidRequest`.
+    case putDedupeWindow(sender: UserID, entries: [DedupeWindowEntry])
+
+    /// Whether the op can make the database bigger. Under MDB_MAP_FULL / ENOSPC, `Store.apply` retries the batch
+    /// with only the ops for which this is false, and answers the others `storageFull`.
+    var growsDatabase: Bool {
+        switch self {
+        case .createAccount, .contactAdd, .contactAccept, .putMail:
+            return true
+        case .putDedupeWindow(_, let entries):
+            return !entries.isEmpty
+        case .contactRemove, .deleteMail, .pruneDedupe:
+            return false
+        }
+    }
 }
 
 public enum WriteResult: Sendable, Equatable {
@@ -96,5 +129,10 @@ public enum WriteResult: Sendable, Equatable {
     /// A dedupe record for (sender, messageID) exists: nothing was written.
     case duplicateMail
     case mailDeleted(count: Int)
+    /// Dedupe records plus dedupe-window entries removed.
     case pruned(count: Int)
+    case dedupeWindowSaved
+    /// Not applied: the batch hit MDB_MAP_FULL, ENOSPC or EDQUOT and this op could grow the database. The ops
+    /// that cannot (deletes, removes, prunes) were applied in a retry and carry their own results.
+    case storageFull
 }

@@ -1,10 +1,15 @@
 // SwitchboardStore owns Switchboard's durable state, in one LMDB environment under the data directory:
 // accounts (name -> user id and password hash), user ids -> names, the contact graph with its request/accept
-// states, offline mail per recipient, the (sender, messageID) dedupe records, and meta (schema version, counters).
-// It also owns password hashing (`PasswordHasher`). It knows nothing of connections, frames or the event loop.
+// states, offline mail per recipient, the (sender, messageID) dedupe records, each sender's dedupe window, and meta
+// (schema version, counters). It also owns password hashing (`PasswordHasher`). It knows nothing of connections,
+// frames or the event loop.
 //
-// Invariants: the schema version is checked at open and a mismatch is an error, never a rewrite; each `apply`
-// batch is one write transaction, so it lands entirely or not at all; nothing read from disk is force-unwrapped.
+// Invariants: the schema version is checked at open; the one rewrite is the additive upgrade of a version-1
+// environment (create "dedupewin", then write version 2, in one transaction), and any other version than 2 is an
+// error and left untouched. Each `apply` batch is one write transaction, so it lands entirely or not at all; when
+// that transaction runs out of room (map full, ENOSPC, EDQUOT), the batch's ops that cannot grow the database are
+// retried in a second transaction and the others are answered `storageFull`, so results stay one per op, in order.
+// Nothing read from disk is force-unwrapped.
 
 #if canImport(Glibc)
 import Glibc
@@ -14,14 +19,22 @@ import Darwin
 import CLMDB
 
 public final class Store: @unchecked Sendable {
-    public static let schemaVersion: UInt32 = 1
+    /// 2 added the "dedupewin" database; a version-1 environment is upgraded in place when opened.
+    public static let schemaVersion: UInt32 = 2
     public static let maxUserNameLength = 32
+    /// The most entries one `putDedupeWindow` may store.
+    public static let maxDedupeWindowEntries = DedupeWindowLayout.maxEntries
 
     public let directory: String
     private let databases: Databases
     private let lock = ReadWriteLock()
     /// nil once closed. Read under `lock` shared, cleared under `lock` exclusive.
     private var env: OpaquePointer?
+    /// The LMDB data file, named in ENOSPC errors.
+    private let dataFilePath: String
+    /// Return codes that the next write transactions' commits fail with instead of committing (test hook).
+    /// Touched only inside a write transaction, which LMDB runs one at a time.
+    private var injectedCommitFailures: [Int32] = []
 
     /// Opens (creating if needed) the environment in `directory`.
     ///
@@ -31,7 +44,15 @@ public final class Store: @unchecked Sendable {
     /// batched (group commit) rather than committed one by one.
     ///
     /// `mapSizeBytes` is the most the database may ever grow to (address space, not disk: the file grows as
-    /// needed). A write that would exceed it throws an error whose `isMapFull` is true.
+    /// needed). A batch that would exceed it is handled as `apply` describes. Deleted data's pages are reused:
+    /// LMDB hands them out from the second commit after the delete, and `apply` adds that commit itself when a
+    /// batch runs out of room, so the first write after a delete on a full store may still get `storageFull` and
+    /// the next one fits. Reopening with a larger `mapSizeBytes` raises the limit (LMDB never shrinks a map below
+    /// what the file already uses). Nothing needs `mdb_env_set_mapsize(env, 0)`: that only adopts a size grown by
+    /// another process, and one process owns this environment.
+    ///
+    /// A version-1 environment is upgraded to version 2 in place (additively: the "dedupewin" database is created,
+    /// nothing existing is rewritten); any other version than 2 throws `schemaMismatch` and changes nothing.
     public init(directory: String, mapSizeBytes: Int = 1 << 32, maxReaders: Int = 126) throws {
         guard mapSizeBytes > 0 else { throw StoreError.invalidArgument("mapSizeBytes must be positive") }
         guard maxReaders > 0, maxReaders <= Int(Int32.max) else {
@@ -41,6 +62,7 @@ public final class Store: @unchecked Sendable {
         let opened = try Store.openEnvironment(directory: directory, mapSizeBytes: mapSizeBytes,
                                                maxReaders: maxReaders)
         self.directory = directory
+        self.dataFilePath = directory.hasSuffix("/") ? directory + "data.mdb" : directory + "/data.mdb"
         self.env = opened.env
         self.databases = opened.databases
     }
@@ -150,6 +172,16 @@ public final class Store: @unchecked Sendable {
         }
     }
 
+    /// `sender`'s stored dedupe window: the entries with atMs >= `notBeforeMs`, in stored order (oldest first);
+    /// [] if the sender has none. A record that does not decode throws `corruptRecord`.
+    public func dedupeWindow(of sender: UserID, notBeforeMs: UInt64) throws -> [DedupeWindowEntry] {
+        try withReadTransaction { txn in
+            try txn.withValue(databases.dedupeWindows, RecordKey.dedupeWindow(sender: sender)) {
+                try DedupeWindowLayout.decode($0, sender: sender, notBeforeMs: notBeforeMs)
+            } ?? []
+        }
+    }
+
     public func userCount() throws -> Int {
         try withReadTransaction { txn in try txn.entryCount(databases.users) }
     }
@@ -158,11 +190,45 @@ public final class Store: @unchecked Sendable {
 
     /// Applies the whole batch in one write transaction (group commit: one fsync for the batch) and returns one
     /// result per op, in order. Logical refusals (`nameTaken`, `noSuchUser`...) are results and the rest of the
-    /// batch still applies. An LMDB error (MDB_MAP_FULL, EIO...) or a corrupt record aborts the transaction and is
-    /// thrown: nothing of the batch is written.
+    /// batch still applies.
+    ///
+    /// Out of room (MDB_MAP_FULL, ENOSPC or EDQUOT from a put or the commit): the transaction is aborted and the
+    /// batch is retried once, in a new transaction, with only the ops that cannot grow the database (`deleteMail`,
+    /// `contactRemove`, `pruneDedupe`, `putDedupeWindow` with no entries); every other op gets `storageFull` in
+    /// its slot, so freeing space still works when the store is full. If the retry fails too, its error is thrown
+    /// and nothing of the batch is written.
+    ///
+    /// Any other LMDB error (EIO...) or a corrupt record aborts the transaction and is thrown: nothing of the batch
+    /// is written.
     public func apply(_ batch: [WriteOp]) throws -> [WriteResult] {
         guard !batch.isEmpty else { return [] }
-        return try withWriteTransaction { txn in
+        do {
+            return try applyInOneTransaction(batch)
+        } catch let error as StoreError where error.isStorageFull {
+            // Whatever happens next, make the pages freed so far reusable by the next batch.
+            defer { releaseFreedPages() }
+            let kept = batch.indices.filter { !batch[$0].growsDatabase }
+            var results = [WriteResult](repeating: .storageFull, count: batch.count)
+            guard !kept.isEmpty else { return results }
+            let retried = try applyInOneTransaction(kept.map { batch[$0] })
+            for (index, result) in zip(kept, retried) { results[index] = result }
+            return results
+        }
+    }
+
+    /// LMDB reuses the pages a commit freed only from the second write transaction after it (the previous
+    /// snapshot stays intact until then), and a failed transaction commits nothing. So on a full store, mail
+    /// deleted by one batch would stay unusable for as long as every later batch failed: a store that only
+    /// receives new mail would never recover. Committing one tiny write (the schema version rewritten unchanged)
+    /// moves LMDB past that snapshot. Best effort: if even that does not fit, the next full batch tries again.
+    private func releaseFreedPages() {
+        _ = try? withWriteTransaction { txn in
+            try txn.put(databases.meta, RecordKey.schemaVersion, MetaLayout.encode(Store.schemaVersion))
+        }
+    }
+
+    private func applyInOneTransaction(_ batch: [WriteOp]) throws -> [WriteResult] {
+        try withWriteTransaction { txn in
             var results: [WriteResult] = []
             results.reserveCapacity(batch.count)
             for op in batch {
@@ -209,6 +275,31 @@ public final class Store: @unchecked Sendable {
         }
     }
 
+    /// Deletes a named database, to rebuild an environment of an older schema (e.g. version 1 had no "dedupewin").
+    /// Close the store afterwards: the dropped database's handle is no longer valid.
+    @_spi(Testing)
+    public func dropDatabaseForTesting(_ name: String) throws {
+        guard let database = databases.named(name) else {
+            throw StoreError.invalidArgument("no database named \(name)")
+        }
+        try withWriteTransaction { txn in try txn.dropDatabase(database) }
+    }
+
+    /// Makes the commits of the next `codes.count` write transactions fail, one code each (e.g. ENOSPC), as if
+    /// mdb_txn_commit had returned it: the transaction is aborted and the error is reported as a real one would be.
+    @_spi(Testing)
+    public func injectCommitFailuresForTesting(_ codes: [Int32]) throws {
+        try withWriteTransaction { _ in injectedCommitFailures = codes }
+    }
+
+    /// The schema version stored in meta, nil if none.
+    @_spi(Testing)
+    public func storedSchemaVersionForTesting() throws -> UInt32? {
+        try withReadTransaction { txn in
+            try txn.withValue(databases.meta, RecordKey.schemaVersion) { try MetaLayout.decodeU32($0, "schema_version") }
+        }
+    }
+
     /// Writes raw bytes into a named database, to test how corrupt records are reported.
     @_spi(Testing)
     public func putRawRecordForTesting(database name: String, key: [UInt8], value: [UInt8]) throws {
@@ -235,17 +326,49 @@ public final class Store: @unchecked Sendable {
             guard let env else { throw StoreError.closed }
             // mdb_txn_begin blocks while another thread holds the write transaction: LMDB serializes writers.
             let txn = try LMDBTransaction.begin(env, readOnly: false)
+            let injectedFailure = injectedCommitFailures.isEmpty ? nil : injectedCommitFailures.removeFirst()
             let result: R
             do {
                 result = try body(txn)
+                if let injectedFailure { throw lmdbError(injectedFailure, "mdb_txn_commit (injected)") }
             } catch {
                 txn.abort()
-                throw error
+                throw classifyWriteFailure(error)
             }
             // Not inside the do: a failed commit has already freed the transaction, aborting it would double-free.
-            try txn.commit()
+            do {
+                try txn.commit()
+            } catch {
+                throw classifyWriteFailure(error)
+            }
             return result
         }
+    }
+
+    /// Turns an LMDB "out of room" return code into `mapFull` / `noSpace`, whose text says what to do. Called with
+    /// the shared lock held and the environment open.
+    private func classifyWriteFailure(_ error: any Error) -> any Error {
+        guard case let .lmdb(operation, code, _)? = error as? StoreError else { return error }
+        switch code {
+        case MDB_MAP_FULL:
+            var info = MDB_envinfo()
+            let mapSize = env.map { mdb_env_info($0, &info) == MDB_SUCCESS ? info.me_mapsize : 0 } ?? 0
+            return StoreError.mapFull(operation: operation, mapSizeBytes: mapSize)
+        case ENOSPC, EDQUOT:
+            return StoreError.noSpace(operation: operation, code: code, path: dataFilePath)
+        case EIO where filesystemIsNearlyFull():
+            // LMDB returns EIO for a short write ("filesystem full?"); with no room left that is what it was.
+            return StoreError.noSpace(operation: "\(operation) (short write: EIO)", code: ENOSPC, path: dataFilePath)
+        default:
+            return error
+        }
+    }
+
+    /// Less than 1 MiB left for unprivileged writers on the data directory's filesystem.
+    private func filesystemIsNearlyFull() -> Bool {
+        var info = statvfs()
+        guard statvfs(directory, &info) == 0 else { return false }
+        return UInt64(info.f_bavail) * UInt64(info.f_frsize) < 1 << 20
     }
 
     // MARK: - Operations (inside a write transaction)
@@ -266,6 +389,8 @@ public final class Store: @unchecked Sendable {
             return try deleteMail(recipient: recipient, throughSeq: throughSeq, txn)
         case let .pruneDedupe(olderThanMs):
             return try pruneDedupe(olderThanMs: olderThanMs, txn)
+        case let .putDedupeWindow(sender, entries):
+            return try putDedupeWindow(sender: sender, entries: entries, txn)
         }
     }
 
@@ -412,7 +537,8 @@ public final class Store: @unchecked Sendable {
     }
 
     /// A full scan: the table is keyed by sender for the hot-path lookup, and pruning runs rarely with the table
-    /// bounded by the retention window, so a time index is not worth its write cost.
+    /// bounded by the retention window, so a time index is not worth its write cost. Dedupe windows are pruned
+    /// entry by entry: a window left empty is deleted, one that lost some entries is rewritten after the scan.
     private func pruneDedupe(olderThanMs: UInt64, _ txn: LMDBTransaction) throws -> WriteResult {
         var pruned = 0
         try txn.scan(databases.dedupe, from: nil) { _, value in
@@ -420,7 +546,37 @@ public final class Store: @unchecked Sendable {
             pruned += 1
             return .deleteAndProceed
         }
+        var rewrites: [(key: [UInt8], entries: [DedupeWindowEntry])] = []
+        try txn.scan(databases.dedupeWindows, from: nil) { key, value in
+            let sender = try DedupeWindowLayout.decodeKey(key)
+            let all = try DedupeWindowLayout.decode(value, sender: sender)
+            let kept = all.filter { $0.atMs >= olderThanMs }
+            guard kept.count < all.count else { return .proceed }
+            pruned += all.count - kept.count
+            if kept.isEmpty { return .deleteAndProceed }
+            rewrites.append((Array(key), kept))
+            return .proceed
+        }
+        for rewrite in rewrites {
+            try txn.put(databases.dedupeWindows, rewrite.key, DedupeWindowLayout.encode(rewrite.entries))
+        }
         return .pruned(count: pruned)
+    }
+
+    private func putDedupeWindow(sender: UserID, entries: [DedupeWindowEntry],
+                                 _ txn: LMDBTransaction) throws -> WriteResult {
+        guard sender != 0 else { return .invalidRequest("sender 0 is not a user") }
+        guard entries.count <= Store.maxDedupeWindowEntries else {
+            return .invalidRequest("a dedupe window holds at most \(Store.maxDedupeWindowEntries) entries, "
+                                   + "got \(entries.count)")
+        }
+        let key = RecordKey.dedupeWindow(sender: sender)
+        if entries.isEmpty {
+            try txn.delete(databases.dedupeWindows, key)
+        } else {
+            try txn.put(databases.dedupeWindows, key, DedupeWindowLayout.encode(entries))
+        }
+        return .dedupeWindowSaved
     }
 
     // MARK: - Lookups shared by reads and writes
@@ -492,7 +648,8 @@ public final class Store: @unchecked Sendable {
     }
 
     /// Checks the schema version and opens the named databases in one write transaction: on a mismatch it aborts,
-    /// so an environment of another version is left exactly as it was.
+    /// so an environment of another version is left exactly as it was. Version 1 is upgraded in the same
+    /// transaction (create "dedupewin", write version 2), so an upgrade lands entirely or not at all.
     private static func openDatabases(_ env: OpaquePointer) throws -> Databases {
         let txn = try LMDBTransaction.begin(env, readOnly: false)
         let databases: Databases
@@ -511,16 +668,18 @@ public final class Store: @unchecked Sendable {
             let found = try txn.withValue(meta, RecordKey.schemaVersion) {
                 try MetaLayout.decodeU32($0, "schema_version")
             }
-            if isNew {
+            let upgradeFromV1 = !isNew && found == 1
+            if isNew || upgradeFromV1 {
                 try txn.put(meta, RecordKey.schemaVersion, MetaLayout.encode(schemaVersion))
             } else if found != schemaVersion {
                 throw StoreError.schemaMismatch(found: found ?? 0, expected: schemaVersion)
             }
-            func open(_ name: String) throws -> NamedDatabase {
-                NamedDatabase(handle: try txn.openDatabase(name, create: isNew), name: name)
+            func open(_ name: String, create: Bool = isNew) throws -> NamedDatabase {
+                NamedDatabase(handle: try txn.openDatabase(name, create: create), name: name)
             }
             databases = Databases(meta: meta, accounts: try open("accounts"), users: try open("users"),
-                                  contacts: try open("contacts"), mail: try open("mail"), dedupe: try open("dedupe"))
+                                  contacts: try open("contacts"), mail: try open("mail"), dedupe: try open("dedupe"),
+                                  dedupeWindows: try open("dedupewin", create: isNew || upgradeFromV1))
         } catch {
             txn.abort()
             throw error

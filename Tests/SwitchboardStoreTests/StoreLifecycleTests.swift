@@ -50,26 +50,22 @@ import Testing
         }
         // Refusing did not rewrite the version: the second attempt sees the same one.
         let error = #expect(throws: StoreError.self) { _ = try Store(directory: directory, mapSizeBytes: 1 << 20) }
-        #expect(error == .schemaMismatch(found: 7, expected: 1))
+        #expect(error == .schemaMismatch(found: 7, expected: Store.schemaVersion))
         #expect(error?.description.contains("version 7") == true)
     }
 
-    @Test func aFailingBatchWritesNothing() throws {
+    @Test func aBatchThatOverflowsTheMapWritesNothingOfItsGrowingOps() throws {
         try withTemporaryStore(mapSizeBytes: 256 * 1024) { store, _ in
             let ids = try createAccounts(["alice", "bob"], in: store)
             let huge = [UInt8](repeating: 0xAB, count: 1 << 20)
-            let error = #expect(throws: StoreError.self) {
-                try store.apply([
-                    .createAccount(name: "carol", password: fixturePassword),
-                    .contactAdd(owner: ids[0], contactName: "bob"),
-                    .putMail(mail(to: ids[1], seq: 1, from: ids[0], id: 1, body: "small")),
-                    .putMail(StoredMail(recipient: ids[1], seq: 2, sender: ids[0], messageID: 2, sentAtMs: 0,
-                                        body: huge)),
-                ])
-            }
-            #expect(error?.isMapFull == true)
-            #expect(error?.lmdbCode == -30792)
-            #expect(error?.description.contains("MDB_MAP_FULL") == true)
+            // Every op here can grow the database, so the retry has nothing to apply: all four get storageFull.
+            let results = try store.apply([
+                .createAccount(name: "carol", password: fixturePassword),
+                .contactAdd(owner: ids[0], contactName: "bob"),
+                .putMail(mail(to: ids[1], seq: 1, from: ids[0], id: 1, body: "small")),
+                .putMail(StoredMail(recipient: ids[1], seq: 2, sender: ids[0], messageID: 2, sentAtMs: 0, body: huge)),
+            ])
+            #expect(results == [.storageFull, .storageFull, .storageFull, .storageFull])
 
             #expect(try store.account(named: "carol") == nil)
             #expect(try store.userCount() == 2)
@@ -79,6 +75,22 @@ import Testing
 
             // The environment stays usable after the rollback, and the id that was rolled back is reused.
             #expect(try store.apply([.createAccount(name: "carol", password: fixturePassword)]) == [.accountCreated(3)])
+        }
+    }
+
+    @Test func aWriteWithoutRetryReportsMapFullClearly() throws {
+        try withTemporaryStore(mapSizeBytes: 256 * 1024) { store, _ in
+            // createAccountsBulk is one transaction with no retry: the map-full error is thrown.
+            let error = #expect(throws: StoreError.self) {
+                _ = try store.createAccountsBulk(names: (0..<10_000).map { "user\($0)" }, password: fixturePassword)
+            }
+            #expect(error?.isMapFull == true)
+            #expect(error?.isStorageFull == true)
+            #expect(error?.lmdbCode == -30792)
+            #expect(error?.description.hasPrefix("LMDB map full (map size 262144 bytes): raise --map-size") == true)
+            #expect(error?.description.contains("MDB_MAP_FULL") == true)
+            let users = try store.userCount()
+            #expect(users == 0)
         }
     }
 
