@@ -129,6 +129,30 @@ public struct RecentMessageIDs {
         table[i].state = status.rawValue
     }
 
+    /// The completed ids remembered, oldest first, with their outcome (in-flight ones are left out:
+    /// they are not settled yet). What the server persists when the sender goes offline.
+    public func completedEntries() -> [(id: UInt64, status: SendStatus)] {
+        var result: [(id: UInt64, status: SendStatus)] = []
+        result.reserveCapacity(filled)
+        // Until the ring wraps the oldest id is in slot 0; afterwards it is the one `next` overwrites.
+        let start = filled < ring.count ? 0 : next
+        for k in 0..<filled {
+            let slot = (start + k) % ring.count
+            let id = ring[slot]
+            if let i = find(id), table[i].owner == Int32(slot), table[i].state != 0,
+               let status = SendStatus(rawValue: table[i].state) {
+                result.append((id, status))
+            }
+        }
+        return result
+    }
+
+    /// Remembers a settled id again (from a persisted window), as the newest.
+    public mutating func restoreCompleted(_ id: UInt64, status: SendStatus) {
+        insertInFlight(id)
+        complete(id, status: status)
+    }
+
     /// Forgets an id (its ring slot is reclaimed lazily when the ring wraps).
     public mutating func remove(_ id: UInt64) {
         guard let i = find(id) else { return }

@@ -313,11 +313,26 @@ public final class RelayCore {
         recentIDs[sender]?.ids.remove(messageID)
     }
 
-    /// Drops duplicate-suppression memory of users who are offline (called from a periodic sweep).
-    public func pruneRecentIDs() {
-        for user in Array(recentIDs.keys) where sessions[user] == nil {
-            if recentIDs[user]!.ids.inFlightCount == 0 { recentIDs[user] = nil }
+    /// Removes and returns the duplicate-suppression memory of offline users with nothing in flight
+    /// (all users' with `all`), oldest id first, so the caller can persist it before it is forgotten.
+    public func takeSenderHistories(all: Bool = false) -> [(sender: UserID, entries: [(id: UInt64, status: SendStatus)])] {
+        var taken: [(sender: UserID, entries: [(id: UInt64, status: SendStatus)])] = []
+        for (user, history) in recentIDs where all || (sessions[user] == nil && history.ids.inFlightCount == 0) {
+            taken.append((user, history.ids.completedEntries()))
         }
+        for item in taken { recentIDs[item.sender] = nil }
+        return taken
+    }
+
+    /// True while the core remembers recent ids of `sender`.
+    public func hasSenderHistory(_ sender: UserID) -> Bool { recentIDs[sender] != nil }
+
+    /// Restores a persisted history (oldest first) for a sender the core has none for.
+    public func restoreSenderHistory(_ sender: UserID, _ entries: [(id: UInt64, status: SendStatus)]) {
+        guard recentIDs[sender] == nil, !entries.isEmpty else { return }
+        let history = SenderHistory(capacity: limits.dedupeWindow)
+        for entry in entries.suffix(limits.dedupeWindow) { history.ids.restoreCompleted(entry.id, status: entry.status) }
+        recentIDs[sender] = history
     }
 }
 

@@ -165,6 +165,7 @@ extension ServerCore {
         connection.userID = account.userID
         connection.userName = account.name
         leavePreLogin(connection)
+        restoreSenderHistory(account.userID)
         userNameCache[account.userID] = account.name
         let outcome = core.login(user: account.userID, name: account.name, connection: connection.id,
                                  address: connection.peerText, contacts: contacts)

@@ -43,6 +43,10 @@ extension ServerCore {
                 send(connection, .error(requestID: requestID, code: ErrorCode.nameTaken.rawValue, message: "that name is taken"))
             case .invalidRequest(let why):
                 send(connection, .error(requestID: requestID, code: ErrorCode.invalidName.rawValue, message: TextView(why)))
+            case .storageFull:
+                storageFull("account")
+                send(connection, .error(requestID: requestID, code: ErrorCode.storageFull.rawValue,
+                                        message: "the server's storage is full; try again later"))
             default:
                 send(connection, .error(requestID: requestID, code: ErrorCode.internalError.rawValue, message: "unexpected store result"))
             }
@@ -57,6 +61,12 @@ extension ServerCore {
                 if let connection { send(connection, .ok(requestID: requestID)) }
             case .alreadyInThatState:
                 if let connection { send(connection, .ok(requestID: requestID)) }
+            case .storageFull:
+                storageFull("contact change")
+                if let connection {
+                    send(connection, .error(requestID: requestID, code: ErrorCode.storageFull.rawValue,
+                                            message: "the server's storage is full; try again later"))
+                }
             case .noSuchUser:
                 if let connection { send(connection, .error(requestID: requestID, code: ErrorCode.noSuchUser.rawValue, message: "no such user")) }
             case .invalidRequest(let why):
@@ -85,6 +95,10 @@ extension ServerCore {
                 core.mailRemoved(recipient: mail.recipient, count: 1, bytes: mail.body.count)
                 stats.duplicatesDropped += 1
                 ackStored(mail)
+            case .storageFull:
+                storageFull("mail")
+                core.mailRemoved(recipient: mail.recipient, count: 1, bytes: mail.body.count)
+                failMail(mail, code: .storageFull, "the server's storage is full: the message was not stored; try again later")
             default:
                 core.mailRemoved(recipient: mail.recipient, count: 1, bytes: mail.body.count)
                 failMail(mail, "unexpected store result")
@@ -93,6 +107,14 @@ extension ServerCore {
             core.mailRemoved(recipient: recipient, count: count, bytes: bytes)
         case .prune:
             break
+        case .dedupeWindow(let sender, let generation):
+            guard pendingWindows[sender]?.generation == generation, let entries = pendingWindows[sender]?.entries else { return }
+            pendingWindows[sender] = nil
+            if outcome == .storageFull {
+                // Not persisted: kept in memory, tried again at the next sweep.
+                storageFull("dedupe window")
+                core.restoreSenderHistory(sender, entries)
+            }
         }
     }
 
@@ -103,10 +125,57 @@ extension ServerCore {
         }
     }
 
-    func failMail(_ mail: StoredMail, _ why: String) {
+    func failMail(_ mail: StoredMail, code: ErrorCode = .internalError, _ why: String) {
         if let senderID = core.failed(sender: mail.sender, messageID: mail.messageID), let sender = connections[senderID.raw] {
-            send(sender, .sendError(messageID: mail.messageID, code: ErrorCode.internalError.rawValue,
-                                    message: TextView("could not store the message: \(why)")))
+            let text = code == .internalError ? "could not store the message: \(why)" : why
+            send(sender, .sendError(messageID: mail.messageID, code: code.rawValue, message: TextView(text)))
+        }
+    }
+
+    /// The store is out of room (LMDB map full or disk full): counted, and logged at most every 10 s.
+    func storageFull(_ what: String) {
+        stats.storageFull += 1
+        let now = driver.now
+        if lastStorageFullLog == 0 || now - lastStorageFullLog >= 10_000 {
+            lastStorageFullLog = now
+            logger.error("store full: writes that need room are refused (SEND_ERROR storageFull); reads and live relay go on. Raise --map-size or free disk space (the store log above names which)",
+                         metadata: ["refused": "\(what)", "refused so far": "\(stats.storageFull)"])
+        }
+    }
+
+    // MARK: dedupe windows
+
+    /// Persists the recent ids of senders who went offline with nothing in flight (every sender's at
+    /// shutdown), then forgets them in memory; until the commit lands they stay in `pendingWindows`.
+    func persistSenderHistories(all: Bool) {
+        let atMs = driver.wallNow
+        for (sender, entries) in core.takeSenderHistories(all: all) where !entries.isEmpty {
+            windowGeneration &+= 1
+            pendingWindows[sender] = (windowGeneration, entries)
+            let stored = entries.suffix(Store.maxDedupeWindowEntries).map {
+                DedupeWindowEntry(messageID: $0.id, status: $0.status.rawValue, atMs: atMs)
+            }
+            storeBatch.append(.putDedupeWindow(sender: sender, entries: Array(stored)),
+                              .dedupeWindow(sender: sender, generation: windowGeneration))
+        }
+    }
+
+    /// At login: the sender's recent ids from memory, a pending persist, or the store.
+    func restoreSenderHistory(_ sender: UserID) {
+        guard !core.hasSenderHistory(sender) else { return }
+        if let pending = pendingWindows[sender] {
+            core.restoreSenderHistory(sender, pending.entries)
+            return
+        }
+        do {
+            let cutoff = driver.wallNow &- configuration.dedupeRetentionMs
+            let stored = try store.dedupeWindow(of: sender, notBeforeMs: cutoff < driver.wallNow ? cutoff : 0)
+            core.restoreSenderHistory(sender, stored.compactMap { entry in
+                SendStatus(rawValue: entry.status).map { (id: entry.messageID, status: $0) }
+            })
+        } catch {
+            logger.error("dedupe window unreadable; resends of this sender's recent messages may be delivered again",
+                         metadata: ["user": "\(sender)", "error": "\(error)"])
         }
     }
 
@@ -124,6 +193,12 @@ extension ServerCore {
         case .mail(let mail):
             core.mailRemoved(recipient: mail.recipient, count: 1, bytes: mail.body.count)
             failMail(mail, why)
+        case .dedupeWindow(let sender, let generation):
+            // Kept in memory (pendingWindows) until a later persist succeeds: nothing is forgotten.
+            if pendingWindows[sender]?.generation == generation, let entries = pendingWindows[sender]?.entries {
+                pendingWindows[sender] = nil
+                core.restoreSenderHistory(sender, entries)
+            }
         case .deleteMail, .prune:
             break // the mail stays; it is delivered again at the next login
         }

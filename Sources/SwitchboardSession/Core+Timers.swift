@@ -79,7 +79,7 @@ extension ServerCore {
     func maintenance() {
         let now = driver.now
         authGate.sweep(now: now)
-        core.pruneRecentIDs()
+        persistSenderHistories(all: false)
         // Idle connections give their buffer memory back.
         for connection in connections.values where !connection.isClosing && connection.window.isEmpty {
             connection.output.releaseIfEmpty()
@@ -90,6 +90,6 @@ extension ServerCore {
             let cutoff = driver.wallNow &- configuration.dedupeRetentionMs
             if cutoff < driver.wallNow { storeBatch.append(.pruneDedupe(olderThanMs: cutoff), .prune) }
         }
-        driver.schedule(at: now + Self.maintenanceIntervalMs, token: Self.maintenanceToken)
+        driver.schedule(at: now + configuration.maintenanceIntervalMs, token: Self.maintenanceToken)
     }
 }

@@ -41,11 +41,15 @@ public final class ServerCore {
     let dummyHash: PasswordHash
     var userNameCache: [UserID: String] = [:]
     var lastDedupePrune: UInt64 = 0
+    var lastStorageFullLog: UInt64 = 0
+    /// Dedupe windows handed to the store and not yet committed (restored from here at login meanwhile).
+    var pendingWindows: [UserID: (generation: UInt64, entries: [(id: UInt64, status: SendStatus)])] = [:]
+    var windowGeneration: UInt64 = 0
+    private var windowsPersistedAtShutdown = false
     public static let maintenanceToken = UInt64.max
     public static let authWakeToken = UInt64.max - 1
     /// Tokens at or above this are the core's own; the driver may use the ones just below for itself.
     public static let reservedTokens = UInt64.max - 15
-    static let maintenanceIntervalMs: UInt64 = 30_000
 
     public init(configuration: SessionConfiguration, store: any StoreReading, driver: any SessionDriver,
                 logger: Logger, dummyHash: PasswordHash) {
@@ -68,7 +72,7 @@ public final class ServerCore {
 
     /// Starts the periodic maintenance; call once the driver can schedule.
     public func start() {
-        driver.schedule(at: driver.now + Self.maintenanceIntervalMs, token: Self.maintenanceToken)
+        driver.schedule(at: driver.now + configuration.maintenanceIntervalMs, token: Self.maintenanceToken)
     }
 
     // MARK: connections
@@ -152,6 +156,12 @@ public final class ServerCore {
             }
             spareConnections.removeAll(keepingCapacity: true)
         }
+        if shuttingDown && connections.isEmpty && toClose.isEmpty && !windowsPersistedAtShutdown
+            && storeBatch.isEmpty && !storeInFlight {
+            // Everything rerouted has committed: now every sender's recent ids are settled and persisted.
+            windowsPersistedAtShutdown = true
+            persistSenderHistories(all: true)
+        }
         submitStoreBatch()
     }
 
@@ -170,6 +180,7 @@ public final class ServerCore {
     /// Shutdown is complete: no client, nothing to commit or in commit.
     public var isStopped: Bool {
         shuttingDown && toClose.isEmpty && storeBatch.isEmpty && !storeInFlight && connections.isEmpty
+            && windowsPersistedAtShutdown
     }
 
     /// After the loop stopped: finalize whatever is left (best effort).

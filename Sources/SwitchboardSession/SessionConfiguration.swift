@@ -70,5 +70,9 @@ public struct SessionConfiguration: Sendable {
         return limits
     }
 
+    /// How often the maintenance sweep runs: lockout tables, idle buffers, and persisting the recent
+    /// message ids of senders who went offline (so a resend is still recognised after a restart).
+    public var maintenanceIntervalMs: UInt64 = 30_000
+
     public init() {}
 }

@@ -24,6 +24,8 @@ public enum StoreContext: Sendable {
     case mail(StoredMail)
     case deleteMail(recipient: UserID, count: Int, bytes: Int)
     case prune
+    /// A sender's persisted dedupe window; `generation` tells a stale completion from the latest.
+    case dedupeWindow(sender: UserID, generation: UInt64)
 }
 
 public struct StoreBatch: Sendable {
@@ -112,6 +114,7 @@ public protocol StoreReading: AnyObject {
     func contacts(of userID: UserID) throws -> [ContactEntry]
     func mail(for recipient: UserID, afterSeq: UInt64, limit: Int) throws -> [StoredMail]
     func mailboxUsage(of recipient: UserID) throws -> MailboxUsage
+    func dedupeWindow(of sender: UserID, notBeforeMs: UInt64) throws -> [DedupeWindowEntry]
 }
 
 extension Store: StoreReading {}

@@ -122,7 +122,7 @@ import SwitchboardIO
         #expect(f.route(Seed.alice, Seed.bob, id: 1) == .dropInFlightDuplicate)
     }
 
-    @Test func pruneKeepsSendersWithMessagesInFlight() {
+    @Test func takenHistoriesKeepInFlightSendersAndRestoreSettledOnes() {
         let f = RelayFixture()
         f.stored[Seed.carol] = [Seed.entry(Seed.bob, .accepted)]
         f.stored[Seed.bob] = [Seed.entry(Seed.alice, .accepted), Seed.entry(Seed.carol, .accepted)]
@@ -136,21 +136,41 @@ import SwitchboardIO
 
         _ = f.core.connectionClosed(Seed.aliceConn)
         _ = f.core.connectionClosed(Seed.carolConn)
-        f.core.pruneRecentIDs()
-        // alice still has id 2 in flight: her memory is kept. carol had nothing in flight.
+        let taken = f.core.takeSenderHistories()
+        // alice still has id 2 in flight: her memory is kept. carol had nothing in flight: handed over.
+        #expect(taken.map(\.sender) == [Seed.carol])
+        #expect(taken.first?.entries.map(\.id) == [9] && taken.first?.entries.first?.status == .storedOffline)
+        #expect(!f.core.hasSenderHistory(Seed.carol) && f.core.hasSenderHistory(Seed.alice))
         f.login(Seed.alice, Seed.aliceConn)
         f.login(Seed.carol, Seed.carolConn)
         #expect(f.route(Seed.alice, Seed.bob, id: 1) == .acknowledgeDuplicate(.storedOffline))
         #expect(f.route(Seed.alice, Seed.bob, id: 2) == .dropInFlightDuplicate)
-        #expect(f.route(Seed.carol, Seed.bob, id: 9) == .store(recipient: Seed.bob, mailSeq: 4))
+        // Restored from what was persisted, carol's resend is recognised (issue 8, item 8).
+        f.core.restoreSenderHistory(Seed.carol, taken[0].entries)
+        #expect(f.route(Seed.carol, Seed.bob, id: 9) == .acknowledgeDuplicate(.storedOffline))
 
-        // Online users are never pruned.
-        f.core.pruneRecentIDs()
-        #expect(f.route(Seed.carol, Seed.bob, id: 9) == .dropInFlightDuplicate)
+        // Online users are never taken (unless all are asked for, at shutdown).
+        #expect(f.core.takeSenderHistories().isEmpty)
+        #expect(Set(f.core.takeSenderHistories(all: true).map(\.sender)) == [Seed.alice, Seed.carol])
     }
 }
 
 @Suite struct RecentMessageIDsTests {
+    @Test func completedEntriesAreOldestFirstAcrossGrowthAndWrap() {
+        var ids = RecentMessageIDs(capacity: 40)
+        for id: UInt64 in 1...100 {
+            ids.insertInFlight(id)
+            if id != 97 { ids.complete(id, status: id % 2 == 0 ? .delivered : .storedOffline) }
+        }
+        let entries = ids.completedEntries()
+        #expect(entries.map(\.id) == Array(61...100).filter { $0 != 97 })
+        #expect(entries.allSatisfy { $0.status == ($0.id % 2 == 0 ? .delivered : .storedOffline) })
+        var restored = RecentMessageIDs(capacity: 40)
+        for entry in entries { restored.restoreCompleted(entry.id, status: entry.status) }
+        #expect(restored.completedEntries().map(\.id) == entries.map(\.id) && restored.inFlightCount == 0)
+        #expect(restored.lookup(98) == .completed(.delivered) && restored.lookup(60) == nil)
+    }
+
     @Test func capacityPlusOneEvictsTheOldest() {
         var ids = RecentMessageIDs(capacity: 3)
         #expect(ids.lookup(1) == nil)
