@@ -184,6 +184,8 @@ extension ServerCore {
         }
         logger.info("login", metadata: ["user": "\(account.name)", "peer": "\(connection.peerText)"])
         connection.mailPaging = .notStarted
+        // Mail acknowledged on an earlier connection whose delete has not committed yet is not sent again.
+        connection.mailCursor = pendingMailDeletes[account.userID] ?? 0
         sendMailPage(connection)
         unpark(connection, phase: .active)
         connection.lastActivity = driver.now

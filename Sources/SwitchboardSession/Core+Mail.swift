@@ -83,7 +83,8 @@ extension ServerCore {
         }
         if count > 0 {
             storeBatch.append(.deleteMail(recipient: connection.userID, throughSeq: throughSeq),
-                              .deleteMail(recipient: connection.userID, count: count, bytes: bytes))
+                              .deleteMail(recipient: connection.userID, count: count, bytes: bytes, throughSeq: throughSeq))
+            pendingMailDeletes[connection.userID] = max(pendingMailDeletes[connection.userID] ?? 0, throughSeq)
         }
         if connection.mailPaging == .awaitingAck && throughSeq >= connection.mailCursor {
             sendMailPage(connection)

@@ -103,7 +103,8 @@ extension ServerCore {
                 core.mailRemoved(recipient: mail.recipient, count: 1, bytes: mail.body.count)
                 failMail(mail, "unexpected store result")
             }
-        case .deleteMail(let recipient, let count, let bytes):
+        case .deleteMail(let recipient, let count, let bytes, let throughSeq):
+            if let pending = pendingMailDeletes[recipient], pending <= throughSeq { pendingMailDeletes[recipient] = nil }
             core.mailRemoved(recipient: recipient, count: count, bytes: bytes)
         case .prune:
             break
@@ -199,8 +200,10 @@ extension ServerCore {
                 pendingWindows[sender] = nil
                 core.restoreSenderHistory(sender, entries)
             }
-        case .deleteMail, .prune:
-            break // the mail stays; it is delivered again at the next login
+        case .deleteMail(let recipient, _, _, _):
+            pendingMailDeletes[recipient] = nil  // the mail stays; it is delivered again at the next login
+        case .prune:
+            break
         }
     }
 }

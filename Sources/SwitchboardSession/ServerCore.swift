@@ -42,6 +42,8 @@ public final class ServerCore {
     var userNameCache: [UserID: String] = [:]
     var lastDedupePrune: UInt64 = 0
     var lastStorageFullLog: UInt64 = 0
+    /// Per recipient, the highest MAIL_ACK whose delete is queued or committing (not sent again at login).
+    var pendingMailDeletes: [UserID: UInt64] = [:]
     /// Dedupe windows handed to the store and not yet committed (restored from here at login meanwhile).
     var pendingWindows: [UserID: (generation: UInt64, entries: [(id: UInt64, status: SendStatus)])] = [:]
     var windowGeneration: UInt64 = 0

@@ -22,7 +22,7 @@ public enum StoreContext: Sendable {
     case createAccount(connection: UInt64, requestID: UInt32)
     case contact(connection: UInt64, requestID: UInt32)
     case mail(StoredMail)
-    case deleteMail(recipient: UserID, count: Int, bytes: Int)
+    case deleteMail(recipient: UserID, count: Int, bytes: Int, throughSeq: UInt64)
     case prune
     /// A sender's persisted dedupe window; `generation` tells a stale completion from the latest.
     case dedupeWindow(sender: UserID, generation: UInt64)
