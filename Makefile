@@ -9,7 +9,7 @@ DATA ?= ./data
 LISTEN ?= 127.0.0.1:7878
 RUN_FLAGS ?=
 
-.PHONY: all deps test-deps install-packages build release run test cert clean bench bench-deps
+.PHONY: all deps test-deps install-packages build release run test soak cert clean bench bench-deps
 
 all: build
 
@@ -42,8 +42,14 @@ run: release
 cert: release
 	./.build/release/switchboard cert init --data $(DATA)
 
+# Dictionary order is fixed so a failing simulation seed replays exactly (see ServerCoreSimulation.swift).
 test: test-deps
-	$(SWIFT) test
+	SWIFT_DETERMINISTIC_HASHING=1 $(SWIFT) test
+
+# More seeds of the deterministic simulations (server core and auth gate): make soak SEEDS=2000.
+SEEDS ?= 2000
+soak: deps
+	SWIFT_DETERMINISTIC_HASHING=1 SB_SOAK_SEEDS=$(SEEDS) $(SWIFT) test --filter 'ServerCoreSimulation|AuthGateTests'
 
 # The peers and tools of the performance comparison (Redis, Mosquitto, NATS, gnuplot for the sweep's PNG,
 # perf for perf/flamegraph.sh and --perf-stat); installed only when missing.

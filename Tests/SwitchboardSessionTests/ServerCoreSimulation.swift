@@ -9,8 +9,9 @@
 // - no (sender, id) is accepted twice by its recipient (a copy whose acknowledgement the server
 //   read is never followed by another copy), and a resend after that is never delivered;
 // and at the end, after every user logs in and reads everything: every message whose sender got
-// SEND_ACK (delivered or stored) was received by its recipient. A failing seed prints itself;
-// SB_SOAK_SEEDS=N runs more (make soak).
+// SEND_ACK (delivered or stored) was received by its recipient. A failing seed prints itself and how
+// to replay it with its story (SB_SIM_TRACE); SB_SOAK_SEEDS=N runs more (make soak). Replays are exact
+// with SWIFT_DETERMINISTIC_HASHING=1 (dictionary order is per process otherwise), which make test sets.
 import Foundation
 import Logging
 import SwitchboardIO
@@ -92,6 +93,10 @@ final class Simulation {
     var received: Set<MessageKey> = []
     let readBuffer = ByteBuffer(capacity: 64 << 10)
     var failure: String?
+    /// With SB_SIM_TRACE set, what happened, for a failing seed's story.
+    var trace: [String]? = getenvString("SB_SIM_TRACE") != nil ? [] : nil
+    func log(_ text: @autoclosure () -> String) { trace?.append("t=\(driver.clock) " + text()) }
+    func index(_ connection: SimConnection) -> Int { connections.firstIndex { $0 === connection } ?? -1 }
 
     init(seed: UInt64, users: Int = 4) throws {
         rng = SplitMix64(seed: seed)
@@ -148,6 +153,7 @@ final class Simulation {
         client.link = connection
         core.opened(client)
         connections.append(connection)
+        log("conn \(connections.count - 1) user \(user) connects (client \(client.id))")
         encode(.hello(version: ProtocolConstants.version, agent: "sim"), into: connection)
         encode(.login(requestID: 1, name: TextView(names[user]), password: TextView(String(decoding: password, as: UTF8.self))),
                into: connection)
@@ -158,7 +164,7 @@ final class Simulation {
         // A client resends only what it has not seen acknowledged, which is within the dedupe window
         // (the protocol's horizon: the sender's last `dedupeWindow` ids); stay well inside it.
         let horizon = nextMessageID[sender] > UInt64(config.dedupeWindow / 2) ? nextMessageID[sender] - UInt64(config.dedupeWindow / 2) : 0
-        let earlier = sentTo.keys.filter { $0.sender == sender && $0.id > horizon }
+        let earlier = sentTo.keys.filter { $0.sender == sender && $0.id > horizon }.sorted { $0.id < $1.id }
         let key: MessageKey
         let recipient: Int
         if resend, let old = earlier.randomElement(using: &rng) {
@@ -172,6 +178,7 @@ final class Simulation {
         }
         let body = [UInt8](repeating: UInt8(truncatingIfNeeded: key.id), count: Int.random(in: 1...3_000, using: &rng))
         encode(.send(to: userIDs[recipient], messageID: key.id, body: ByteView(body)), into: connection)
+        log("conn \(index(connection)) \(resend ? "resends" : "sends") \(key) to user \(recipient)")
     }
 
     /// The client reads (some of) what arrived and answers: acks, pongs.
@@ -192,15 +199,20 @@ final class Simulation {
                 case .deliver(let seq, let from, let id, _, _):
                     let key = MessageKey(sender: userIDs.firstIndex(of: from) ?? -1, id: id)
                     received.insert(key)
+                    log("conn \(index(connection)) reads DELIVER seq \(seq) \(key)")
                     connection.unackedDeliveries.append((seq, key))
                     deliveryAck = seq
                 case .mail(let seq, let from, _, let id, _, _):
                     let key = MessageKey(sender: userIDs.firstIndex(of: from) ?? -1, id: id)
                     received.insert(key)
+                    log("conn \(index(connection)) reads MAIL seq \(seq) \(key)")
                     connection.unackedMails.append((seq, key))
                     mailAck = seq
-                case .sendAck(let id, _):
+                case .sendAck(let id, let status):
+                    log("conn \(index(connection)) reads SEND_ACK \(id) status \(status)")
                     acked.insert(MessageKey(sender: connection.user, id: id))
+                case .error(_, let code, _):
+                    log("conn \(index(connection)) reads ERROR \(code)")
                 case .ping(let token):
                     encode(.pong(token: token), into: connection)
                 default:
@@ -231,6 +243,7 @@ final class Simulation {
             feed(connection, upTo: keep)
         }
         connection.gone = true
+        log("conn \(index(connection)) disconnects")
         if let client = connection.client, !client.isClosing, !connection.closedByServer {
             core.peerGone(client, "sim peer closed")
         }
@@ -257,9 +270,12 @@ final class Simulation {
                 readBuffer.clear()
             }
             // Acks the server has now read: their copies are accepted.
-            while let mark = connection.ackMarks.first, mark.endOffset <= connection.bytesWritten, !client.isClosing {
+            // (Bytes the core keeps in the client's input, paused or partial, are not processed yet.)
+            let processed = connection.bytesWritten - client.input.readableBytes
+            while let mark = connection.ackMarks.first, mark.endOffset <= processed, !client.isClosing {
                 connection.ackMarks.removeFirst()
                 for key in mark.keys {
+                    log("conn \(index(connection)) ack read by the server: \(key)")
                     if accepted.contains(key) { fail("\(key) accepted twice by its recipient") }
                     accepted.insert(key)
                 }
@@ -296,6 +312,7 @@ final class Simulation {
                 guard let connection = client.link as? SimConnection else { continue }
                 client.link = nil
                 connection.closedByServer = true
+                log("conn \(index(connection)) closed by the server (code \(String(describing: client.closeCode)))")
                 if !connection.gone {
                     let out = client.output
                     connection.inbound.append(contentsOf: out.readableView)
@@ -415,10 +432,12 @@ final class Simulation {
     @Test func seededSchedulesKeepTheInvariants() throws {
         let seeds = soakSeeds(default: 40)
         var messages = 0
-        for seed in 0..<UInt64(seeds) {
+        let first = UInt64(getenvString("SB_SIM_FIRST_SEED") ?? "") ?? 0
+        for seed in first..<(first + UInt64(seeds)) {
             let simulation = try Simulation(seed: seed)
             if let failure = simulation.run(steps: 1_500) {
-                Issue.record("seed \(seed): \(failure)")
+                if let trace = simulation.trace { print(trace.joined(separator: "\n")) }
+                Issue.record("seed \(seed): \(failure)  (rerun: SWIFT_DETERMINISTIC_HASHING=1 SB_SIM_FIRST_SEED=\(seed) SB_SOAK_SEEDS=1 SB_SIM_TRACE=1 swift test --filter ServerCoreSimulation)")
                 return
             }
             messages += simulation.acked.count
