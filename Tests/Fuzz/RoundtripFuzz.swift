@@ -40,6 +40,16 @@ private struct Text {
 
 private let wireStringMax = Int(UInt16.max)
 
+/// Byte sequences at the edges of strict UTF-8 (WireProtocol.md, "Strings"): each class's first and last
+/// scalar, around the surrogates, and the forms that must be rejected, including truncated ones.
+private let utf8Edges: [[UInt8]] = [
+    [0x00], [0x7F], [0xC2, 0x80], [0xDF, 0xBF], [0xE0, 0xA0, 0x80], [0xED, 0x9F, 0xBF], [0xEE, 0x80, 0x80],
+    [0xEF, 0xBF, 0xBF], [0xF0, 0x90, 0x80, 0x80], [0xF4, 0x8F, 0xBF, 0xBF],
+    [0x80], [0xBF], [0xC0, 0x80], [0xC1, 0xBF], [0xE0, 0x80, 0x80], [0xE0, 0x9F, 0xBF], [0xED, 0xA0, 0x80],
+    [0xED, 0xBF, 0xBF], [0xF0, 0x80, 0x80, 0x80], [0xF0, 0x8F, 0xBF, 0xBF], [0xF4, 0x90, 0x80, 0x80],
+    [0xF5, 0x80, 0x80, 0x80], [0xFF], [0xC2], [0xE0, 0xA0], [0xF0, 0x90, 0x80], [0xC2, 0xC2, 0x80], [0xE1, 0x80, 0xC0],
+]
+
 private struct Generator {
     var input: FuzzInput
     let arena = Arena()
@@ -76,7 +86,16 @@ private struct Generator {
         let mode = u8()
         switch mode % 64 {
         case 0...47: return validText(maxScalars: 24)
-        case 48...62: return input.take(Int(u8()) % 64)
+        case 48...55: return input.take(Int(u8()) % 64)
+        case 56...62:
+            // Pieces at the edges of strict UTF-8, valid and not, between valid scalars.
+            var bytes: [UInt8] = []
+            for _ in 0..<1 + Int(u8()) % 6 {
+                let p = u8()
+                if p & 0x80 != 0 { bytes += Array(String(scalar()).utf8) }
+                else { bytes += utf8Edges[Int(p) % utf8Edges.count] }
+            }
+            return bytes
         default:
             let lengths = [limit - 1, limit, limit + 1, wireStringMax - 1, wireStringMax, wireStringMax + 1, wireStringMax + 3]
             let length = lengths[Int(u8()) % lengths.count]
