@@ -9,7 +9,7 @@ DATA ?= ./data
 LISTEN ?= 127.0.0.1:7878
 RUN_FLAGS ?=
 
-.PHONY: all deps test-deps install-packages build release run test soak cert clean bench bench-deps
+.PHONY: all deps test-deps install-packages build release run test soak cert clean bench bench-deps fuzz fuzz-ci fuzz-build
 
 all: build
 
@@ -45,11 +45,30 @@ cert: release
 # Dictionary order is fixed so a failing simulation seed replays exactly (see ServerCoreSimulation.swift).
 test: test-deps
 	SWIFT_DETERMINISTIC_HASHING=1 $(SWIFT) test
+	@$(MAKE) --no-print-directory fuzz-ci
 
 # More seeds of the deterministic simulations (server core and auth gate): make soak SEEDS=2000.
 SEEDS ?= 2000
 soak: deps
 	SWIFT_DETERMINISTIC_HASHING=1 SB_SOAK_SEEDS=$(SEEDS) $(SWIFT) test --filter 'ServerCoreSimulation|AuthGateTests'
+
+# Coverage-guided fuzzing of the wire codec with libFuzzer (Tests/Fuzz, README "Fuzzing"). The targets are
+# built by swiftc alone into $(FUZZ_BUILD), one fuzzer process at a time. `make fuzz` runs each target for
+# FUZZ_SECONDS and keeps new inputs in $(FUZZ_BUILD)/corpus (the committed corpus is only read);
+# `make fuzz-ci` runs each for 30 s from the committed corpus alone and fails on any crash, timeout or OOM.
+FUZZ_SECONDS ?= 300
+FUZZ_CI_SECONDS ?= 30
+FUZZ_TARGETS := decoder roundtrip
+export FUZZ_BUILD ?= $(CURDIR)/.build-fuzz
+
+fuzz-build:
+	Tests/Fuzz/build.sh $(FUZZ_TARGETS)
+
+fuzz: fuzz-build
+	@status=0; for t in $(FUZZ_TARGETS); do Tests/Fuzz/run.sh $$t $(FUZZ_SECONDS) || status=1; done; exit $$status
+
+fuzz-ci: fuzz-build
+	@status=0; for t in $(FUZZ_TARGETS); do Tests/Fuzz/run.sh --ci $$t $(FUZZ_CI_SECONDS) || status=1; done; exit $$status
 
 # The peers and tools of the performance comparison (Redis, Mosquitto, NATS, gnuplot for the sweep's PNG,
 # perf for perf/flamegraph.sh and --perf-stat); installed only when missing.
