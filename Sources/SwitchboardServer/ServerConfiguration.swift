@@ -45,6 +45,7 @@ public struct ServerConfiguration: Sendable {
     public var mailPageSize: Int { get { session.mailPageSize } set { session.mailPageSize = newValue } }
     public var dedupeWindow: Int { get { session.dedupeWindow } set { session.dedupeWindow = newValue } }
     public var dedupeRetentionMs: UInt64 { get { session.dedupeRetentionMs } set { session.dedupeRetentionMs = newValue } }
+    public var maxStoreBacklogBytes: Int { get { session.maxStoreBacklogBytes } set { session.maxStoreBacklogBytes = newValue } }
     public var maintenanceIntervalMs: UInt64 { get { session.maintenanceIntervalMs } set { session.maintenanceIntervalMs = newValue } }
     public var handshakeTimeoutMs: UInt64 { get { session.handshakeTimeoutMs } set { session.handshakeTimeoutMs = newValue } }
 

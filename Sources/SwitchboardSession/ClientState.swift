@@ -48,7 +48,9 @@ public final class ClientState {
     public var parked = false
     /// What its output backlog means (reading paused, congested); updated only by the output path.
     public var budget = OutputBudget()
-    public var readingPaused: Bool { parked || budget.readingPaused }
+    /// Its sends filled the store's commit backlog: not read until the store catches up.
+    public var storePaused = false
+    public var readingPaused: Bool { parked || budget.readingPaused || storePaused }
     /// Stream position of a frame boundary at or before the write position (see the header).
     public var frameCursor: UInt64 = 0
     /// The ERROR the peer gets when the connection is finalized (nil: closed without one).

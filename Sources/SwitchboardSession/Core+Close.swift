@@ -50,6 +50,7 @@ extension ServerCore {
                 let mail = StoredMail(recipient: recipient, seq: seq, sender: from, messageID: messageID, sentAtMs: sentAtMs,
                                       body: payload.array)
                 storeBatch.append(.putMail(mail), .mail(mail))
+                storeBacklogBytes += mail.body.count
             case .reject(let code, let message):
                 if let senderID = core.failed(sender: from, messageID: messageID), let sender = connections[senderID.raw] {
                     send(sender, .sendError(messageID: messageID, code: code.rawValue, message: TextView(message)))

@@ -34,11 +34,17 @@ extension ServerCore {
             connection.isPendingWrite = true
             pendingWrites.append(connection)
         }
-        applyBudget(connection)
+        if mayChangeBudget(connection) { applyBudget(connection) }
     }
 
     /// The one place a connection's backlog is judged (see OutputBudget): over the hard cap it closes
     /// with slowConsumer, above the high-water mark reading stops, and congestion is told to the core.
+    /// The fast path of the hot path: below every mark, and neither paused nor congested, nothing can change.
+    @inline(__always)
+    func mayChangeBudget(_ connection: ClientState) -> Bool {
+        connection.output.retainedBytes > quietBelowBytes || connection.budget.readingPaused || connection.budget.congested
+    }
+
     func applyBudget(_ connection: ClientState) {
         guard !connection.isClosing else { return }
         let out = connection.output

@@ -40,6 +40,13 @@ extension ServerCore {
             let mail = StoredMail(recipient: recipientID, seq: seq, sender: sender.userID, messageID: messageID,
                                   sentAtMs: driver.wallNow, body: body.array)
             storeBatch.append(.putMail(mail), .mail(mail))
+            storeBacklogBytes += mail.body.count
+            if storeBacklogBytes > configuration.maxStoreBacklogBytes && !sender.storePaused {
+                // Mail waiting for its commit is bounded: this sender is not read until the store catches up.
+                sender.storePaused = true
+                storeWaiters.append(sender)
+                driver.interestChanged(sender)
+            }
         case .reject(let code, let message):
             send(sender, .sendError(messageID: messageID, code: code.rawValue, message: TextView(message)))
         default:
@@ -69,6 +76,6 @@ extension ServerCore {
             }
         }
         updateRetention(connection)
-        applyBudget(connection)
+        if mayChangeBudget(connection) { applyBudget(connection) }
     }
 }

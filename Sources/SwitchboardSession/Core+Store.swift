@@ -21,6 +21,7 @@ extension ServerCore {
     func handleStoreResults(_ results: [StoreBatchResult]) {
         for result in results {
             storeInFlight = false
+            for case .mail(let mail) in result.batch.contexts { storeBacklogBytes -= mail.body.count }
             switch result.results {
             case .success(let writeResults):
                 for (context, outcome) in zip(result.batch.contexts, writeResults) { complete(context, outcome) }
@@ -30,6 +31,14 @@ extension ServerCore {
             }
         }
         submitStoreBatch()
+        if !storeWaiters.isEmpty && storeBacklogBytes <= configuration.maxStoreBacklogBytes / 2 {
+            let waiters = storeWaiters
+            storeWaiters.removeAll()
+            for connection in waiters {
+                connection.storePaused = false
+                resumeReading(connection)
+            }
+        }
     }
 
     func complete(_ context: StoreContext, _ outcome: WriteResult) {

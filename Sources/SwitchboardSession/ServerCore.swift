@@ -31,12 +31,18 @@ public final class ServerCore {
     var spareConnections: [ClientState] = []
     var storeBatch = StoreBatch()
     var storeInFlight = false
+    /// Body bytes of mail queued for or in a commit; above `maxStoreBacklogBytes` the senders adding to
+    /// it are not read until it is half that (`storeWaiters`).
+    var storeBacklogBytes = 0
+    var storeWaiters: [ClientState] = []
     var authGate: AuthGate<AuthRequest>
     /// The attempt being hashed for each parked client (at most one each).
     var hashingAttempts: [UInt64: AuthAttempt<AuthRequest>] = [:]
     var authWakeAt: UInt64 = .max
     var preLoginByAddress: [String: Int] = [:]
     let budgetLimits: OutputBudgetLimits
+    /// Below this many held bytes no budget mark can be crossed (the smallest of them).
+    let quietBelowBytes: Int
     public private(set) var shuttingDown = false
     let dummyHash: PasswordHash
     var userNameCache: [UserID: String] = [:]
@@ -70,6 +76,8 @@ public final class ServerCore {
                          })
         authGate = AuthGate(limits: configuration.authLimits)
         budgetLimits = configuration.budgetLimits
+        quietBelowBytes = min(budgetLimits.preLoginPauseAboveBytes, budgetLimits.pauseAboveBytes,
+                              budgetLimits.congestAboveBytes, budgetLimits.hardCapBytes)
     }
 
     /// Starts the periodic maintenance; call once the driver can schedule.

@@ -74,5 +74,9 @@ public struct SessionConfiguration: Sendable {
     /// message ids of senders who went offline (so a resend is still recognised after a restart).
     public var maintenanceIntervalMs: UInt64 = 30_000
 
+    /// Mail bodies waiting for (or in) a commit, in bytes: above this, the senders adding to it are not
+    /// read until half of it has committed (the store, not memory, absorbs a burst of offline sends).
+    public var maxStoreBacklogBytes = 32 << 20
+
     public init() {}
 }

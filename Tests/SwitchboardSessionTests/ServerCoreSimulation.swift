@@ -111,6 +111,7 @@ final class Simulation {
         config.mailPageBytes = 4 << 10
         config.maintenanceIntervalMs = 5_000
         config.dedupeWindow = 64
+        config.maxStoreBacklogBytes = 16 << 10
         config.limits.mailboxMaxMessages = 200
         self.config = config
         names = (0..<users).map { "user\($0)" }
