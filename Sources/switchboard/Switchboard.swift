@@ -94,6 +94,8 @@ struct Serve: ParsableCommand {
     var maxQueuedLogins = 4096
     @Option(help: "Password hashing threads.")
     var hashThreads = 1
+    @Option(help: "Mail bodies waiting for their commit, in MiB, above which the senders adding to it are not read until half has committed.")
+    var maxStoreBacklog = 32
     @Option(help: "Stored mail per page at login: most bytes (a page is also at most 256 messages).")
     var mailPageBytes = 128 << 10
     @Option(help: "Largest size the LMDB database may grow to, in MiB (address space; the file grows as needed). When full, sends that would be stored get SEND_ERROR storageFull; raise it and restart.")
@@ -134,6 +136,7 @@ struct Serve: ParsableCommand {
             throw ValidationError("--max-prelogin-per-address, --max-hashing-per-address and the login queue limits must be at least 1")
         }
         guard hashThreads >= 1 && hashThreads <= 64 else { throw ValidationError("--hash-threads must be 1...64") }
+        guard maxStoreBacklog >= 1 && maxStoreBacklog <= 1 << 14 else { throw ValidationError("--max-store-backlog must be 1...16384 MiB") }
         guard mailPageBytes >= 1024 else { throw ValidationError("--mail-page-bytes must be at least 1024") }
         guard mapSize >= 1 && mapSize <= 1 << 26 else { throw ValidationError("--map-size must be 1...67108864 MiB") }
     }
@@ -169,6 +172,7 @@ struct Serve: ParsableCommand {
         config.maxQueuedLogins = maxQueuedLogins
         config.hashThreads = hashThreads
         config.mailPageBytes = mailPageBytes
+        config.maxStoreBacklogBytes = maxStoreBacklog << 20
         config.storeMapSizeBytes = mapSize << 20
         config.plaintext = plaintext
         config.handshakeTimeoutMs = handshakeTimeout * 1000
