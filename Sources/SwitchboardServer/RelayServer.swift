@@ -253,7 +253,6 @@ public final class RelayServer: EventHandler, SessionDriver {
             Sys.close(reserveFD)
             reserveFD = -1
             if case let (fd, _)?? = try? Socket.accept(listenFD) {
-                core.stats.refusedConnections += 1
                 refuse(fd: fd, code: .serverBusy, "server is out of file descriptors; try again later")
             }
             reserveFD = Sys.openReserveDescriptor()

@@ -49,7 +49,7 @@ public struct AuthGateLimits: Sendable, Equatable {
 
 public enum AuthKind: Sendable, Equatable { case login, register }
 
-public struct AuthAttempt<Payload>: @unchecked Sendable {
+public struct AuthAttempt<Payload> {
     public let connection: UInt64
     public let address: String
     public let user: String

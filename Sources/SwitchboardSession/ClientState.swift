@@ -84,5 +84,4 @@ public final class ClientState {
     }
 
     public var isClosing: Bool { phase == .closing }
-    public var isLoggedIn: Bool { userID != 0 && phase != .closing }
 }

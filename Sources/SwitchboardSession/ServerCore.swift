@@ -88,8 +88,6 @@ public final class ServerCore {
     // MARK: connections
 
     public var connectionCount: Int { connections.count }
-    public func client(_ id: UInt64) -> ClientState? { connections[id] }
-    public var clients: Dictionary<UInt64, ClientState>.Values { connections.values }
 
     /// nil if a new connection from `host` may be accepted, else the refusal (ERROR code and text).
     public func admission(host: String) -> (code: ErrorCode, message: String)? {
