@@ -141,6 +141,11 @@ public enum FrameDecoder {
         case .login:
             frame = .login(requestID: try r.integer(UInt32.self, "request_id"),
                            name: try r.text("name", maxBytes: 255), password: try r.text("password", maxBytes: ProtocolConstants.maxPasswordBytes))
+        case .loginDevice:
+            frame = .loginDevice(requestID: try r.integer(UInt32.self, "request_id"), name: try r.text("name", maxBytes: 255),
+                                 password: try r.text("password", maxBytes: ProtocolConstants.maxPasswordBytes),
+                                 deviceID: try r.text("device_id", maxBytes: ProtocolConstants.maxDeviceIDBytes),
+                                 deviceName: try r.text("device_name", maxBytes: ProtocolConstants.maxDeviceNameBytes))
         case .contactAdd:
             frame = .contactAdd(requestID: try r.integer(UInt32.self, "request_id"), name: try r.text("name", maxBytes: 255))
         case .contactAccept:
@@ -245,6 +250,9 @@ public enum FrameDecoder {
             frame = .ping(token: try r.integer(UInt64.self, "token"))
         case .serverPong:
             frame = .pong(token: try r.integer(UInt64.self, "token"))
+        case .sentCopy:
+            frame = .sentCopy(to: try r.integer(UInt32.self, "to"), messageID: try r.integer(UInt64.self, "message_id"),
+                              sentAtMs: try r.integer(UInt64.self, "sent_at_ms"), body: r.rest())
         default:
             throw ProtocolError(.unknownFrameType, "unknown server frame type 0x\(String(type, radix: 16))")
         }

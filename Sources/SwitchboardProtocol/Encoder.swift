@@ -53,6 +53,10 @@ public enum FrameEncoder {
             let s = begin(out, .login)
             out.writeInteger(requestID); text(out, name); text(out, password)
             end(out, s)
+        case .loginDevice(let requestID, let name, let password, let deviceID, let deviceName):
+            let s = begin(out, .loginDevice)
+            out.writeInteger(requestID); text(out, name); text(out, password); text(out, deviceID); text(out, deviceName)
+            end(out, s)
         case .contactAdd(let requestID, let name):
             let s = begin(out, .contactAdd); out.writeInteger(requestID); text(out, name); end(out, s)
         case .contactAccept(let requestID, let name):
@@ -132,6 +136,8 @@ public enum FrameEncoder {
             let s = begin(out, .serverPing); out.writeInteger(token); end(out, s)
         case .pong(let token):
             let s = begin(out, .serverPong); out.writeInteger(token); end(out, s)
+        case .sentCopy(let to, let messageID, let sentAtMs, let payload):
+            payload.withUnsafeBytes { writeSentCopy(into: out, to: to, messageID: messageID, sentAtMs: sentAtMs, body: $0) }
         }
     }
 
@@ -145,6 +151,16 @@ public enum FrameEncoder {
         out.reserveWritable(33 + payload.count)
         let s = begin(out, .deliver)
         out.writeInteger(seq); out.writeInteger(from); out.writeInteger(messageID); out.writeInteger(sentAtMs)
+        out.writeBytes(payload)
+        end(out, s)
+    }
+
+    /// A copy of a message for the sender's other devices (version 2): one more copy of the body.
+    @inlinable public static func writeSentCopy(into out: ByteBuffer, to: UInt32, messageID: UInt64, sentAtMs: UInt64,
+                                                body payload: UnsafeRawBufferPointer) {
+        out.reserveWritable(25 + payload.count)
+        let s = begin(out, .sentCopy)
+        out.writeInteger(to); out.writeInteger(messageID); out.writeInteger(sentAtMs)
         out.writeBytes(payload)
         end(out, s)
     }

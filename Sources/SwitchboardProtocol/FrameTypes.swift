@@ -2,7 +2,13 @@
 // 0x40-0x7F, so a byte alone says which side may send it. Codes are never reused.
 
 public enum ProtocolConstants {
-    public static let version: UInt16 = 1
+    /// The newest version this code speaks (2: devices, LOGIN_DEVICE and SENT_COPY).
+    public static let version: UInt16 = 2
+    /// The oldest version a server still accepts: a version-1 client is one implicit device.
+    public static let minimumVersion: UInt16 = 1
+    /// LOGIN_DEVICE's `device_id` (1-64 bytes of A-Z a-z 0-9 _ -) and `device_name` (0-64 bytes).
+    public static let maxDeviceIDBytes = 64
+    public static let maxDeviceNameBytes = 64
     /// "SWBD": lets the server reject a client of another protocol at its first frame.
     public static let magic: UInt32 = 0x5357_4244
     /// Length prefix (4) + type (1).
@@ -30,6 +36,8 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case ping = 0x0B
     case pong = 0x0C
     case listContacts = 0x0D
+    /// Version 2: LOGIN naming the device (see WireProtocol.md, "Devices").
+    case loginDevice = 0x0E
     // server -> client
     case welcome = 0x40
     case ok = 0x41
@@ -46,6 +54,8 @@ public enum FrameType: UInt8, Sendable, CaseIterable {
     case sendError = 0x4C
     case serverPing = 0x4D
     case serverPong = 0x4E
+    /// Version 2: a copy of a message another device of the same user sent.
+    case sentCopy = 0x4F
 }
 
 /// Error codes carried by ERROR and SEND_ERROR frames. Codes below 100 close the connection.
@@ -77,6 +87,8 @@ public enum ErrorCode: UInt16, Sendable, CaseIterable {
     case busyRetryLater = 110
     /// The server's storage is full (LMDB map full or disk full): nothing was stored; live relaying goes on.
     case storageFull = 111
+    /// LOGIN_DEVICE of a new device while the user already has the maximum number of devices online.
+    case tooManyDevices = 112
 
     public var closesConnection: Bool { rawValue < 100 }
 }

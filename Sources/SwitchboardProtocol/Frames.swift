@@ -15,6 +15,8 @@ public enum ClientFrame: Equatable, Sendable {
     case hello(version: UInt16, agent: TextView)
     case register(requestID: UInt32, name: TextView, password: TextView)
     case login(requestID: UInt32, name: TextView, password: TextView)
+    /// Version 2: LOGIN that names the device (a stable id the client keeps, and a readable name).
+    case loginDevice(requestID: UInt32, name: TextView, password: TextView, deviceID: TextView, deviceName: TextView)
     case contactAdd(requestID: UInt32, name: TextView)
     case contactAccept(requestID: UInt32, name: TextView)
     case contactRemove(requestID: UInt32, name: TextView)
@@ -47,4 +49,6 @@ public enum ServerFrame: Equatable, Sendable {
     case mailEnd(count: UInt32)
     case ping(token: UInt64)
     case pong(token: UInt64)
+    /// Version 2: a message another device of this user sent (not acknowledged, not stored).
+    case sentCopy(to: UInt32, messageID: UInt64, sentAtMs: UInt64, body: ByteView)
 }

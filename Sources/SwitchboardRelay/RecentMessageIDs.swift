@@ -20,6 +20,9 @@ public struct RecentMessageIDs {
         var owner: Int32 = -1
         /// 0 in flight, otherwise the SendStatus raw value.
         var state: UInt8 = 0
+        /// While in flight: live copies (one per receiving device) not yet acknowledged nor lost.
+        /// Fits the entry's padding: still 16 bytes.
+        var pending: UInt16 = 0
     }
 
     /// Per-process salt so ids chosen by a client cannot be aimed at one probe chain in advance.
@@ -90,10 +93,12 @@ public struct RecentMessageIDs {
         return state == 0 ? .inFlight : .completed(SendStatus(rawValue: state) ?? .delivered)
     }
 
-    public mutating func insertInFlight(_ id: UInt64) {
+    /// Remembers `id` as in flight, with `pendingCopies` live copies out (0 when it is being stored).
+    public mutating func insertInFlight(_ id: UInt64, pendingCopies: UInt16 = 0) {
         if let i = find(id) {
             if table[i].state != 0 { inFlightCount += 1 }
             table[i].state = 0
+            table[i].pending = pendingCopies
             return
         }
         if next == 0 && filled == ring.count && ring.count < capacity { grow() }
@@ -107,7 +112,7 @@ public struct RecentMessageIDs {
             filled += 1
         }
         ring[next] = id
-        insertEntry(Entry(key: id, owner: Int32(next), state: 0))
+        insertEntry(Entry(key: id, owner: Int32(next), state: 0, pending: pendingCopies))
         next = (next + 1) % ring.count
         inFlightCount += 1
     }
@@ -123,10 +128,26 @@ public struct RecentMessageIDs {
         for entry in old where entry.owner >= 0 { insertEntry(entry) }
     }
 
-    public mutating func complete(_ id: UInt64, status: SendStatus) {
-        guard let i = find(id) else { return }
-        if table[i].state == 0 { inFlightCount -= 1 }
+    /// Settles `id`. Returns false when it had completed already (nothing changes then), true when
+    /// it was in flight or is not remembered.
+    @discardableResult
+    public mutating func complete(_ id: UInt64, status: SendStatus) -> Bool {
+        guard let i = find(id) else { return true }
+        guard table[i].state == 0 else { return false }
+        inFlightCount -= 1
         table[i].state = status.rawValue
+        table[i].pending = 0
+        return true
+    }
+
+    /// One live copy of `id` will never be acknowledged. True when the message is still in flight and
+    /// no copy is left (it must be stored), or when `id` is not remembered; false while other copies
+    /// are out or once it completed.
+    public mutating func copyLost(_ id: UInt64) -> Bool {
+        guard let i = find(id) else { return true }
+        guard table[i].state == 0 else { return false }
+        if table[i].pending > 0 { table[i].pending -= 1 }
+        return table[i].pending == 0
     }
 
     /// The completed ids remembered, oldest first, with their outcome (in-flight ones are left out:

@@ -1,4 +1,4 @@
-// The relay's decisions, sans I/O: who is online on which connection, who may see whose presence,
+// The relay's decisions, sans I/O: who is online on which connections (devices), who may see whose presence,
 // where a message goes (live delivery, mailbox, or refusal), which resends are duplicates, and whose
 // acknowledgement a completed delivery releases. It never touches a socket, a clock or the disk:
 // callers pass time in and carry out the decisions. All state belongs to the loop thread.
@@ -22,16 +22,22 @@ public struct RelayLimits: Sendable {
     public var maxBodyBytes: Int
     /// How many recent message ids per sender are remembered for duplicate suppression.
     public var dedupeWindow: Int
-    public init(mailboxMaxMessages: Int = 10_000, mailboxMaxBytes: Int = 64 << 20, maxBodyBytes: Int = 65_472, dedupeWindow: Int = 1024) {
+    /// How many devices (sessions) of one user may be online at once.
+    public var maxDevicesPerUser: Int
+    public init(mailboxMaxMessages: Int = 10_000, mailboxMaxBytes: Int = 64 << 20, maxBodyBytes: Int = 65_472, dedupeWindow: Int = 1024,
+                maxDevicesPerUser: Int = 8) {
         self.mailboxMaxMessages = mailboxMaxMessages; self.mailboxMaxBytes = mailboxMaxBytes
-        self.maxBodyBytes = maxBodyBytes; self.dedupeWindow = dedupeWindow
+        self.maxBodyBytes = maxBodyBytes; self.dedupeWindow = dedupeWindow; self.maxDevicesPerUser = maxDevicesPerUser
     }
 }
 
 /// Where one SEND goes.
 public enum RouteDecision: Equatable, Sendable {
-    /// Write a DELIVER to this connection now.
+    /// Write a DELIVER to this connection now (the recipient's one reachable device).
     case deliver(ConnectionID)
+    /// Write a DELIVER to every device of the recipient that is not congested (`Session.devices`):
+    /// `count` of them, each a pending copy; the first acknowledgement completes the message.
+    case deliverToDevices(count: Int)
     /// Store as mail with this mailbox sequence; ack once durable.
     case store(recipient: UserID, mailSeq: UInt64)
     /// Same (sender, id) is still in flight: its acknowledgement will come; drop this copy.
@@ -41,34 +47,59 @@ public enum RouteDecision: Equatable, Sendable {
     case reject(ErrorCode, String)
 }
 
-/// One logged-in user. A class so that the hot path reads it through one dictionary lookup and a
-/// reference, instead of copying (and retaining everything in) a struct per message.
+/// One online device of a user: one connection.
+public struct DeviceSession: Sendable, Equatable {
+    public let connection: ConnectionID
+    /// The stable id the client keeps; "" is the implicit device of a LOGIN without one (version 1).
+    public let deviceID: String
+    public let deviceName: String
+    public let address: String
+    /// Speaks protocol version 2 or later: gets SENT_COPY of its user's sends from other devices.
+    public let receivesCopies: Bool
+    /// Set by the server while this connection's output backlog is over its soft cap: new messages
+    /// are not delivered to it (stored as mail when no device of the user can take them).
+    public var congested = false
+}
+
+/// One logged-in user and its online devices (one per connection, at least one). A class so that the
+/// hot path reads it through one dictionary lookup and a reference, instead of copying (and retaining
+/// everything in) a struct per message.
 public final class Session {
     public let userID: UserID
     public let name: String
-    public let connection: ConnectionID
-    public let address: String
+    /// Oldest login first. Never empty while the session is in `RelayCore.sessions`.
+    public internal(set) var devices: [DeviceSession]
     /// How each contact relates to this user (incoming/outgoing requests and accepted contacts).
     public var contacts: [UserID: ContactState]
     public var contactNames: [UserID: String]
-    /// Set by the server while this user's output backlog is over its soft cap: new messages
-    /// are stored as mail instead of growing the backlog.
-    public var congested = false
 
-    init(userID: UserID, name: String, connection: ConnectionID, address: String,
+    init(userID: UserID, name: String, device: DeviceSession,
          contacts: [UserID: ContactState], contactNames: [UserID: String]) {
-        self.userID = userID; self.name = name; self.connection = connection; self.address = address
+        self.userID = userID; self.name = name; self.devices = [device]
         self.contacts = contacts; self.contactNames = contactNames
     }
+
+    /// The oldest device's connection (the only one for a single-device user).
+    public var connection: ConnectionID { devices[0].connection }
+    public var address: String { devices[0].address }
+    /// True when no device can take a live delivery.
+    public var congested: Bool { !devices.contains { !$0.congested } }
+
+    func index(of connection: ConnectionID) -> Int? { devices.firstIndex { $0.connection == connection } }
 }
 
 public struct LoginOutcome {
-    /// The previous connection of the same user, to be told and closed.
+    /// The previous connection of the same device, to be told and closed.
     public var takenOver: ConnectionID?
     /// The user's contacts with relation and online status, sorted by name.
     public var contacts: [ContactInfo]
-    /// Accepted contacts who are online and must be told this user is now online.
+    /// Connections of accepted contacts who are online and must be told this user is now online
+    /// (only at the user's first device: presence changes at first login and last logout).
     public var notifyOnline: [ConnectionID]
+    /// Set when the login is refused (too many devices); then nothing changed.
+    public var refusal: String? = nil
+    /// The user's session (shared by all its devices), nil when refused.
+    public var session: Session? = nil
 }
 
 public final class RelayCore {
@@ -91,6 +122,9 @@ public final class RelayCore {
         public var count: Int
         public var bytes: Int
         public var lastSeq: UInt64
+        /// Highest MAIL_ACK of any device: mail at or below it is deleted (or being deleted) and is
+        /// not counted again when another device acknowledges the same mail.
+        public var ackedThrough: UInt64 = 0
     }
 
     public init(limits: RelayLimits, loadMailboxUsage: @escaping (UserID) -> MailboxUsage) {
@@ -98,24 +132,25 @@ public final class RelayCore {
         self.loadMailboxUsage = loadMailboxUsage
     }
 
+    /// Users online (with at least one device).
     public var onlineCount: Int { sessions.count }
 
     public func session(of user: UserID) -> Session? { sessions[user] }
     public func user(on connection: ConnectionID) -> UserID? { connectionUsers[connection] }
+    /// The user's oldest device's connection.
     public func connection(of user: UserID) -> ConnectionID? { sessions[user]?.connection }
 
     // MARK: sessions and presence
 
-    /// A user finished authentication on `connection`. `contacts` comes from the store.
+    /// A user finished authentication on `connection` as device `deviceID` ("" for a LOGIN without a
+    /// device). The same device's older connection is taken over; another device joins alongside,
+    /// up to `maxDevicesPerUser`. `contacts` comes from the store.
     public func login(user: UserID, name: String, connection: ConnectionID, address: String,
-                      contacts stored: [ContactEntry]) -> LoginOutcome {
+                      contacts stored: [ContactEntry], deviceID: String = "", deviceName: String = "",
+                      receivesCopies: Bool = false) -> LoginOutcome {
         var takenOver: ConnectionID?
-        var wasOnline = false
-        if let previous = sessions[user] {
-            takenOver = previous.connection
-            connectionUsers[previous.connection] = nil
-            wasOnline = true
-        }
+        let device = DeviceSession(connection: connection, deviceID: deviceID, deviceName: deviceName, address: address,
+                                   receivesCopies: receivesCopies)
         var contactStates: [UserID: ContactState] = [:]
         var names: [UserID: String] = [:]
         contactStates.reserveCapacity(stored.count)
@@ -123,8 +158,29 @@ public final class RelayCore {
             contactStates[entry.userID] = entry.state
             names[entry.userID] = entry.name
         }
-        sessions[user] = Session(userID: user, name: name, connection: connection, address: address,
-                                 contacts: contactStates, contactNames: names)
+        let wasOnline: Bool
+        let session: Session
+        if let existing = sessions[user] {
+            wasOnline = true
+            if let index = existing.devices.firstIndex(where: { $0.deviceID == deviceID }) {
+                let previous = existing.devices[index].connection
+                takenOver = previous
+                connectionUsers[previous] = nil
+                existing.devices.remove(at: index)
+            } else if existing.devices.count >= limits.maxDevicesPerUser {
+                let online = existing.devices.map { $0.deviceName.isEmpty ? "(unnamed)" : $0.deviceName }.joined(separator: ", ")
+                return LoginOutcome(takenOver: nil, contacts: [], notifyOnline: [],
+                                    refusal: "\(name) already has \(existing.devices.count) devices online (the limit is \(limits.maxDevicesPerUser)): \(online); log out one of them first")
+            }
+            existing.devices.append(device)
+            existing.contacts = contactStates
+            existing.contactNames = names
+            session = existing
+        } else {
+            wasOnline = false
+            session = Session(userID: user, name: name, device: device, contacts: contactStates, contactNames: names)
+            sessions[user] = session
+        }
         connectionUsers[connection] = user
         var infos: [ContactInfo] = []
         var notify: [ConnectionID] = []
@@ -133,34 +189,45 @@ public final class RelayCore {
             let mutual = entry.state == .accepted && contactSession?.contacts[user] == .accepted
             infos.append(ContactInfo(userID: entry.userID, name: entry.name, relation: ContactRelation(entry.state),
                                      online: mutual && contactSession != nil))
-            if mutual, !wasOnline, let contactSession { notify.append(contactSession.connection) }
+            if mutual, !wasOnline, let contactSession { notify.append(contentsOf: contactSession.devices.map(\.connection)) }
         }
         infos.sort { $0.name < $1.name }
-        return LoginOutcome(takenOver: takenOver, contacts: infos, notifyOnline: notify)
+        return LoginOutcome(takenOver: takenOver, contacts: infos, notifyOnline: notify, session: session)
     }
 
-    /// The connection closed. Returns the connections to tell that the user went offline, or an
-    /// empty list when this connection was not (or no longer) the user's session.
+    /// The connection closed. Returns the connections to tell that the user went offline: empty
+    /// unless this was the user's last device.
     public func connectionClosed(_ connection: ConnectionID) -> [ConnectionID] {
         guard let user = connectionUsers.removeValue(forKey: connection), let session = sessions[user],
-              session.connection == connection else { return [] }
+              let index = session.index(of: connection) else { return [] }
+        session.devices.remove(at: index)
+        guard session.devices.isEmpty else { return [] }
         sessions[user] = nil
         return visibleContactConnections(of: session)
     }
 
-    /// Online users who see `session`'s presence (accepted both ways).
+    /// Connections of online users who see `session`'s presence (accepted both ways), every device.
     private func visibleContactConnections(of session: Session) -> [ConnectionID] {
         var result: [ConnectionID] = []
         for (contact, state) in session.contacts where state == .accepted {
             if let other = sessions[contact], other.contacts[session.userID] == .accepted {
-                result.append(other.connection)
+                for device in other.devices { result.append(device.connection) }
             }
         }
         return result
     }
 
+    /// Congestion of the device on `connection` (see `DeviceSession.congested`).
+    public func setCongested(_ connection: ConnectionID, _ congested: Bool) {
+        guard let user = connectionUsers[connection], let session = sessions[user],
+              let index = session.index(of: connection) else { return }
+        session.devices[index].congested = congested
+    }
+
+    /// Congestion of every device of `user` (tests of single-device users).
     public func setCongested(_ user: UserID, _ congested: Bool) {
-        sessions[user]?.congested = congested
+        guard let session = sessions[user] else { return }
+        for index in session.devices.indices { session.devices[index].congested = congested }
     }
 
     /// Result of opening a chat dialog: whether the contact can be reached live.
@@ -204,10 +271,9 @@ public final class RelayCore {
             guard let session = sessions[user] else { return }
             let name = view?.name ?? formerName ?? ""
             let online = mutual && sessions[counterpart] != nil
-            pushes.append(ContactPush(connection: session.connection,
-                                      info: ContactInfo(userID: counterpart, name: name,
-                                                        relation: view.map { ContactRelation($0.state) } ?? .removed,
-                                                        online: online)))
+            let info = ContactInfo(userID: counterpart, name: name, relation: view.map { ContactRelation($0.state) } ?? .removed,
+                                   online: online)
+            for device in session.devices { pushes.append(ContactPush(connection: device.connection, info: info)) }
         }
         push(to: owner, about: other, view: ownerView, formerName: ownerKnewOtherAs)
         push(to: other, about: owner, view: otherView, formerName: otherKnewOwnerAs)
@@ -243,11 +309,33 @@ public final class RelayCore {
         case .some(.completed(let status)): return .acknowledgeDuplicate(status)
         case .none: break
         }
-        if let target = sessions[recipient], !target.congested {
-            remember(sender: sender, messageID: messageID)
-            return .deliver(target.connection)
+        if let target = sessions[recipient] {
+            let devices = target.devices
+            if devices.count == 1 {
+                if !devices[0].congested {
+                    remember(sender: sender, messageID: messageID, pendingCopies: 1)
+                    return .deliver(devices[0].connection)
+                }
+            } else {
+                var reachable = 0
+                for device in devices where !device.congested { reachable += 1 }
+                if reachable > 0 {
+                    remember(sender: sender, messageID: messageID, pendingCopies: reachable)
+                    return .deliverToDevices(count: reachable)
+                }
+            }
         }
         return storeDecision(sender: sender, recipient: recipient, messageID: messageID, bodyBytes: bodyBytes)
+    }
+
+    /// One pending live copy of a message will never be acknowledged (its device dropped, or could not
+    /// be written to). True when that was the last one and the message is still in flight: then it
+    /// goes to the mailbox (`rerouteToMailbox`). False when another device still holds a copy or one
+    /// already acknowledged it. An id the core no longer remembers is rerouted (the store's durable
+    /// dedupe catches a second copy).
+    public func deliveryLost(sender: UserID, messageID: UInt64) -> Bool {
+        guard let history = recentIDs[sender] else { return true }
+        return history.ids.copyLost(messageID)
     }
 
     /// A message that was delivered live but never acknowledged (the receiver dropped): goes to mail.
@@ -286,19 +374,41 @@ public final class RelayCore {
         mailboxes[recipient] = box
     }
 
-    /// A message reached its final state; returns the sender's connection to acknowledge, if online.
-    public func completed(sender: UserID, messageID: UInt64, status: SendStatus) -> ConnectionID? {
-        recentIDs[sender]?.ids.complete(messageID, status: status)
-        return sessions[sender]?.connection
+    /// A message reached its final state; returns the sender's session, whose devices get the SEND_ACK,
+    /// if online. Nil as well when the message had completed already (a second device acknowledged
+    /// the same delivery): it is acknowledged once.
+    public func completed(sender: UserID, messageID: UInt64, status: SendStatus) -> Session? {
+        if let history = recentIDs[sender], !history.ids.complete(messageID, status: status) { return nil }
+        return sessions[sender]
     }
 
     /// A message failed for good (e.g. the store refused it): forget it so a resend is tried again.
-    public func failed(sender: UserID, messageID: UInt64) -> ConnectionID? {
+    /// Returns the sender's session, whose devices get the SEND_ERROR, if online.
+    public func failed(sender: UserID, messageID: UInt64) -> Session? {
         forget(sender: sender, messageID: messageID)
-        return sessions[sender]?.connection
+        return sessions[sender]
     }
 
-    private func remember(sender: UserID, messageID: UInt64) {
+    /// Mail through `throughSeq` was acknowledged by a device of `recipient`. Returns the seq the
+    /// mailbox was acknowledged through before (mail at or below it was counted already).
+    public func mailAcknowledged(recipient: UserID, throughSeq: UInt64) -> UInt64 {
+        var box = mailbox(of: recipient)
+        let before = box.ackedThrough
+        if throughSeq > before {
+            box.ackedThrough = throughSeq
+            mailboxes[recipient] = box
+        }
+        return before
+    }
+
+    /// A queued delete failed: the mail stays and will be sent (and counted) again.
+    public func mailDeleteFailed(recipient: UserID) {
+        guard var box = mailboxes[recipient] else { return }
+        box.ackedThrough = 0
+        mailboxes[recipient] = box
+    }
+
+    private func remember(sender: UserID, messageID: UInt64, pendingCopies: Int = 0) {
         let history: SenderHistory
         if let existing = recentIDs[sender] {
             history = existing
@@ -306,7 +416,7 @@ public final class RelayCore {
             history = SenderHistory(capacity: limits.dedupeWindow)
             recentIDs[sender] = history
         }
-        history.ids.insertInFlight(messageID)
+        history.ids.insertInFlight(messageID, pendingCopies: UInt16(clamping: pendingCopies))
     }
 
     private func forget(sender: UserID, messageID: UInt64) {

@@ -44,6 +44,7 @@ public struct ServerConfiguration: Sendable {
     public var hashThreads: Int { get { session.hashThreads } set { session.hashThreads = newValue } }
     public var mailPageSize: Int { get { session.mailPageSize } set { session.mailPageSize = newValue } }
     public var dedupeWindow: Int { get { session.dedupeWindow } set { session.dedupeWindow = newValue } }
+    public var maxDevicesPerUser: Int { get { session.maxDevicesPerUser } set { session.maxDevicesPerUser = newValue } }
     public var dedupeRetentionMs: UInt64 { get { session.dedupeRetentionMs } set { session.dedupeRetentionMs = newValue } }
     public var maxStoreBacklogBytes: Int { get { session.maxStoreBacklogBytes } set { session.maxStoreBacklogBytes = newValue } }
     public var maintenanceIntervalMs: UInt64 { get { session.maintenanceIntervalMs } set { session.maintenanceIntervalMs = newValue } }

@@ -38,6 +38,14 @@ public final class ClientState {
     public var phase: Phase = .awaitingHello
     public var userID: UserID = 0
     public var userName = ""
+    /// The HELLO's protocol version (1 or 2); version 2 gets SENT_COPY frames.
+    public var protocolVersion: UInt16 = 0
+    /// The device named by LOGIN_DEVICE ("" for a LOGIN without one: the user's implicit device).
+    public var deviceID = ""
+    public var deviceName = ""
+    /// The user's relay session, shared by all its devices (nil before login, after a takeover and
+    /// once closed). Read on the hot path to find the sender's other devices without a lookup.
+    public var session: Session?
     /// Whose mailbox unacknowledged deliveries go to when this connection closes (kept after a takeover).
     public var rerouteOwner: UserID = 0
     public let input = ByteBuffer()

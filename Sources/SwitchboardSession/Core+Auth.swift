@@ -23,7 +23,11 @@ extension ServerCore {
         submitAuth(connection, kind: .register, name: name, AuthRequest(requestID: requestID, password: password))
     }
 
-    func startLogin(_ connection: ClientState, requestID: UInt32, name: String, password: [UInt8]) {
+    /// `deviceID` "" is the implicit device of a LOGIN without one (protocol version 1, or plain LOGIN).
+    func startLogin(_ connection: ClientState, requestID: UInt32, name: String, password: [UInt8],
+                    deviceID: String = "", deviceName: String = "") {
+        connection.deviceID = deviceID
+        connection.deviceName = deviceName
         submitAuth(connection, kind: .login, name: name, AuthRequest(requestID: requestID, password: password))
     }
 
@@ -162,18 +166,29 @@ extension ServerCore {
             unpark(connection, phase: .awaitingAuth)
             return
         }
+        let outcome = core.login(user: account.userID, name: account.name, connection: connection.id,
+                                 address: connection.peerText, contacts: contacts, deviceID: connection.deviceID,
+                                 deviceName: connection.deviceName, receivesCopies: connection.protocolVersion >= 2)
+        if let refusal = outcome.refusal {
+            logger.info("login refused: too many devices", metadata: ["user": "\(account.name)", "peer": "\(connection.peerText)"])
+            send(connection, .error(requestID: requestID, code: ErrorCode.tooManyDevices.rawValue, message: TextView(refusal)))
+            unpark(connection, phase: .awaitingAuth)
+            return
+        }
         connection.userID = account.userID
         connection.userName = account.name
+        connection.session = outcome.session
         leavePreLogin(connection)
         restoreSenderHistory(account.userID)
         userNameCache[account.userID] = account.name
-        let outcome = core.login(user: account.userID, name: account.name, connection: connection.id,
-                                 address: connection.peerText, contacts: contacts)
         if let old = outcome.takenOver, let oldConnection = connections[old.raw] {
             logger.info("session taken over", metadata: ["user": "\(account.name)", "old": "\(oldConnection.peerText)",
                                                          "new": "\(connection.peerText)"])
             oldConnection.userID = 0 // its deliveries still go to the mailbox, but it is no longer the session
-            close(oldConnection, code: .sessionTakenOver, "logged in from \(connection.peerText)", keepUserForReroute: account.userID)
+            oldConnection.session = nil
+            let device = connection.deviceName.isEmpty ? "" : " (device \(connection.deviceName))"
+            close(oldConnection, code: .sessionTakenOver, "logged in from \(connection.peerText)\(device)",
+                  keepUserForReroute: account.userID)
         }
         let box = core.mailbox(of: account.userID)
         send(connection, .loginOK(requestID: requestID, userID: account.userID, name: TextView(account.name),
@@ -185,7 +200,8 @@ extension ServerCore {
         logger.info("login", metadata: ["user": "\(account.name)", "peer": "\(connection.peerText)"])
         connection.mailPaging = .notStarted
         // Mail acknowledged on an earlier connection whose delete has not committed yet is not sent again.
-        connection.mailCursor = pendingMailDeletes[account.userID] ?? 0
+        // Nor is mail another device acknowledged already.
+        connection.mailCursor = max(pendingMailDeletes[account.userID] ?? 0, box.ackedThrough)
         sendMailPage(connection)
         unpark(connection, phase: .active)
         connection.lastActivity = driver.now

@@ -1,5 +1,5 @@
-// Closing: marked during the turn, finalized at its end. Finalizing tells contacts, moves the
-// unacknowledged deliveries to the mailbox, cuts the unwritten output at a frame boundary and
+// Closing: marked during the turn, finalized at its end. Finalizing tells contacts (at the user's last
+// device), moves the unacknowledged deliveries no other device holds to the mailbox, cuts the unwritten output at a frame boundary and
 // appends the ERROR, then hands the client to the driver to write those last bytes and close.
 import Logging
 import SwitchboardIO
@@ -26,9 +26,11 @@ extension ServerCore {
         let out = connection.output
         connections[connection.id.raw] = nil
         stats.closed += 1
+        // Presence goes offline only with the user's last device.
         for target in core.connectionClosed(connection.id) {
             if let other = connections[target.raw] { send(other, .presence(userID: connection.userID, online: false)) }
         }
+        connection.session = nil
         // Live deliveries the receiver never acknowledged move to its mailbox; their frames are
         // still in the retained output bytes.
         let owner = connection.rerouteOwner
@@ -44,6 +46,8 @@ extension ServerCore {
                 logger.error("retained delivery frame unreadable", metadata: ["conn": "\(connection.id)"])
                 return
             }
+            // Another device of the receiver may still hold (or have acknowledged) the same message.
+            guard core.deliveryLost(sender: from, messageID: messageID) else { return }
             let decision = core.rerouteToMailbox(sender: from, recipient: owner, messageID: messageID, bodyBytes: payload.count)
             switch decision {
             case .store(let recipient, let seq):
@@ -52,8 +56,8 @@ extension ServerCore {
                 storeBatch.append(.putMail(mail), .mail(mail))
                 storeBacklogBytes += mail.body.count
             case .reject(let code, let message):
-                if let senderID = core.failed(sender: from, messageID: messageID), let sender = connections[senderID.raw] {
-                    send(sender, .sendError(messageID: messageID, code: code.rawValue, message: TextView(message)))
+                if let sender = core.failed(sender: from, messageID: messageID) {
+                    sendError(toDevicesOf: sender, messageID: messageID, code: code, message)
                 }
             default:
                 break

@@ -46,13 +46,16 @@ extension ServerCore {
         case .awaitingHello:
             switch frame {
             case .hello(let version, _):
-                guard version == ProtocolConstants.version else {
+                guard version >= ProtocolConstants.minimumVersion && version <= ProtocolConstants.version else {
                     close(connection, code: .unsupportedVersion,
-                          "protocol version \(version) is not supported; this server speaks \(ProtocolConstants.version)")
+                          "protocol version \(version) is not supported; this server speaks \(ProtocolConstants.minimumVersion) to \(ProtocolConstants.version)")
                     return
                 }
+                connection.protocolVersion = version
                 connection.phase = .awaitingAuth
-                send(connection, .welcome(Welcome(limits: configuration.limits, serverName: TextView(configuration.serverName))))
+                // WELCOME answers with the version the connection speaks from now on.
+                send(connection, .welcome(Welcome(version: version, limits: configuration.limits,
+                                                  serverName: TextView(configuration.serverName))))
             case .ping(let token):
                 send(connection, .pong(token: token))
             default:
@@ -64,6 +67,25 @@ extension ServerCore {
                 startRegistration(connection, requestID: requestID, name: name.string, password: password.bytes.array)
             case .login(let requestID, let name, let password):
                 startLogin(connection, requestID: requestID, name: name.string, password: password.bytes.array)
+            case .loginDevice(let requestID, let name, let password, let deviceID, let deviceName):
+                guard connection.protocolVersion >= 2 else {
+                    close(connection, code: .notAllowedNow, "LOGIN_DEVICE needs protocol version 2 (this connection said 1 in HELLO)")
+                    return
+                }
+                let id = deviceID.string
+                guard Self.isValidDeviceID(id) else {
+                    send(connection, .error(requestID: requestID, code: ErrorCode.invalidRequest.rawValue,
+                                            message: "a device id is 1-\(ProtocolConstants.maxDeviceIDBytes) characters of A-Z a-z 0-9 _ -"))
+                    return
+                }
+                let deviceName = deviceName.string
+                guard !deviceName.unicodeScalars.contains(where: { $0.value < 0x20 || ($0.value >= 0x7F && $0.value < 0xA0) }) else {
+                    send(connection, .error(requestID: requestID, code: ErrorCode.invalidRequest.rawValue,
+                                            message: "a device name must not contain control characters"))
+                    return
+                }
+                startLogin(connection, requestID: requestID, name: name.string, password: password.bytes.array,
+                           deviceID: id, deviceName: deviceName)
             case .ping(let token):
                 send(connection, .pong(token: token))
             case .pong:
@@ -109,11 +131,20 @@ extension ServerCore {
             contactChange(connection, requestID: requestID, name: name.string) { .contactAccept(owner: $0, contactName: $1) }
         case .contactRemove(let requestID, let name):
             contactChange(connection, requestID: requestID, name: name.string) { .contactRemove(owner: $0, contactName: $1) }
-        case .register(let requestID, _, _), .login(let requestID, _, _):
+        case .register(let requestID, _, _), .login(let requestID, _, _), .loginDevice(let requestID, _, _, _, _):
             send(connection, .error(requestID: requestID, code: ErrorCode.alreadyLoggedIn.rawValue,
                                     message: "already logged in as \(connection.userName)"))
         case .hello:
             close(connection, code: .notAllowedNow, "HELLO was already received")
+        }
+    }
+
+    /// 1-64 characters of A-Z a-z 0-9 _ - (what sbchat writes: 32 hex digits).
+    static func isValidDeviceID(_ id: String) -> Bool {
+        let utf8 = id.utf8
+        guard !utf8.isEmpty && utf8.count <= ProtocolConstants.maxDeviceIDBytes else { return false }
+        return utf8.allSatisfy { b in
+            (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x5F || b == 0x2D
         }
     }
 

@@ -1,4 +1,4 @@
-// Stored mail: pages of at most `mailPageSize` messages and about `mailPageBytes` bytes, the next
+// Stored mail: every device of the user pages it from the store; the first MAIL_ACK deletes it. Pages of at most `mailPageSize` messages and about `mailPageBytes` bytes, the next
 // page after the client's MAIL_ACK of the last one; MAIL_END once; mail committed afterwards is
 // pushed only to a receiver that is not congested, otherwise it follows from the store once drained.
 import Logging
@@ -74,11 +74,16 @@ extension ServerCore {
     func acknowledgeMail(_ connection: ClientState, throughSeq requested: UInt64) {
         // A client cannot acknowledge (and so delete) mail it was never sent.
         let throughSeq = min(requested, connection.mailCursor)
+        // Several devices may have been sent the same mail: the first acknowledgement deletes and
+        // counts it, a later one of the same mail only moves this connection's paging on.
+        let countedThrough = core.mailAcknowledged(recipient: connection.userID, throughSeq: throughSeq)
         var count = 0
         var bytes = 0
         while let first = connection.mailInFlight.first, first.seq <= throughSeq {
-            count += 1
-            bytes += first.bytes
+            if first.seq > countedThrough {
+                count += 1
+                bytes += first.bytes
+            }
             connection.mailInFlight.removeFirst()
         }
         if count > 0 {

@@ -58,7 +58,7 @@ extension ServerCore {
             return
         }
         if let congested = change.congested {
-            core.setCongested(connection.userID, congested)
+            core.setCongested(connection.id, congested)
             if !congested { catchUpMail(connection) }
         }
         if let reading = change.reading {

@@ -1,5 +1,6 @@
-// The hot path: SEND -> route -> DELIVER into the receiver's output (the body's only copy), and
-// DELIVERY_ACK -> SEND_ACK delivered. No allocation per message in steady state.
+// The hot path: SEND -> route -> DELIVER into the receiver's output (the body's only copy; one per
+// device when the receiver has several), SENT_COPY to the sender's other devices, and DELIVERY_ACK ->
+// SEND_ACK delivered at the first device's acknowledgement. No allocation per message in steady state.
 import Logging
 import SwitchboardIO
 import SwitchboardProtocol
@@ -12,15 +13,31 @@ extension ServerCore {
         let decision = core.route(from: sender.userID, to: recipient, messageID: messageID, bodyBytes: bodyBytes)
         switch decision {
         case .deliver(let targetID):
+            let sentAtMs = driver.wallNow
+            copyToOtherDevices(of: sender, to: recipient, messageID: messageID, sentAtMs: sentAtMs, body: body)
             guard let target = connections[targetID.raw], !target.isClosing else {
                 // The session ended this turn; its close is pending. Store instead.
-                storeMail(sender: sender, recipient: recipient, messageID: messageID, body: body, decision: core.rerouteToMailbox(
-                    sender: sender.userID, recipient: recipient, messageID: messageID, bodyBytes: bodyBytes))
+                copyLost(sender: sender, recipient: recipient, messageID: messageID, body: body)
                 return
             }
-            deliver(to: target, sender: sender.userID, messageID: messageID, sentAtMs: driver.wallNow, body: body)
+            deliver(to: target, sender: sender.userID, messageID: messageID, sentAtMs: sentAtMs, body: body)
+            stats.relayedLive += 1
+        case .deliverToDevices:
+            let sentAtMs = driver.wallNow
+            copyToOtherDevices(of: sender, to: recipient, messageID: messageID, sentAtMs: sentAtMs, body: body)
+            guard let session = core.session(of: recipient) else { return }
+            // Every device the core counted (not congested) gets a copy; one that closes this turn
+            // counts as lost, and the last lost copy sends the message to the mailbox.
+            for device in session.devices where !device.congested {
+                if let target = connections[device.connection.raw], !target.isClosing {
+                    deliver(to: target, sender: sender.userID, messageID: messageID, sentAtMs: sentAtMs, body: body)
+                } else {
+                    copyLost(sender: sender, recipient: recipient, messageID: messageID, body: body)
+                }
+            }
             stats.relayedLive += 1
         case .store:
+            copyToOtherDevices(of: sender, to: recipient, messageID: messageID, sentAtMs: driver.wallNow, body: body)
             storeMail(sender: sender, recipient: recipient, messageID: messageID, body: body, decision: decision)
         case .dropInFlightDuplicate:
             stats.duplicatesDropped += 1
@@ -29,6 +46,46 @@ extension ServerCore {
             sendAck(sender, messageID: messageID, status: status)
         case .reject(let code, let message):
             send(sender, .sendError(messageID: messageID, code: code.rawValue, message: TextView(message)))
+        }
+    }
+
+    /// A live copy could not be written (its connection is closing): the last such copy sends the
+    /// message to the mailbox.
+    private func copyLost(sender: ClientState, recipient: UInt32, messageID: UInt64, body: ByteView) {
+        guard core.deliveryLost(sender: sender.userID, messageID: messageID) else { return }
+        storeMail(sender: sender, recipient: recipient, messageID: messageID, body: body, decision: core.rerouteToMailbox(
+            sender: sender.userID, recipient: recipient, messageID: messageID, bodyBytes: body.count))
+    }
+
+    /// SENT_COPY of an accepted SEND to the sender's other devices that speak version 2, are not
+    /// closing and not congested (a copy is never acknowledged, retained or stored: a device that
+    /// misses it does not get it later). Costs one count check for a single-device sender.
+    @inline(__always)
+    func copyToOtherDevices(of sender: ClientState, to recipient: UInt32, messageID: UInt64, sentAtMs: UInt64, body: ByteView) {
+        guard let session = sender.session, session.devices.count > 1 else { return }
+        for device in session.devices where device.connection != sender.id && device.receivesCopies && !device.congested {
+            guard let other = connections[device.connection.raw], !other.isClosing else { continue }
+            let out = other.output
+            body.withUnsafeBytes { raw in
+                FrameEncoder.writeSentCopy(into: out, to: recipient, messageID: messageID, sentAtMs: sentAtMs, body: raw)
+            }
+            outputChanged(other)
+        }
+    }
+
+    /// SEND_ACK to every online device of the sender: the one that sent the message, and the others,
+    /// which got its SENT_COPY (a device that knows neither ignores it).
+    func sendAck(toDevicesOf session: Session, messageID: UInt64, status: SendStatus) {
+        for device in session.devices {
+            if let connection = connections[device.connection.raw] { sendAck(connection, messageID: messageID, status: status) }
+        }
+    }
+
+    func sendError(toDevicesOf session: Session, messageID: UInt64, code: ErrorCode, _ message: String) {
+        for device in session.devices {
+            if let connection = connections[device.connection.raw] {
+                send(connection, .sendError(messageID: messageID, code: code.rawValue, message: TextView(message)))
+            }
         }
     }
 
@@ -70,9 +127,9 @@ extension ServerCore {
 
     func acknowledgeDeliveries(_ connection: ClientState, throughSeq: UInt64) {
         connection.window.acknowledge(throughSeq: throughSeq) { delivery in
-            if let senderID = core.completed(sender: delivery.sender, messageID: delivery.messageID, status: .delivered),
-               let sender = connections[senderID.raw] {
-                sendAck(sender, messageID: delivery.messageID, status: .delivered)
+            // The first device to acknowledge completes the message; later ones change nothing.
+            if let sender = core.completed(sender: delivery.sender, messageID: delivery.messageID, status: .delivered) {
+                sendAck(toDevicesOf: sender, messageID: delivery.messageID, status: .delivered)
             }
         }
         updateRetention(connection)

@@ -90,13 +90,17 @@ extension ServerCore {
                 ackStored(mail)
                 // The recipient may have come online meanwhile: push it once its login backlog is done.
                 // Never into a congested receiver: then it follows from the store once drained.
-                if let recipientID = core.connection(of: mail.recipient), let recipient = connections[recipientID.raw],
-                   !recipient.isClosing, recipient.mailPaging == .done {
-                    if recipient.mailBehind || recipient.budget.congested
-                        || recipient.output.readableBytes >= configuration.mailPageBytes {
-                        recipient.mailBehind = true
-                    } else {
-                        sendMail(recipient, mail)
+                // Every device that finished its login mail gets it; the first MAIL_ACK deletes it.
+                if let session = core.session(of: mail.recipient) {
+                    for device in session.devices {
+                        guard let recipient = connections[device.connection.raw], !recipient.isClosing,
+                              recipient.mailPaging == .done else { continue }
+                        if recipient.mailBehind || recipient.budget.congested
+                            || recipient.output.readableBytes >= configuration.mailPageBytes {
+                            recipient.mailBehind = true
+                        } else {
+                            sendMail(recipient, mail)
+                        }
                     }
                 }
             case .duplicateMail:
@@ -129,16 +133,15 @@ extension ServerCore {
     }
 
     func ackStored(_ mail: StoredMail) {
-        if let senderID = core.completed(sender: mail.sender, messageID: mail.messageID, status: .storedOffline),
-           let sender = connections[senderID.raw] {
-            sendAck(sender, messageID: mail.messageID, status: .storedOffline)
+        if let sender = core.completed(sender: mail.sender, messageID: mail.messageID, status: .storedOffline) {
+            sendAck(toDevicesOf: sender, messageID: mail.messageID, status: .storedOffline)
         }
     }
 
     func failMail(_ mail: StoredMail, code: ErrorCode = .internalError, _ why: String) {
-        if let senderID = core.failed(sender: mail.sender, messageID: mail.messageID), let sender = connections[senderID.raw] {
+        if let sender = core.failed(sender: mail.sender, messageID: mail.messageID) {
             let text = code == .internalError ? "could not store the message: \(why)" : why
-            send(sender, .sendError(messageID: mail.messageID, code: code.rawValue, message: TextView(text)))
+            sendError(toDevicesOf: sender, messageID: mail.messageID, code: code, text)
         }
     }
 
@@ -211,6 +214,7 @@ extension ServerCore {
             }
         case .deleteMail(let recipient, _, _, _):
             pendingMailDeletes[recipient] = nil  // the mail stays; it is delivered again at the next login
+            core.mailDeleteFailed(recipient: recipient)
         case .prune:
             break
         }

@@ -70,7 +70,8 @@ public final class ServerCore {
         core = RelayCore(limits: RelayLimits(mailboxMaxMessages: Int(limits.mailboxMaxMessages),
                                              mailboxMaxBytes: Int(limits.mailboxMaxBytes),
                                              maxBodyBytes: limits.maxBodyBytes,
-                                             dedupeWindow: configuration.dedupeWindow),
+                                             dedupeWindow: configuration.dedupeWindow,
+                                             maxDevicesPerUser: configuration.maxDevicesPerUser),
                          loadMailboxUsage: { user in
                              (try? store.mailboxUsage(of: user)) ?? MailboxUsage(count: 0, bytes: 0, lastSeq: 0)
                          })

@@ -44,6 +44,9 @@ public struct SessionConfiguration: Sendable {
     /// the most messages a client keeps unacknowledged (sbchat: a handful; sbload: its --window):
     /// resends after a reconnect are at most that many. Larger windows cost memory and cache.
     public var dedupeWindow = 256
+    /// Devices (sessions) one user may have online at once; a login from one more device gets
+    /// ERROR tooManyDevices. A login from the same device takes over its older connection instead.
+    public var maxDevicesPerUser = 8
     /// How long (sender, message id) dedupe records of stored mail are kept.
     public var dedupeRetentionMs: UInt64 = 7 * 24 * 3600 * 1000
     /// A TLS handshake not finished within this time closes the connection.

@@ -112,6 +112,8 @@ struct Serve: ParsableCommand {
     var pbkdf2Iterations: UInt32 = 210_000
     @Option(help: "Recent message ids remembered per sender to drop resent duplicates; at least the most messages a client keeps unacknowledged.")
     var dedupeWindow = 256
+    @Option(help: "Devices (sessions) one user may have online at once; a login from one more device is refused with tooManyDevices (a new login of the same device takes over its old one).")
+    var maxDevices = 8
     @Option(help: "TLS certificate chain (PEM). Default: DATA/tls/server.pem from `switchboard cert init`.")
     var tlsCert: String?
     @Option(help: "TLS private key (PEM). Default: DATA/tls/server.key.")
@@ -129,6 +131,7 @@ struct Serve: ParsableCommand {
         guard outputSoftCap < outputHardCap else { throw ValidationError("--output-soft-cap must be below --output-hard-cap") }
         guard pbkdf2Iterations >= 1 else { throw ValidationError("--pbkdf2-iterations must be at least 1") }
         guard dedupeWindow >= 1 && dedupeWindow <= 1 << 20 else { throw ValidationError("--dedupe-window must be 1...1048576") }
+        guard maxDevices >= 1 && maxDevices <= 1024 else { throw ValidationError("--max-devices must be 1...1024") }
         guard readPauseAbove >= 4096, readPauseAboveBeforeLogin >= 1024 else {
             throw ValidationError("--read-pause-above must be at least 4096 and --read-pause-above-before-login at least 1024")
         }
@@ -164,6 +167,7 @@ struct Serve: ParsableCommand {
         config.maxRegistrationsPerAddress = maxRegistrationsPerAddress
         config.pbkdf2Iterations = pbkdf2Iterations
         config.dedupeWindow = dedupeWindow
+        config.maxDevicesPerUser = maxDevices
         config.readPauseAboveBytes = readPauseAbove
         config.preLoginReadPauseAboveBytes = readPauseAboveBeforeLogin
         config.maxPreLoginConnectionsPerAddress = maxPreloginPerAddress

@@ -68,6 +68,8 @@ extension ClientFrame {
         case .hello(let v, let a): return .hello(version: v, agent: a.owned())
         case .register(let r, let n, let p): return .register(requestID: r, name: n.owned(), password: p.owned())
         case .login(let r, let n, let p): return .login(requestID: r, name: n.owned(), password: p.owned())
+        case .loginDevice(let r, let n, let p, let d, let dn):
+            return .loginDevice(requestID: r, name: n.owned(), password: p.owned(), deviceID: d.owned(), deviceName: dn.owned())
         case .contactAdd(let r, let n): return .contactAdd(requestID: r, name: n.owned())
         case .contactAccept(let r, let n): return .contactAccept(requestID: r, name: n.owned())
         case .contactRemove(let r, let n): return .contactRemove(requestID: r, name: n.owned())
@@ -81,6 +83,7 @@ extension ClientFrame {
         switch self {
         case .hello(_, let a): return [a.bytes]
         case .register(_, let n, let p), .login(_, let n, let p): return [n.bytes, p.bytes]
+        case .loginDevice(_, let n, let p, let d, let dn): return [n.bytes, p.bytes, d.bytes, dn.bytes]
         case .contactAdd(_, let n), .contactAccept(_, let n), .contactRemove(_, let n): return [n.bytes]
         case .send(_, _, let body): return [body]
         case .listContacts, .openChat, .deliveryAck, .mailAck, .ping, .pong: return []
@@ -103,6 +106,7 @@ extension ServerFrame {
         case .sendError(let id, let c, let m): return .sendError(messageID: id, code: c, message: m.owned())
         case .mail(let s, let f, let fn, let id, let at, let b):
             return .mail(seq: s, from: f, fromName: fn.owned(), messageID: id, sentAtMs: at, body: b.owned())
+        case .sentCopy(let to, let id, let at, let b): return .sentCopy(to: to, messageID: id, sentAtMs: at, body: b.owned())
         case .ok, .contactList, .presence, .contactUpdate, .sendAck, .mailEnd, .ping, .pong: return self
         }
     }
@@ -113,7 +117,7 @@ extension ServerFrame {
         case .error(_, _, let m), .sendError(_, _, let m): return [m.bytes]
         case .loginOK(_, _, let n, let a, _): return [n.bytes, a.bytes]
         case .chatStatus(_, _, _, let t): return [t.bytes]
-        case .deliver(_, _, _, _, let b): return [b]
+        case .deliver(_, _, _, _, let b), .sentCopy(_, _, _, let b): return [b]
         case .mail(_, _, let fn, _, _, let b): return [fn.bytes, b]
         case .ok, .contactList, .presence, .contactUpdate, .sendAck, .mailEnd, .ping, .pong: return []
         }

@@ -1,7 +1,7 @@
 // Fuzz target `roundtrip`: structured frames built from the input, encoded, decoded, compared.
 //
 // The input picks the output buffer's state (capacity, unread and retained bytes before the frames, so
-// the encoder's length patching runs across compactions), then 1-4 frames: a kind byte (28 kinds, client
+// the encoder's length patching runs across compactions), then 1-4 frames: a kind byte (30 kinds, client
 // and server) and the kind's fields in wire order. Text fields are usually valid UTF-8, sometimes raw
 // bytes (often invalid) and sometimes long (around the field's limit or the encoder's 65 535-byte cut).
 //
@@ -139,7 +139,7 @@ private struct Generator {
         problem = nil
         let name = 255  // name in REGISTER, LOGIN and CONTACT_*
         let make: (Bool) -> AnyFrame
-        switch u8() % 28 {
+        switch u8() % 30 {
         case 0:
             let v = u16(), a = text(limit: 256)
             make = { .client(.hello(version: v, agent: a[$0])) }
@@ -189,6 +189,13 @@ private struct Generator {
             make = { .server(.mail(seq: s, from: f, fromName: n[$0], messageID: m, sentAtMs: at, body: b)) }
         case 25: let c = u32(); make = { _ in .server(.mailEnd(count: c)) }
         case 26: let t = u64(); make = { _ in .server(.ping(token: t)) }
+        case 27:
+            let r = u32(), n = text(limit: name), p = text(limit: ProtocolConstants.maxPasswordBytes)
+            let d = text(limit: ProtocolConstants.maxDeviceIDBytes), dn = text(limit: ProtocolConstants.maxDeviceNameBytes)
+            make = { .client(.loginDevice(requestID: r, name: n[$0], password: p[$0], deviceID: d[$0], deviceName: dn[$0])) }
+        case 28:
+            let t = u32(), m = u64(), at = u64(), b = body()
+            make = { _ in .server(.sentCopy(to: t, messageID: m, sentAtMs: at, body: b)) }
         default: let t = u64(); make = { _ in .server(.pong(token: t)) }
         }
         return (make(false), make(true))
@@ -234,6 +241,8 @@ private func spec(_ frame: AnyFrame) -> [UInt8] {
         case .ping(let t): w.u64(t); return w.frame(0x0B)
         case .pong(let t): w.u64(t); return w.frame(0x0C)
         case .listContacts(let r): w.u32(r); return w.frame(0x0D)
+        case .loginDevice(let r, let n, let p, let d, let dn):
+            w.u32(r); w.string(n); w.string(p); w.string(d); w.string(dn); return w.frame(0x0E)
         }
     case .server(let f):
         switch f {
@@ -259,6 +268,7 @@ private func spec(_ frame: AnyFrame) -> [UInt8] {
         case .sendError(let m, let c, let t): w.u64(m); w.u16(c); w.string(t); return w.frame(0x4C)
         case .ping(let t): w.u64(t); return w.frame(0x4D)
         case .pong(let t): w.u64(t); return w.frame(0x4E)
+        case .sentCopy(let t, let m, let at, let b): w.u32(t); w.u64(m); w.u64(at); w.rest(b); return w.frame(0x4F)
         }
     }
 }

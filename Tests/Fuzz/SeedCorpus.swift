@@ -1,6 +1,6 @@
 // Writes the committed seed corpus: `fuzz-seeds DIR` fills DIR/decoder and DIR/roundtrip.
 // Decoder seeds are small valid frames of every type (and a few streams and classic bad frames) behind
-// the target's 2-4 header bytes; roundtrip seeds pick each of the 28 frame kinds once.
+// the target's 2-4 header bytes; roundtrip seeds pick each of the 30 frame kinds once.
 // Rebuild with: Tests/Fuzz/build.sh seeds && .build-fuzz/fuzz-seeds Tests/Fuzz/corpus
 
 import Foundation
@@ -21,6 +21,8 @@ private let clientSeeds: [(String, ClientFrame)] = [
     ("ping", .ping(token: 0xDEAD_BEEF)),
     ("pong", .pong(token: 1)),
     ("list-contacts", .listContacts(requestID: 6)),
+    ("login-device", .loginDevice(requestID: 8, name: "alice", password: "correct horse",
+                                  deviceID: "0123456789abcdef0123456789abcdef", deviceName: "laptop")),
 ]
 
 private let contacts = [
@@ -44,6 +46,7 @@ private let serverSeeds: [(String, ServerFrame)] = [
     ("send-error", .sendError(messageID: 101, code: ErrorCode.notAContact.rawValue, message: "not a contact")),
     ("server-ping", .ping(token: 1)),
     ("server-pong", .pong(token: 2)),
+    ("sent-copy", .sentCopy(to: 18, messageID: 42, sentAtMs: 1_700_000_000_000, body: ByteView("from my laptop"))),
 ]
 
 private func bytes(_ frames: [ClientFrame]) -> [UInt8] {
@@ -98,6 +101,6 @@ struct SeedCorpus {
         try write("decoder", "bad-utf8-surrogate", decoderInput(server: false, [0, 0, 0, 10, 0x04, 0, 0, 0, 1, 0, 3, 0xED, 0xA0, 0x80]))
         try write("decoder", "bad-trailing", decoderInput(server: false, [0, 0, 0, 6, 0x0D, 0, 0, 0, 1, 0xFF]))
         try write("decoder", "bad-contact-count", decoderInput(server: true, [0, 0, 0, 8, 0x44, 0, 0, 0, 1, 1, 0xFF, 0xFF]))
-        for kind in 0..<28 { try write("roundtrip", String(format: "kind-%02d", kind), roundtripInput(kind: UInt8(kind))) }
+        for kind in 0..<30 { try write("roundtrip", String(format: "kind-%02d", kind), roundtripInput(kind: UInt8(kind))) }
     }
 }

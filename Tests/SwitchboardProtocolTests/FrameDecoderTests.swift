@@ -130,7 +130,7 @@ private func feed(_ buffer: ByteBuffer, _ bytes: ArraySlice<UInt8>) {
         #expect(decodeClient(ping, maxFrameBytes: 8) == .failure(.frameTooLarge))
     }
 
-    @Test(arguments: [0x00 as UInt8, 0x0E, 0x3F, 0x99, 0xFF])
+    @Test(arguments: [0x00 as UInt8, 0x0F, 0x3F, 0x99, 0xFF])
     func unknownClientType(_ type: UInt8) {
         #expect(decodeClient(rawFrame(type, [])) == .failure(.unknownFrameType))
         #expect(decodeClient(rawFrame(type, be(UInt64(1)))) == .failure(.unknownFrameType))
@@ -149,7 +149,7 @@ private func feed(_ buffer: ByteBuffer, _ bytes: ArraySlice<UInt8>) {
         for frame in clientSamples {
             #expect(decodeServer(encode([frame])) == .failure(.unknownFrameType), "\(frame)")
         }
-        for type: UInt8 in [0x00, 0x3F, 0x4F, 0x7F, 0x80, 0xFF] {
+        for type: UInt8 in [0x00, 0x3F, 0x50, 0x7F, 0x80, 0xFF] {
             #expect(decodeServer(rawFrame(type, [])) == .failure(.unknownFrameType))
         }
     }

@@ -108,7 +108,7 @@ import Testing
         let bytes = encode([ServerFrame.welcome(Welcome(limits: ServerLimits(), serverName: "sb"))])
         // type(1) + 34 fixed bytes (version u16, 6 x u32, u64) + server_name (2 + 2)
         #expect(bytes.count == 4 + 1 + 34 + 4)
-        #expect(Array(bytes[5..<7]) == [0x00, 0x01])
+        #expect(Array(bytes[5..<7]) == [0x00, 0x02])
     }
 
     /// An output buffer is drained by partial socket writes while frames are appended; growing it compacts
@@ -163,5 +163,33 @@ import Testing
         let send = ByteBuffer()
         FrameEncoder.writeSend(into: send, to: 1, messageID: 2, body: ByteView(body))
         #expect(send.readableArray() == encode([ClientFrame.send(to: 1, messageID: 2, body: ByteView(body))]))
+    }
+}
+
+/// Version 2's frames, byte by byte as WireProtocol.md ("Devices") prints them.
+@Suite struct DeviceFrameExampleTests {
+    @Test func documentedLoginDeviceExample() {
+        let bytes = encode([ClientFrame.loginDevice(requestID: 1, name: "bob", password: "password1", deviceID: "ab12",
+                                                    deviceName: "laptop")])
+        #expect(bytes == [0x00, 0x00, 0x00, 0x23, 0x0E, 0x00, 0x00, 0x00, 0x01,
+                          0x00, 0x03, 0x62, 0x6F, 0x62,
+                          0x00, 0x09, 0x70, 0x61, 0x73, 0x73, 0x77, 0x6F, 0x72, 0x64, 0x31,
+                          0x00, 0x04, 0x61, 0x62, 0x31, 0x32,
+                          0x00, 0x06, 0x6C, 0x61, 0x70, 0x74, 0x6F, 0x70])
+    }
+
+    @Test func documentedSentCopyExample() {
+        let bytes = encode([ServerFrame.sentCopy(to: 7, messageID: 42, sentAtMs: 1000, body: ByteView("hi"))])
+        #expect(bytes == [0x00, 0x00, 0x00, 0x17, 0x4F, 0x00, 0x00, 0x00, 0x07,
+                          0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x2A,
+                          0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0xE8, 0x68, 0x69])
+    }
+
+    @Test func overlongDeviceFieldsAreMalformed() {
+        let long = TextView(String(repeating: "d", count: ProtocolConstants.maxDeviceIDBytes + 1))
+        let idTooLong = encode([ClientFrame.loginDevice(requestID: 1, name: "a", password: "b", deviceID: long, deviceName: "")])
+        #expect(decodeClient(idTooLong) == .failure(.malformedFrame))
+        let nameTooLong = encode([ClientFrame.loginDevice(requestID: 1, name: "a", password: "b", deviceID: "x", deviceName: long)])
+        #expect(decodeClient(nameTooLong) == .failure(.malformedFrame))
     }
 }

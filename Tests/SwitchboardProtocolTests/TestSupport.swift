@@ -46,6 +46,8 @@ extension ClientFrame {
         case .hello(let v, let a): return .hello(version: v, agent: a.owned())
         case .register(let r, let n, let p): return .register(requestID: r, name: n.owned(), password: p.owned())
         case .login(let r, let n, let p): return .login(requestID: r, name: n.owned(), password: p.owned())
+        case .loginDevice(let r, let n, let p, let d, let dn):
+            return .loginDevice(requestID: r, name: n.owned(), password: p.owned(), deviceID: d.owned(), deviceName: dn.owned())
         case .contactAdd(let r, let n): return .contactAdd(requestID: r, name: n.owned())
         case .contactAccept(let r, let n): return .contactAccept(requestID: r, name: n.owned())
         case .contactRemove(let r, let n): return .contactRemove(requestID: r, name: n.owned())
@@ -70,6 +72,7 @@ extension ServerFrame {
         case .sendError(let id, let c, let m): return .sendError(messageID: id, code: c, message: m.owned())
         case .mail(let s, let f, let fn, let id, let at, let b):
             return .mail(seq: s, from: f, fromName: fn.owned(), messageID: id, sentAtMs: at, body: b.owned())
+        case .sentCopy(let to, let id, let at, let b): return .sentCopy(to: to, messageID: id, sentAtMs: at, body: b.owned())
         case .ok, .contactList, .presence, .contactUpdate, .sendAck, .mailEnd, .ping, .pong: return self
         }
     }
@@ -125,6 +128,10 @@ let clientSamples: [ClientFrame] = [
     .register(requestID: 0xFFFF_FFFF, name: "", password: ""),
     .login(requestID: 2, name: TextView(nonASCIIName), password: TextView(nonASCII)),
     .login(requestID: 0, name: "a", password: TextView(String(repeating: "p", count: ProtocolConstants.maxPasswordBytes))),
+    .loginDevice(requestID: 8, name: "alice", password: "correct horse", deviceID: "0123456789abcdef0123456789abcdef",
+                 deviceName: TextView(nonASCIIName)),
+    .loginDevice(requestID: 0, name: "", password: "", deviceID: TextView(String(repeating: "d", count: ProtocolConstants.maxDeviceIDBytes)),
+                 deviceName: TextView(String(repeating: "n", count: ProtocolConstants.maxDeviceNameBytes))),
     .contactAdd(requestID: 3, name: "bob"),
     .contactAccept(requestID: 4, name: TextView(nonASCIIName)),
     .contactRemove(requestID: 5, name: ""),
@@ -173,6 +180,8 @@ let serverSamples: [ServerFrame] = [
     .mail(seq: 3, from: 18, fromName: "", messageID: 7, sentAtMs: 3, body: ByteView(nonASCII)),
     .mailEnd(count: 0),
     .mailEnd(count: 3),
+    .sentCopy(to: 18, messageID: 0x0102_0304_0506_0708, sentAtMs: 1_700_000_000_000, body: ByteView("from my laptop")),
+    .sentCopy(to: 0, messageID: 0, sentAtMs: 0, body: ByteView([])),
     .ping(token: 1),
     .pong(token: .max),
 ]
