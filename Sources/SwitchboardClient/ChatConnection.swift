@@ -84,8 +84,9 @@ public final class ChatConnection {
     /// Connects to "HOST:PORT" (names resolved with getaddrinfo), runs the TLS handshake when `tls`
     /// is given (plaintext otherwise), and exchanges HELLO/WELCOME.
     /// TLS failures throw `TLSError` (e.g. kind `.pinMismatch` with both fingerprints).
+    /// `protocolVersion` is what HELLO asks for (the newest by default; 1 speaks as an old client).
     public init(server: String, timeoutMs: Int32 = 10_000, agent: String = "switchboard-client",
-                tls options: ClientTLSOptions? = nil) throws {
+                tls options: ClientTLSOptions? = nil, protocolVersion: UInt16 = ProtocolConstants.version) throws {
         let address = try ChatConnection.resolve(server)
         let fd = try Socket.connectBlocking(to: address)
         if let options {
@@ -99,7 +100,7 @@ public final class ChatConnection {
         self.fd = fd
         welcome = Welcome(limits: ServerLimits(), serverName: "")
         do {
-            try sendFrame(.hello(version: ProtocolConstants.version, agent: TextView(agent)))
+            try sendFrame(.hello(version: protocolVersion, agent: TextView(agent)))
             guard let frame = try nextFrame(timeoutMs: timeoutMs) else { throw ClientError("no WELCOME from \(server) within \(timeoutMs) ms") }
             switch frame {
             case .welcome(let w):
@@ -283,6 +284,7 @@ extension ServerFrame {
         case .sendError(let m, let c, let t): return .sendError(messageID: m, code: c, message: t.owned())
         case .mail(let s, let f, let n, let m, let t, let b):
             return .mail(seq: s, from: f, fromName: n.owned(), messageID: m, sentAtMs: t, body: b.owned())
+        case .sentCopy(let to, let m, let t, let b): return .sentCopy(to: to, messageID: m, sentAtMs: t, body: b.owned())
         default: return self
         }
     }

@@ -1,6 +1,7 @@
 // A logged-in (or logging-in) client session over a ChatConnection: request/answer pairing by
 // request id, pushed frames queued as events, automatic PONG, and a per-process memory of
 // (sender, message id) so a delivery the server repeats after a crash is shown once.
+import Glibc
 import SwitchboardIO
 import SwitchboardProtocol
 
@@ -17,12 +18,89 @@ public enum ChatEvent: Equatable, Sendable {
     case message(seq: UInt64, from: UInt32, messageID: UInt64, sentAtMs: UInt64, body: [UInt8])
     case mail(seq: UInt64, from: UInt32, fromName: String, messageID: UInt64, sentAtMs: UInt64, body: [UInt8])
     case mailEnd(count: UInt32)
+    /// A message this user sent from another device (protocol 2): show it as sent; its SEND_ACK follows.
+    case sentCopy(to: UInt32, messageID: UInt64, sentAtMs: UInt64, body: [UInt8])
     case presence(userID: UInt32, online: Bool)
     case contactUpdate(ContactInfo)
     case sendAck(messageID: UInt64, status: SendStatus)
     case sendError(messageID: UInt64, code: UInt16, message: String)
     /// The server closes the connection after this.
     case serverError(code: UInt16, message: String)
+}
+
+/// What LOGIN_DEVICE says about this client: a stable id (1-64 of A-Z a-z 0-9 _ -) and a readable name.
+public struct DeviceIdentity: Sendable, Equatable {
+    public var id: String
+    public var name: String
+    public init(id: String, name: String) { self.id = id; self.name = name }
+
+    /// A fresh random id (32 hex digits), for a short-lived device such as one scripted command.
+    public static func randomID() -> String {
+        var hex = ""
+        for _ in 0..<2 {
+            let v = UInt64.random(in: 0...UInt64.max)
+            let digits = String(v, radix: 16)
+            hex += String(repeating: "0", count: 16 - digits.count) + digits
+        }
+        return hex
+    }
+
+    /// The stable id kept in `file`: read when it holds a valid one, else created (directories too)
+    /// with a fresh random id. Throws when the file can be neither read nor written.
+    public static func storedID(in file: String) throws -> String {
+        if let text = try? readSmallFile(file) {
+            let id = String(text.filter { !$0.isWhitespace })
+            if isValidID(id) { return id }
+        }
+        let id = randomID()
+        try writeFile(file, id + "\n")
+        return id
+    }
+
+    public static func isValidID(_ id: String) -> Bool {
+        let utf8 = id.utf8
+        guard !utf8.isEmpty && utf8.count <= ProtocolConstants.maxDeviceIDBytes else { return false }
+        return utf8.allSatisfy { b in
+            (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x5F || b == 0x2D
+        }
+    }
+
+    /// The machine's host name, or "device".
+    public static func hostName() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "device" }
+        let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return name.isEmpty ? "device" : String(name.utf8.prefix(ProtocolConstants.maxDeviceNameBytes)) ?? "device"
+    }
+
+    private static func readSmallFile(_ path: String) throws -> String {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw ClientError("cannot open \(path): errno \(errno)") }
+        defer { Glibc.close(fd) }
+        var bytes = [UInt8](repeating: 0, count: 256)
+        let n = read(fd, &bytes, bytes.count)
+        guard n >= 0 else { throw ClientError("cannot read \(path): errno \(errno)") }
+        return String(decoding: bytes.prefix(n), as: UTF8.self)
+    }
+
+    private static func writeFile(_ path: String, _ text: String) throws {
+        // Create the parent directories (0700), then the file (0600) atomically via a temp name.
+        var prefix = ""
+        for part in path.split(separator: "/").dropLast() {
+            prefix += "/" + part
+            if mkdir(prefix, 0o700) != 0 && errno != EEXIST { throw ClientError("cannot create \(prefix): errno \(errno)") }
+        }
+        let temp = path + ".tmp\(getpid())"
+        let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw ClientError("cannot write \(temp): errno \(errno)") }
+        let bytes = Array(text.utf8)
+        let written = write(fd, bytes, bytes.count)
+        Glibc.close(fd)
+        guard written == bytes.count, rename(temp, path) == 0 else {
+            unlink(temp)
+            throw ClientError("cannot write \(path): errno \(errno)")
+        }
+    }
 }
 
 public final class ChatSession {
@@ -55,10 +133,17 @@ public final class ChatSession {
         _ = try awaitAnswer(id)
     }
 
+    /// Logs in; with `device` (protocol 2) as that device: the same device's older session is taken
+    /// over, other devices of the user stay online.
     @discardableResult
-    public func logIn(name: String, password: String) throws -> LoginInfo {
+    public func logIn(name: String, password: String, device: DeviceIdentity? = nil) throws -> LoginInfo {
         let id = requestID()
-        try connection.sendFrame(.login(requestID: id, name: TextView(name), password: TextView(password)))
+        if let device {
+            try connection.sendFrame(.loginDevice(requestID: id, name: TextView(name), password: TextView(password),
+                                                  deviceID: TextView(device.id), deviceName: TextView(device.name)))
+        } else {
+            try connection.sendFrame(.login(requestID: id, name: TextView(name), password: TextView(password)))
+        }
         guard case .loginOK(_, let userID, let loggedName, let address, let pending) = try awaitAnswer(id) else {
             throw ClientError("unexpected answer to LOGIN")
         }
@@ -184,6 +269,8 @@ public final class ChatSession {
             }
             return nil
         case .mailEnd(let count): events.append(.mailEnd(count: count)); return nil
+        case .sentCopy(let to, let messageID, let sentAtMs, let body):
+            events.append(.sentCopy(to: to, messageID: messageID, sentAtMs: sentAtMs, body: body.array)); return nil
         case .presence(let user, let online): events.append(.presence(userID: user, online: online)); return nil
         case .contactUpdate(let info): events.append(.contactUpdate(info)); return nil
         case .sendAck(let id, let status):

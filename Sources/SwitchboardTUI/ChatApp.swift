@@ -16,9 +16,12 @@ public struct ChatAppConfiguration {
     public var password: String
     /// Opens a new connection (plain or TLS: the caller decides).
     public var connect: () throws -> ChatSession
+    /// The device this client logs in as (protocol 2): its other devices stay online. nil: plain LOGIN.
+    public var device: DeviceIdentity?
 
-    public init(server: String, user: String, password: String, connect: @escaping () throws -> ChatSession) {
-        self.server = server; self.user = user; self.password = password; self.connect = connect
+    public init(server: String, user: String, password: String, device: DeviceIdentity? = nil,
+                connect: @escaping () throws -> ChatSession) {
+        self.server = server; self.user = user; self.password = password; self.device = device; self.connect = connect
     }
 }
 
@@ -51,7 +54,7 @@ public final class ChatApp {
     public func logIn() throws {
         let session = try configuration.connect()
         do {
-            let info = try session.logIn(name: configuration.user, password: configuration.password)
+            let info = try session.logIn(name: configuration.user, password: configuration.password, device: configuration.device)
             adopt(session, info: info)
         } catch {
             session.connection.close()
@@ -280,7 +283,7 @@ public final class ChatApp {
         do {
             let session = try configuration.connect()
             do {
-                let info = try session.logIn(name: configuration.user, password: configuration.password)
+                let info = try session.logIn(name: configuration.user, password: configuration.password, device: configuration.device)
                 adopt(session, info: info)
                 model.flash = "reconnected"
             } catch {

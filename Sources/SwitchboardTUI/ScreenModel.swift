@@ -224,6 +224,13 @@ public struct ScreenModel {
             let index = ensureDialog(.mail)
             if activeDialog == nil { activeDialog = .mail }
             if activeDialog != .mail { dialogs[index].unread += 1 }
+        case .sentCopy(let to, let messageID, let sentAtMs, let body):
+            // Sent from another device of this user: shown as sent here too; its SEND_ACK marks it.
+            let index = ensureDialog(.chat(to))
+            guard !dialogs[index].lines.contains(where: { $0.outgoing && $0.messageID == messageID }) else { return }
+            dialogs[index].lines.append(ChatLine(messageID: messageID, outgoing: true, atMs: sentAtMs, text: Self.text(body),
+                                                 mark: .sending, offline: false))
+            if activeDialog == .chat(to) { dialogs[index].scroll = 0 }
         case .mailEnd(let count):
             if count > 0 { flash = "\(count) offline message(s) received" }
             mailExpected = 0

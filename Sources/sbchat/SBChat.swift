@@ -31,6 +31,8 @@ struct Common: ParsableArguments {
     var knownServers: String?
     @Flag(help: "Connect without TLS (only to a server started with --plaintext).")
     var plaintext = false
+    @Option(help: "This device's name as other sessions and the server's log show it (default: the host name).")
+    var deviceName: String?
 
     var serverAddress: String { server ?? env("SWITCHBOARD_SERVER") ?? "127.0.0.1:7878" }
 
@@ -76,13 +78,46 @@ struct Common: ParsableArguments {
         return session
     }
 
-    /// Connects and logs in.
+    /// The device name: --device-name or the host name, without control characters, at most 64 bytes.
+    func readableDeviceName(suffix: String = "") -> String {
+        var name = String((deviceName ?? DeviceIdentity.hostName()).unicodeScalars.filter {
+            $0.value >= 0x20 && !($0.value >= 0x7F && $0.value < 0xA0)
+        }.map(Character.init)) + suffix
+        while name.utf8.count > ProtocolConstants.maxDeviceNameBytes { name.removeLast() }
+        return name
+    }
+
+    /// The terminal client's device: the stable id kept in the config directory
+    /// ($XDG_CONFIG_HOME/switchboard/device or ~/.config/switchboard/device), created on first use. A new
+    /// login of the same device takes over its old session; other devices of the user stay online.
+    func stableDevice() -> DeviceIdentity {
+        let base: String?
+        if let xdg = env("XDG_CONFIG_HOME"), xdg.hasPrefix("/") { base = xdg } else { base = env("HOME").map { $0 + "/.config" } }
+        let name = readableDeviceName()
+        guard let base else { return DeviceIdentity(id: DeviceIdentity.randomID(), name: name) }
+        do {
+            return DeviceIdentity(id: try DeviceIdentity.storedID(in: base + "/switchboard/device"), name: name)
+        } catch {
+            printError("sbchat: cannot keep a device id (\(error)); this run is a device of its own")
+            return DeviceIdentity(id: DeviceIdentity.randomID(), name: name)
+        }
+    }
+
+    /// A scripted subcommand's device: a fresh id for each run, so it joins alongside a running
+    /// terminal client (never takes it over) and is gone when the command exits.
+    func scriptDevice() -> DeviceIdentity {
+        let names = Set(SBChat.configuration.subcommands.map { $0._commandName })
+        let command = CommandLine.arguments.dropFirst().first { names.contains($0) } ?? "sbchat"
+        return DeviceIdentity(id: DeviceIdentity.randomID(), name: readableDeviceName(suffix: " (sbchat \(command))"))
+    }
+
+    /// Connects and logs in (as a short-lived device of its own).
     func session() throws -> (ChatSession, LoginInfo) {
         let name = try userName()
         let pw = try password()
         let session = try connect()
         do {
-            let info = try session.logIn(name: name, password: pw)
+            let info = try session.logIn(name: name, password: pw, device: scriptDevice())
             return (session, info)
         } catch {
             throw Failure(code: 1, "login as \(name) failed: \(error)")

@@ -33,7 +33,7 @@ struct Tui: ParsableCommand {
             let pw = try common.password()
             let common = self.common
             let app = ChatApp(configuration: ChatAppConfiguration(
-                server: common.serverAddress, user: name, password: pw,
+                server: common.serverAddress, user: name, password: pw, device: common.stableDevice(),
                 connect: { try connectForTUI(common) }))
             if register {
                 do { try app.register() } catch let failure as Failure { throw failure } catch {
