@@ -11,6 +11,9 @@ public struct PendingDelivery: Equatable, Sendable {
     /// Stream positions of the DELIVER frame in the connection's output.
     public var frameStart: UInt64
     public var frameEnd: UInt64
+    /// Another device of the same receiver acknowledged this message first: this copy completes
+    /// nothing when acknowledged and goes nowhere when the connection drops.
+    public var settled = false
     public init(seq: UInt64, sender: UInt32, messageID: UInt64, frameStart: UInt64, frameEnd: UInt64) {
         self.seq = seq; self.sender = sender; self.messageID = messageID; self.frameStart = frameStart; self.frameEnd = frameEnd
     }
@@ -51,6 +54,29 @@ public struct DeliveryWindow {
             head = (head + 1) % entries.count
             count -= 1
         }
+    }
+
+    /// Marks the unsettled copy of (sender, messageID) settled, if this window holds one (a scan:
+    /// done only for receivers with several devices, whose windows stay short while they read).
+    @discardableResult
+    public mutating func markSettled(sender: UInt32, messageID: UInt64) -> Bool {
+        for i in 0..<count {
+            let slot = (head + i) % entries.count
+            if entries[slot].messageID == messageID && entries[slot].sender == sender && !entries[slot].settled {
+                entries[slot].settled = true
+                return true
+            }
+        }
+        return false
+    }
+
+    /// True when this window holds an unsettled copy of (sender, messageID).
+    public func holdsUnsettled(sender: UInt32, messageID: UInt64) -> Bool {
+        for i in 0..<count {
+            let entry = entries[(head + i) % entries.count]
+            if entry.messageID == messageID && entry.sender == sender && !entry.settled { return true }
+        }
+        return false
     }
 
     /// Removes everything (connection closed), oldest first.

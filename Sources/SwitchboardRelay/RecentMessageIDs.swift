@@ -140,14 +140,16 @@ public struct RecentMessageIDs {
         return true
     }
 
-    /// One live copy of `id` will never be acknowledged. True when the message is still in flight and
-    /// no copy is left (it must be stored), or when `id` is not remembered; false while other copies
-    /// are out or once it completed.
-    public mutating func copyLost(_ id: UInt64) -> Bool {
-        guard let i = find(id) else { return true }
-        guard table[i].state == 0 else { return false }
+    public enum CopyLoss: Equatable { case othersRemain, last, unknown }
+
+    /// One live copy of `id` will never be acknowledged: `.last` when the message is still in flight
+    /// and no copy is left (it must be stored), `.othersRemain` while other copies are out or once it
+    /// completed, `.unknown` when `id` is no longer remembered (evicted).
+    public mutating func copyLost(_ id: UInt64) -> CopyLoss {
+        guard let i = find(id) else { return .unknown }
+        guard table[i].state == 0 else { return .othersRemain }
         if table[i].pending > 0 { table[i].pending -= 1 }
-        return table[i].pending == 0
+        return table[i].pending == 0 ? .last : .othersRemain
     }
 
     /// The completed ids remembered, oldest first, with their outcome (in-flight ones are left out:

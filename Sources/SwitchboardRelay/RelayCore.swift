@@ -329,12 +329,12 @@ public final class RelayCore {
     }
 
     /// One pending live copy of a message will never be acknowledged (its device dropped, or could not
-    /// be written to). True when that was the last one and the message is still in flight: then it
-    /// goes to the mailbox (`rerouteToMailbox`). False when another device still holds a copy or one
-    /// already acknowledged it. An id the core no longer remembers is rerouted (the store's durable
-    /// dedupe catches a second copy).
-    public func deliveryLost(sender: UserID, messageID: UInt64) -> Bool {
-        guard let history = recentIDs[sender] else { return true }
+    /// be written to). `.last` when that was the last one and the message is still in flight: then it
+    /// goes to the mailbox (`rerouteToMailbox`). `.othersRemain` when another device still holds a copy
+    /// or one already acknowledged it. `.unknown` when the core no longer remembers the id (evicted
+    /// from the sender's window): the caller looks at the receiver's other devices' windows.
+    public func deliveryLost(sender: UserID, messageID: UInt64) -> RecentMessageIDs.CopyLoss {
+        guard let history = recentIDs[sender] else { return .unknown }
         return history.ids.copyLost(messageID)
     }
 

@@ -47,7 +47,16 @@ extension ServerCore {
                 return
             }
             // Another device of the receiver may still hold (or have acknowledged) the same message.
-            guard core.deliveryLost(sender: from, messageID: messageID) else { return }
+            if delivery.settled { return }
+            switch core.deliveryLost(sender: from, messageID: messageID) {
+            case .othersRemain: return
+            case .last: break
+            case .unknown:
+                // Forgotten by the sender's window: another device's unsettled copy still answers for it.
+                if let session = core.session(of: owner), session.devices.contains(where: { device in
+                    connections[device.connection.raw]?.window.holdsUnsettled(sender: from, messageID: messageID) == true
+                }) { return }
+            }
             let decision = core.rerouteToMailbox(sender: from, recipient: owner, messageID: messageID, bodyBytes: payload.count)
             switch decision {
             case .store(let recipient, let seq):

@@ -52,7 +52,7 @@ extension ServerCore {
     /// A live copy could not be written (its connection is closing): the last such copy sends the
     /// message to the mailbox.
     private func copyLost(sender: ClientState, recipient: UInt32, messageID: UInt64, body: ByteView) {
-        guard core.deliveryLost(sender: sender.userID, messageID: messageID) else { return }
+        guard core.deliveryLost(sender: sender.userID, messageID: messageID) != .othersRemain else { return }
         storeMail(sender: sender, recipient: recipient, messageID: messageID, body: body, decision: core.rerouteToMailbox(
             sender: sender.userID, recipient: recipient, messageID: messageID, bodyBytes: body.count))
     }
@@ -128,8 +128,15 @@ extension ServerCore {
     func acknowledgeDeliveries(_ connection: ClientState, throughSeq: UInt64) {
         connection.window.acknowledge(throughSeq: throughSeq) { delivery in
             // The first device to acknowledge completes the message; later ones change nothing.
+            guard !delivery.settled else { return }
             if let sender = core.completed(sender: delivery.sender, messageID: delivery.messageID, status: .delivered) {
                 sendAck(toDevicesOf: sender, messageID: delivery.messageID, status: .delivered)
+            }
+            // The receiver's other devices' copies are settled now, even if the sender's window forgets the id.
+            if let session = connection.session, session.devices.count > 1 {
+                for device in session.devices where device.connection != connection.id {
+                    connections[device.connection.raw]?.window.markSettled(sender: delivery.sender, messageID: delivery.messageID)
+                }
             }
         }
         updateRetention(connection)

@@ -6,8 +6,11 @@
 // - output held per client <= hard cap + one frame (+ the closing ERROR);
 // - nothing is scheduled in the past for a client (no busy loop), and the core has no pending work
 //   after its end of turn;
-// - no (sender, id) is accepted twice by its recipient (a copy whose acknowledgement the server
-//   read is never followed by another copy), and a resend after that is never delivered;
+// - no (sender, id) is accepted twice by one device, none reaches a device twice, and once a device's
+//   acknowledgement was read no connection that logs in afterwards gets another copy of it;
+// - several devices per user (LOGIN_DEVICE with a few ids, plain LOGIN, version-1 clients): random
+//   joins, takeovers of the same device, refusals past the device limit, drops; a SENT_COPY goes only
+//   to a version-2 connection of the sender that did not send it (alone), at most once;
 // and at the end, after every user logs in and reads everything: every message whose sender got
 // SEND_ACK (delivered or stored) was received by its recipient. A failing seed prints itself and how
 // to replay it with its story (SB_SIM_TRACE); SB_SOAK_SEEDS=N runs more (make soak). Replays are exact
@@ -51,6 +54,14 @@ final class SimDriver: SessionDriver {
 /// One simulated device: a connection's two byte streams and what the user saw.
 final class SimConnection {
     let user: Int
+    /// HELLO version and the device it logs in as (nil: plain LOGIN, the implicit device).
+    var version: UInt16 = ProtocolConstants.version
+    var device: Int?
+    /// `Simulation.clock` when it connected; copies of a message accepted before this must not come.
+    var connectedAt = 0
+    var receivedKeys: Set<MessageKey> = []
+    var acceptedKeys: Set<MessageKey> = []
+    var copies: Set<MessageKey> = []
     var client: ClientState?
     /// Bytes the client wrote that the server has not read yet.
     var outbound: [UInt8] = []
@@ -89,7 +100,13 @@ final class Simulation {
     /// What each sender sent (to whom) and what answers it got.
     var sentTo: [MessageKey: Int] = [:]
     var acked: Set<MessageKey> = []
-    var accepted: Set<MessageKey> = []
+    /// When a device's acknowledgement of the key was first read by the server (`events`).
+    var acceptedAt: [MessageKey: Int] = [:]
+    /// The connections that sent (or resent) a key: a copy never goes to the only one.
+    var senders: [MessageKey: Set<Int>] = [:]
+    var events = 0
+    var copiesSeen = 0
+    var refusals = 0
     var received: Set<MessageKey> = []
     let readBuffer = ByteBuffer(capacity: 64 << 10)
     var failure: String?
@@ -113,6 +130,7 @@ final class Simulation {
         config.dedupeWindow = 64
         config.maxStoreBacklogBytes = 16 << 10
         config.limits.mailboxMaxMessages = 200
+        config.maxDevicesPerUser = 3
         self.config = config
         names = (0..<users).map { "user\($0)" }
         nextMessageID = Array(repeating: 1, count: users)
@@ -154,10 +172,23 @@ final class Simulation {
         client.link = connection
         core.opened(client)
         connections.append(connection)
-        log("conn \(connections.count - 1) user \(user) connects (client \(client.id))")
-        encode(.hello(version: ProtocolConstants.version, agent: "sim"), into: connection)
-        encode(.login(requestID: 1, name: TextView(names[user]), password: TextView(String(decoding: password, as: UTF8.self))),
-               into: connection)
+        events += 1
+        connection.connectedAt = events
+        // A device: the implicit one (plain LOGIN, sometimes a version-1 client) or one of three ids.
+        switch Int.random(in: 0..<10, using: &rng) {
+        case 0..<2: connection.device = nil
+        case 2: connection.device = nil; connection.version = 1
+        default: connection.device = Int.random(in: 0..<3, using: &rng)
+        }
+        log("conn \(connections.count - 1) user \(user) connects (client \(client.id)) v\(connection.version) device \(connection.device.map(String.init) ?? "implicit")")
+        encode(.hello(version: connection.version, agent: "sim"), into: connection)
+        let pw = TextView(String(decoding: password, as: UTF8.self))
+        if let device = connection.device {
+            encode(.loginDevice(requestID: 1, name: TextView(names[user]), password: pw, deviceID: TextView("d\(device)"),
+                                deviceName: TextView("sim device \(device)")), into: connection)
+        } else {
+            encode(.login(requestID: 1, name: TextView(names[user]), password: pw), into: connection)
+        }
     }
 
     func send(from connection: SimConnection, resend: Bool) {
@@ -177,6 +208,7 @@ final class Simulation {
             nextMessageID[sender] += 1
             sentTo[key] = recipient
         }
+        senders[key, default: []].insert(index(connection))
         let body = [UInt8](repeating: UInt8(truncatingIfNeeded: key.id), count: Int.random(in: 1...3_000, using: &rng))
         encode(.send(to: userIDs[recipient], messageID: key.id, body: ByteView(body)), into: connection)
         log("conn \(index(connection)) \(resend ? "resends" : "sends") \(key) to user \(recipient)")
@@ -200,19 +232,30 @@ final class Simulation {
                 case .deliver(let seq, let from, let id, _, _):
                     let key = MessageKey(sender: userIDs.firstIndex(of: from) ?? -1, id: id)
                     received.insert(key)
+                    checkCopy(key, on: connection)
                     log("conn \(index(connection)) reads DELIVER seq \(seq) \(key)")
                     connection.unackedDeliveries.append((seq, key))
                     deliveryAck = seq
                 case .mail(let seq, let from, _, let id, _, _):
                     let key = MessageKey(sender: userIDs.firstIndex(of: from) ?? -1, id: id)
                     received.insert(key)
+                    checkCopy(key, on: connection)
                     log("conn \(index(connection)) reads MAIL seq \(seq) \(key)")
                     connection.unackedMails.append((seq, key))
                     mailAck = seq
                 case .sendAck(let id, let status):
                     log("conn \(index(connection)) reads SEND_ACK \(id) status \(status)")
                     acked.insert(MessageKey(sender: connection.user, id: id))
+                case .sentCopy(let to, let id, _, _):
+                    let key = MessageKey(sender: connection.user, id: id)
+                    copiesSeen += 1
+                    log("conn \(index(connection)) reads SENT_COPY \(key)")
+                    if connection.version < 2 { fail("conn \(index(connection)) speaks version 1 but got SENT_COPY of \(key)") }
+                    if sentTo[key] == nil || userIDs[sentTo[key]!] != to { fail("SENT_COPY of \(key) the user never sent to \(to)") }
+                    if senders[key] == [index(connection)] { fail("conn \(index(connection)) got a copy of its own \(key)") }
+                    if !connection.copies.insert(key).inserted { fail("conn \(index(connection)) got two copies of \(key)") }
                 case .error(_, let code, _):
+                    if code == ErrorCode.tooManyDevices.rawValue { refusals += 1 }
                     log("conn \(index(connection)) reads ERROR \(code)")
                 case .ping(let token):
                     encode(.pong(token: token), into: connection)
@@ -233,6 +276,15 @@ final class Simulation {
             connection.unackedMails.removeAll()
         }
         if !keys.isEmpty { connection.ackMarks.append((connection.bytesWritten + connection.outbound.count, keys)) }
+    }
+
+    /// A DELIVER or MAIL of `key` on `connection`: at most once per connection, and never to a
+    /// connection that logged in after a device's acknowledgement of it was read.
+    func checkCopy(_ key: MessageKey, on connection: SimConnection) {
+        if !connection.receivedKeys.insert(key).inserted { fail("conn \(index(connection)) received \(key) twice") }
+        if let at = acceptedAt[key], at < connection.connectedAt {
+            fail("conn \(index(connection)) (connected at \(connection.connectedAt)) got \(key), accepted by a device at \(at)")
+        }
     }
 
     /// The client goes away, possibly in the middle of a frame it was writing.
@@ -277,8 +329,9 @@ final class Simulation {
                 connection.ackMarks.removeFirst()
                 for key in mark.keys {
                     log("conn \(index(connection)) ack read by the server: \(key)")
-                    if accepted.contains(key) { fail("\(key) accepted twice by its recipient") }
-                    accepted.insert(key)
+                    if !connection.acceptedKeys.insert(key).inserted { fail("\(key) accepted twice by one device") }
+                    events += 1
+                    if acceptedAt[key] == nil { acceptedAt[key] = events }
                 }
             }
         }
@@ -433,6 +486,8 @@ final class Simulation {
     @Test func seededSchedulesKeepTheInvariants() throws {
         let seeds = soakSeeds(default: 40)
         var messages = 0
+        var copies = 0
+        var refusals = 0
         let first = UInt64(getenvString("SB_SIM_FIRST_SEED") ?? "") ?? 0
         for seed in first..<(first + UInt64(seeds)) {
             let simulation = try Simulation(seed: seed)
@@ -442,8 +497,13 @@ final class Simulation {
                 return
             }
             messages += simulation.acked.count
+            copies += simulation.copiesSeen
+            refusals += simulation.refusals
         }
         // The schedules did real work (a vacuous run would pass every invariant).
         #expect(messages > seeds * 20, "only \(messages) messages acknowledged over \(seeds) seeds")
+        // ... including several devices: copies to other devices and refusals past the device limit.
+        #expect(copies > seeds * 5, "only \(copies) SENT_COPY frames over \(seeds) seeds")
+        #expect(refusals > 0, "the device limit was never reached")
     }
 }
