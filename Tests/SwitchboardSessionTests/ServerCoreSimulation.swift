@@ -195,7 +195,9 @@ final class Simulation {
         let sender = connection.user
         // A client resends only what it has not seen acknowledged, which is within the dedupe window
         // (the protocol's horizon: the sender's last `dedupeWindow` ids); stay well inside it.
-        let horizon = nextMessageID[sender] > UInt64(config.dedupeWindow / 2) ? nextMessageID[sender] - UInt64(config.dedupeWindow / 2) : 0
+        // A quarter of the window: a resend waits in its connection's unread bytes (paused, stalled) while
+        // the sender's other devices go on sending, and each of those sends moves the window too.
+        let horizon = nextMessageID[sender] > UInt64(config.dedupeWindow / 4) ? nextMessageID[sender] - UInt64(config.dedupeWindow / 4) : 0
         let earlier = sentTo.keys.filter { $0.sender == sender && $0.id > horizon }.sorted { $0.id < $1.id }
         let key: MessageKey
         let recipient: Int
