@@ -28,8 +28,8 @@ extension ServerCore {
             guard let session = core.session(of: recipient) else { return }
             // Every device the core counted (not congested) gets a copy; one that closes this turn
             // counts as lost, and the last lost copy sends the message to the mailbox.
-            for device in session.devices where !device.congested {
-                if let target = connections[device.connection.raw], !target.isClosing {
+            for index in session.devices.indices where !session.devices[index].congested {
+                if let target = connections[session.devices[index].connection.raw], !target.isClosing {
                     deliver(to: target, sender: sender.userID, messageID: messageID, sentAtMs: sentAtMs, body: body)
                 } else {
                     copyLost(sender: sender, recipient: recipient, messageID: messageID, body: body)
@@ -37,7 +37,9 @@ extension ServerCore {
             }
             stats.relayedLive += 1
         case .store:
-            copyToOtherDevices(of: sender, to: recipient, messageID: messageID, sentAtMs: driver.wallNow, body: body)
+            if sender.session.map({ $0.devices.count > 1 }) == true {
+                copyToOtherDevices(of: sender, to: recipient, messageID: messageID, sentAtMs: driver.wallNow, body: body)
+            }
             storeMail(sender: sender, recipient: recipient, messageID: messageID, body: body, decision: decision)
         case .dropInFlightDuplicate:
             stats.duplicatesDropped += 1
@@ -76,8 +78,10 @@ extension ServerCore {
     /// SEND_ACK to every online device of the sender: the one that sent the message, and the others,
     /// which got its SENT_COPY (a device that knows neither ignores it).
     func sendAck(toDevicesOf session: Session, messageID: UInt64, status: SendStatus) {
-        for device in session.devices {
-            if let connection = connections[device.connection.raw] { sendAck(connection, messageID: messageID, status: status) }
+        for index in session.devices.indices {
+            if let connection = connections[session.devices[index].connection.raw] {
+                sendAck(connection, messageID: messageID, status: status)
+            }
         }
     }
 
