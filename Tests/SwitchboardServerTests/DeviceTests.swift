@@ -222,4 +222,63 @@ private func message(_ session: ChatSession, id: UInt64) throws -> (seq: UInt64,
         } catch let error as ClientError { #expect(error.code == ErrorCode.invalidRequest.rawValue) }
         try bad.logIn(name: "bob", password: testPassword, device: device("ok"))
     }
+
+    @Test func mailAcknowledgedByTwoDevicesFreesTheQuotaOnce() throws {
+        let server = try InProcessServer { $0.limits.mailboxMaxMessages = 3 }
+        defer { server.stop() }
+        let (alice, bob, bobID) = try friendsOn(server)
+        bob.connection.close()
+        _ = try waitForEvent(alice) { if case .presence(bobID, false) = $0 { return true } else { return false } }
+        for id: UInt64 in 1...3 {
+            try alice.send(to: bobID, messageID: id, body: Array("mail \(id)".utf8))
+            #expect(try alice.awaitSendOutcome(id) == .storedOffline)
+        }
+        // Two devices are sent the same three mails; both acknowledge the first one.
+        let laptop = try server.device("bob", "laptop")
+        let phone = try server.device("bob", "phone")
+        var firstSeq: UInt64 = 0
+        for session in [laptop, phone] {
+            guard case .mail(let seq, _, _, 1, _, _)? = try waitForEvent(session, {
+                if case .mail(_, _, _, 1, _, _) = $0 { return true } else { return false }
+            }) else { Issue.record("no mail 1"); return }
+            firstSeq = seq
+        }
+        try laptop.acknowledgeMail(through: firstSeq)
+        try phone.acknowledgeMail(through: firstSeq)
+        laptop.connection.close()
+        phone.connection.close()
+        _ = try waitForEvent(alice) { if case .presence(bobID, false) = $0 { return true } else { return false } }
+        // The acknowledgements are fire-and-forget: wait until the delete has committed.
+        var pending: UInt32 = 0
+        for _ in 0..<50 {
+            let probe = try server.device("bob", "probe")
+            pending = probe.login?.pendingMail ?? 0
+            probe.connection.close()
+            _ = try waitForEvent(alice) { if case .presence(bobID, false) = $0 { return true } else { return false } }
+            if pending == 2 { break }
+            usleep(20_000)
+        }
+        #expect(pending == 2, "the mail both devices acknowledged is counted once")
+        // Two mails are left: one more fits, the next is over the quota (counted twice it would fit).
+        try alice.send(to: bobID, messageID: 4, body: Array("mail 4".utf8))
+        #expect(try alice.awaitSendOutcome(4) == .storedOffline)
+        try alice.send(to: bobID, messageID: 5, body: Array("mail 5".utf8))
+        guard case .refused(let code, _) = try alice.awaitSendOutcome(5) else { Issue.record("mail 5 fit a full mailbox"); return }
+        #expect(code == ErrorCode.mailboxFull.rawValue)
+    }
+
+    @Test func theDeviceIDIsCreatedOnceAndKept() throws {
+        let directory = makeTempDirectory("sbdevice")
+        defer { removeDirectory(directory) }
+        let file = directory + "/config/switchboard/device"
+        let id = try DeviceIdentity.storedID(in: file)
+        #expect(DeviceIdentity.isValidID(id) && id.count == 32)
+        #expect(try DeviceIdentity.storedID(in: file) == id, "the same id every run")
+        #expect(DeviceIdentity.randomID() != DeviceIdentity.randomID())
+        // A damaged file gets a fresh valid id.
+        try "not a device id!\n".write(toFile: file, atomically: true, encoding: .utf8)
+        let fresh = try DeviceIdentity.storedID(in: file)
+        #expect(fresh != id && DeviceIdentity.isValidID(fresh))
+        #expect(try DeviceIdentity.storedID(in: file) == fresh)
+    }
 }
