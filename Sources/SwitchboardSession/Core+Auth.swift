@@ -197,7 +197,9 @@ extension ServerCore {
         for target in outcome.notifyOnline {
             if let other = connections[target.raw] { send(other, .presence(userID: account.userID, online: true)) }
         }
-        logger.info("login", metadata: ["user": "\(account.name)", "peer": "\(connection.peerText)"])
+        logger.info("login", metadata: ["user": "\(account.name)", "peer": "\(connection.peerText)",
+                                        "device": "\(connection.deviceName.isEmpty ? connection.deviceID : connection.deviceName)",
+                                        "devices": "\(outcome.session?.devices.count ?? 1)"])
         connection.mailPaging = .notStarted
         // Mail acknowledged on an earlier connection whose delete has not committed yet is not sent again.
         // Nor is mail another device acknowledged already.
