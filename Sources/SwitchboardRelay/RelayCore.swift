@@ -79,7 +79,7 @@ public final class RelayCore {
     /// `_modify` coroutines whose frames are heap-allocated (3 mallocs per message, measured with
     /// DHAT); a reference is looked up and mutated in place with none.
     private final class SenderHistory {
-        var ids: RecentMessageIDs
+        let ids: RecentMessageIDs
         init(capacity: Int) { ids = RecentMessageIDs(capacity: capacity) }
     }
     private var recentIDs: [UserID: SenderHistory] = [:]
