@@ -22,6 +22,8 @@ for a in "$@"; do
   esac
 done
 command -v valgrind >/dev/null || { echo "instructions-per-message.sh: valgrind is needed (apt-get install valgrind)" >&2; exit 2; }
+# A file added to the parent package is not always seen by an existing build manifest: regenerate it.
+rm -f "$ROOT/Benchmarks/.build/release.yaml"
 (cd "$ROOT/Benchmarks" && swift build -c release --product CoreInstructionProbe 2>&1 | grep -E "error|warning: " ; exit "${PIPESTATUS[0]}") || exit 1
 PROBE=$(cd "$ROOT/Benchmarks" && swift build -c release --show-bin-path)/CoreInstructionProbe
 OUT=$(mktemp -d /tmp/sbinstr.XXXXXX)
