@@ -108,12 +108,13 @@ public struct ConfigFile: Sendable {
         var entries: [ConfigEntry] = []
         var firstLine: [String: Int] = [:]
         var lineNumber = 0
-        // TOML lines end in LF or CRLF; splitting on LF and dropping a trailing CR handles both.
-        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        // TOML lines end in LF or CRLF; splitting the scalars on LF and dropping a trailing CR handles both
+        // (a String would see "\r\n" as one Character and never split it).
+        for rawLine in Array(text.unicodeScalars).split(separator: "\n", omittingEmptySubsequences: false) {
             lineNumber += 1
-            var line = Substring(rawLine)
-            if line.hasSuffix("\r") { line = line.dropLast() }
-            var parser = LineParser(scalars: Array(line.unicodeScalars), line: lineNumber, path: path)
+            var line = Array(rawLine)
+            if line.last == "\r" { line.removeLast() }
+            var parser = LineParser(scalars: line, line: lineNumber, path: path)
             guard let entry = try parser.parseLine() else { continue }
             if let earlier = firstLine[entry.key] {
                 throw ConfigError(path: path, line: lineNumber, key: entry.key, "given twice (first on line \(earlier))")

@@ -275,9 +275,6 @@ public struct ServeSettings: Sendable, Equatable {
         if let soft = integer("output-soft-cap"), let hard = integer("output-hard-cap"), soft >= hard {
             throw located("output-soft-cap", "must be below output-hard-cap (\(soft) >= \(hard))")
         }
-        if boolean("plaintext"), let name = ["tls-cert", "tls-key", "tls-ca"].first(where: { values[$0] != nil }) {
-            throw located(name, "is set but plaintext = true serves without TLS; remove one of them")
-        }
     }
 
     func located(_ name: String, _ message: String) -> ConfigError {
