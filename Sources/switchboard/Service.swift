@@ -15,7 +15,6 @@ enum ServiceUnit {
         # or the listening port changes (ReadWritePaths= and the bind capability follow them).
         [Unit]
         Description=Switchboard chat relay
-        Documentation=man:switchboard(1) https://github.com/switchboard/switchboard
         After=network-online.target
         Wants=network-online.target
 
@@ -41,7 +40,7 @@ enum ServiceUnit {
         ProtectSystem=strict
         ReadWritePaths=@DATA@
         ProtectHome=yes
-        PrivateTmp=yes
+        @PRIVATE_TMP@
         PrivateDevices=yes
         ProtectKernelTunables=yes
         ProtectKernelModules=yes
@@ -81,6 +80,9 @@ enum ServiceUnit {
         var limitNOFILE: UInt64
     }
 
+    /// What a placeholder alone on its line renders to when it has nothing to say: the line is dropped.
+    private static let dropLine = "@DROP@"
+
     static func render(_ p: Parameters) -> String {
         var exec = [p.binary, "serve"]
         if let config = p.config { exec += ["--config", config] }
@@ -96,12 +98,13 @@ enum ServiceUnit {
             .replacingAll("@EXEC@", exec.map(quote).joined(separator: " "))
             .replacingAll("@USER@", p.user)
             .replacingAll("@GROUP@", p.group)
-            .replacingAll("@STATE_DIRECTORY@", stateDirectory)
+            .replacingAll("@STATE_DIRECTORY@", stateDirectory.isEmpty ? dropLine : stateDirectory)
             .replacingAll("@NOFILE@", String(p.limitNOFILE))
             .replacingAll("@DATA@", quote(p.data))
             .replacingAll("@CAPS@", caps)
-        // Drop the line left empty by an unused placeholder (two blank lines in a row).
-        return text.replacingAll("\n\n\n", "\n\n").replacingAll("Group=\(p.group)\n\n", "Group=\(p.group)\n")
+            // A private /tmp would hide a data folder that lives in the real one.
+            .replacingAll("@PRIVATE_TMP@", p.data.hasPrefix("/tmp/") || p.data.hasPrefix("/var/tmp/") ? dropLine : "PrivateTmp=yes")
+        return text.split(separator: "\n", omittingEmptySubsequences: false).filter { $0 != dropLine }.joined(separator: "\n")
     }
 
     /// systemd's command-line quoting: plain words stay bare, others in double quotes with \ and " escaped.
@@ -143,6 +146,8 @@ struct Service: ParsableCommand {
         @Option(help: "The dedicated user the server runs as.") var user = "switchboard"
         @Option(help: "Its group (default: the same name as --user).") var group: String?
         @Option(help: "Config file the service reads (its data and listen keys are used here too).") var config: String?
+        @Option(help: "The config file's path as the service will see it, written in ExecStart (default: --config; for staged installs with DESTDIR).")
+        var execConfig: String?
         @Option(help: "Data folder (ReadWritePaths=). Default: from --config, else /var/lib/switchboard.") var data: String?
         @Option(help: "Listen address; a port below 1024 keeps CAP_NET_BIND_SERVICE. Default: from --config, else 127.0.0.1:7878.")
         var listen: String?
@@ -175,7 +180,7 @@ struct Service: ParsableCommand {
                 if listen != nil { serveFlags += ["--listen", settings.string("listen") ?? ""] }
             }
             let maxConnections = UInt64(settings.integer("max-connections") ?? 100_000)
-            print(ServiceUnit.render(.init(binary: binaryPath, user: user, group: group ?? user, config: config, data: dataPath,
+            print(ServiceUnit.render(.init(binary: binaryPath, user: user, group: group ?? user, config: execConfig ?? config, data: dataPath,
                                            listenPort: address.port, serveFlags: serveFlags,
                                            limitNOFILE: limitNofile ?? maxConnections + 1024)), terminator: "")
         }
