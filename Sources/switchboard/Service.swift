@@ -170,6 +170,9 @@ struct Service: ParsableCommand {
             }
             let address: SocketAddress
             do { address = try SocketAddress(parsing: settings.string("listen") ?? "") } catch { try failWith(2, "--listen: \(error)") }
+            if let path = execConfig ?? config, !path.hasPrefix("/") {
+                try failWith(2, "the service's config file must be an absolute path (got \(path))")
+            }
             let binaryPath = binary ?? Service.ownExecutable()
             guard binaryPath.hasPrefix("/") else { try failWith(2, "--binary must be an absolute path (got \(binaryPath))") }
             var serveFlags: [String] = []
