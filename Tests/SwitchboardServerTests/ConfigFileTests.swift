@@ -83,6 +83,22 @@ import Testing
         #expect(throws: ConfigError.self) { _ = try ConfigFile.parse([0x6B, 0x3D, 0xFF], path: "x") }
     }
 
+    @Test func refusesFilesOverOneMebibyteAndFilesThatCannotBeRead() throws {
+        let directory = makeTempDirectory("sbconfigsize")
+        defer { removeDirectory(directory) }
+        let big = directory + "/big.toml"
+        let comment = "# " + String(repeating: "x", count: 1021) + "\n"
+        try String(repeating: comment, count: 1025).write(toFile: big, atomically: true, encoding: .utf8)
+        do { _ = try ConfigFile.load(path: big); Issue.record("a file over 1 MiB was read") } catch {
+            #expect(error.description == "\(big): cannot read: larger than 1048576 bytes")
+        }
+        let fits = directory + "/fits.toml"
+        try (String(repeating: comment, count: 1000) + "max-frame = 2048\n").write(toFile: fits, atomically: true, encoding: .utf8)
+        #expect(try ConfigFile.load(path: fits).entries == [ConfigEntry(key: "max-frame", value: .integer(2048), line: 1001)])
+        #expect(throws: ConfigError.self) { _ = try ConfigFile.load(path: directory) }
+        #expect(throws: ConfigError.self) { _ = try ConfigFile.load(path: directory + "/absent.toml") }
+    }
+
     @Test func flagsOverrideTheFile() throws {
         let s = try settings("max-frame = 2048\nlisten = \"127.0.0.1:1\"\n",
                              overrides: [("max-frame", .integer(4096)), ("plaintext", .boolean(true))])
