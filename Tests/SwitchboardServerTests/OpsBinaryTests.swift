@@ -281,6 +281,34 @@ private func printedKeys(_ text: String) -> [String: String?] {
         #expect(server.terminate() == 0)
     }
 
+    @Test(.timeLimit(.minutes(1)))
+    func sighupChangesTheLogLevelFromTheFile() throws {
+        let directory = makeTempDirectory("sbloglevel")
+        defer { removeDirectory(directory) }
+        let file = directory + "/switchboard.toml"
+        func write(_ level: String) throws {
+            try "listen = \"127.0.0.1:0\"\ndata = \"\(directory)/data\"\nplaintext = true\nlog-level = \"\(level)\"\n"
+                .write(toFile: file, atomically: true, encoding: .utf8)
+        }
+        func sendGarbage() {
+            let socket = try? RawSocket(server.address)
+            socket?.write([0xFF, 0xFF, 0xFF, 0xFF, 0x01])
+            _ = socket?.readUntilClosed(timeoutMs: 2000)
+        }
+        try write("notice")
+        let server = try ServeChild(["--config", file], stderrPath: directory + "/server.log")
+        sendGarbage()
+        usleep(100_000)
+        #expect(!server.log.contains("protocol error"), "debug logged at notice: \(server.log)")
+        try write("debug")
+        server.signal(SIGHUP)
+        #expect(server.waitForLog("configuration reloaded"), "\(server.log)")
+        #expect(server.log.contains("applied=log-level \"notice\" -> \"debug\""), "\(server.log)")
+        sendGarbage()
+        #expect(server.waitForLog("protocol error"), "debug not logged after the reload: \(server.log)")
+        #expect(server.terminate() == 0)
+    }
+
     @Test(.timeLimit(.minutes(2)))
     func notifySocketGetsReadyAfterListenAndStoppingAtShutdownWithJSONLogs() throws {
         let directory = makeTempDirectory("sbnotify")
