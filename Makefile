@@ -83,13 +83,13 @@ SEEDS ?= 2000
 soak: deps
 	SWIFT_DETERMINISTIC_HASHING=1 SB_SOAK_SEEDS=$(SEEDS) $(SWIFT) test --filter 'ServerCoreSimulation|AuthGateTests'
 
-# Coverage-guided fuzzing of the wire codec with libFuzzer (Tests/Fuzz, README "Fuzzing"). The targets are
+# Coverage-guided fuzzing of the wire codec and the server core with libFuzzer (Tests/Fuzz, README "Fuzzing"). The targets are
 # built by swiftc alone into $(FUZZ_BUILD), one fuzzer process at a time. `make fuzz` runs each target for
 # FUZZ_SECONDS and keeps new inputs in $(FUZZ_BUILD)/corpus (the committed corpus is only read);
 # `make fuzz-ci` runs each for 30 s from the committed corpus alone and fails on any crash, timeout or OOM.
 FUZZ_SECONDS ?= 300
 FUZZ_CI_SECONDS ?= 30
-FUZZ_TARGETS := decoder roundtrip
+FUZZ_TARGETS := decoder roundtrip core
 export FUZZ_BUILD ?= $(CURDIR)/.build-fuzz
 
 fuzz-build:

@@ -22,6 +22,7 @@ let package = Package(
         .executable(name: "sbload", targets: ["sbload"]),
         .library(name: "SwitchboardProtocol", targets: ["SwitchboardProtocol"]),
         .library(name: "SwitchboardRelay", targets: ["SwitchboardRelay"]),
+        .library(name: "SwitchboardSession", targets: ["SwitchboardSession"]),
         .library(name: "SwitchboardStore", targets: ["SwitchboardStore"]),
         .library(name: "SwitchboardIO", targets: ["SwitchboardIO"]),
     ],

@@ -24,7 +24,7 @@ public final class ServerCore {
     unowned let driver: any SessionDriver
     let store: any StoreReading
     public let core: RelayCore
-    var connections: [UInt64: ClientState] = [:]
+    var connections = IDMap<UInt64, ClientState>()
     private var nextConnectionID: UInt64 = 1
     var pendingWrites: [ClientState] = []
     var toClose: [ClientState] = []
