@@ -58,7 +58,9 @@ enum ServiceUnit {
         RemoveIPC=yes
         SystemCallArchitectures=native
         SystemCallFilter=@system-service
-        SystemCallFilter=~@privileged @resources
+        # A call outside the set fails with EPERM instead of killing the server (setrlimit for
+        # LimitNOFILE is in @system-service's @resources).
+        SystemCallErrorNumber=EPERM
         # Empty unless the port is below 1024.
         CapabilityBoundingSet=@CAPS@
         AmbientCapabilities=@CAPS@
