@@ -72,7 +72,8 @@ public struct LoginOutcome {
 }
 
 public final class RelayCore {
-    public let limits: RelayLimits
+    /// The mailbox quotas may be changed by a configuration reload (checked at each store).
+    public var limits: RelayLimits
     public private(set) var sessions = IDMap<UserID, Session>()
     private var connectionUsers: [ConnectionID: UserID] = [:]
     /// Behind a class on purpose: mutating a struct stored in a dictionary goes through nested

@@ -17,7 +17,8 @@ import SwitchboardRelay
 import SwitchboardStore
 
 public final class ServerCore {
-    public let configuration: SessionConfiguration
+    /// Replaced only by `applyLive` (Core+Reload).
+    public internal(set) var configuration: SessionConfiguration
     public var stats = ServerStats()
     public var logger: Logger
     unowned let driver: any SessionDriver
@@ -40,9 +41,9 @@ public final class ServerCore {
     var hashingAttempts: [UInt64: AuthAttempt<AuthRequest>] = [:]
     var authWakeAt: UInt64 = .max
     var preLoginByAddress: [String: Int] = [:]
-    let budgetLimits: OutputBudgetLimits
+    var budgetLimits: OutputBudgetLimits
     /// Below this many held bytes no budget mark can be crossed (the smallest of them).
-    let quietBelowBytes: Int
+    var quietBelowBytes: Int
     public private(set) var shuttingDown = false
     let dummyHash: PasswordHash
     var userNameCache: [UserID: String] = [:]
