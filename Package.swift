@@ -56,8 +56,9 @@ let package = Package(
         .target(name: "SwitchboardClient",
                 dependencies: ["SwitchboardProtocol", "SwitchboardIO", "SwitchboardTLS", "CSwitchboard"],
                 swiftSettings: strict),
+        // The terminal client keeps its local conversation history in LMDB (HistoryStore.swift).
         .target(name: "SwitchboardTUI",
-                dependencies: ["SwitchboardClient", "SwitchboardProtocol", "SwitchboardIO"],
+                dependencies: ["SwitchboardClient", "SwitchboardProtocol", "SwitchboardIO", "CLMDB"],
                 swiftSettings: strict),
         .executableTarget(name: "switchboard",
                           dependencies: ["SwitchboardServer", "SwitchboardStore", "SwitchboardTLS",

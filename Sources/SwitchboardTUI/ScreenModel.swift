@@ -4,7 +4,10 @@
 // Invariants: a message (sender, message id) is shown at most once, whether it came live or as
 // offline mail; an outgoing message stays in `outbox` until the server acknowledges or refuses it,
 // and is resent with the same id after a reconnect; dialog messages are kept oldest first and
-// drawn newest on top.
+// drawn newest on top; a dialog's title never falls back to a number while any name for that user
+// was ever seen (contact list, mail, history); the typed input never holds more than one message's
+// bytes after a paste (a paste that would pass the limit is refused whole, with a notice).
+// Input editing (typing, paste) is in ScreenModel+Input.swift.
 import SwitchboardClient
 import SwitchboardProtocol
 
@@ -84,6 +87,8 @@ public enum Focus: Equatable, Sendable { case contacts, input }
 public enum Prompt: Equatable, Sendable {
     case addContact
     case confirmRemove(name: String)
+    /// Quit while messages wait for the server (kept for the next start) or text is typed but not sent.
+    case confirmQuit(unsent: Int, typed: Bool)
 }
 
 /// What the app must do for the model.
@@ -93,6 +98,8 @@ public enum Effect: Equatable, Sendable {
     case addContact(String)
     case acceptContact(String)
     case removeContact(String)
+    /// Reconnect now instead of waiting for the back-off.
+    case reconnectNow
     case quit
 }
 
@@ -137,15 +144,23 @@ public struct ScreenModel {
     /// A one-line notice in the status line (errors, "request sent", ...).
     public var flash: String?
     public var maxBodyBytes = 65_536 - ProtocolConstants.envelopeOverhead
-    public private(set) var outbox: [OutgoingMessage] = []
+    public internal(set) var outbox: [OutgoingMessage] = []
     /// Highest delivery / mail sequence shown but not yet acknowledged.
     public private(set) var deliveryAckDue: UInt64?
     public private(set) var mailAckDue: UInt64?
     public private(set) var mailExpected: UInt32 = 0
-    private var seen = Set<SeenKey>()
+    /// Rows one page of the active dialog shows (the app sets it from the last frame); PgUp/PgDn move by a page.
+    public var pageRows = 10
+    /// Bells to ring: messages that arrived in a dialog other than the one shown.
+    public private(set) var bellsDue = 0
+    /// Every name seen for a user id, so a dialog keeps its title after the contact is removed.
+    public private(set) var knownNames: [UInt32: String] = [:]
+    /// Local history (nil: none): loaded when a dialog opens, told about every change.
+    public var history: (any ConversationHistory)?
+    var seen = Set<SeenKey>()
     private var makeMessageID: () -> UInt64
 
-    private struct SeenKey: Hashable { let from: UInt32; let id: UInt64 }
+    struct SeenKey: Hashable { let from: UInt32; let id: UInt64 }
 
     public init(makeMessageID: @escaping () -> UInt64 = { UInt64.random(in: 1...UInt64.max) }) {
         self.makeMessageID = makeMessageID
@@ -160,8 +175,23 @@ public struct ScreenModel {
     public func title(of id: DialogID) -> String {
         switch id {
         case .mail: return "Offline messages"
-        case .chat(let user): return contact(user)?.name ?? "user \(user)"
+        case .chat(let user): return contact(user)?.name ?? knownNames[user] ?? "user \(user)"
         }
+    }
+
+    /// Unread messages in all dialogs.
+    public var unreadCount: Int { dialogs.reduce(0) { $0 + $1.unread } }
+
+    /// The terminal window's title: who is logged in, and unread messages.
+    public var windowTitle: String {
+        let unread = unreadCount
+        return "Switchboard: \(me.isEmpty ? "…" : me)" + (unread > 0 ? " (\(unread) unread)" : "")
+    }
+
+    public mutating func takeBells() -> Int { defer { bellsDue = 0 }; return bellsDue }
+
+    private mutating func learnNames() {
+        for c in contacts { knownNames[c.userID] = c.name }
     }
 
     // MARK: server side
@@ -172,6 +202,7 @@ public struct ScreenModel {
         connection = .online
         contacts = list.filter { $0.relation != .removed }.map(Contact.init)
         sortContacts()
+        learnNames()
         if selectedContact == nil || contact(selectedContact!) == nil { selectedContact = contacts.first?.userID }
         mailExpected = pendingMail
         for index in dialogs.indices {
@@ -187,6 +218,7 @@ public struct ScreenModel {
     public mutating func replaceContacts(_ list: [ContactInfo]) {
         contacts = list.filter { $0.relation != .removed }.map(Contact.init)
         sortContacts()
+        learnNames()
         if selectedContact == nil || contact(selectedContact!) == nil { selectedContact = contacts.first?.userID }
     }
 
@@ -205,17 +237,27 @@ public struct ScreenModel {
         switch event {
         case .message(let seq, let from, let messageID, let sentAtMs, let body):
             deliveryAckDue = max(deliveryAckDue ?? 0, seq)
-            guard seen.insert(SeenKey(from: from, id: messageID)).inserted else { return }
+            // The dialog (and its history) first, so a message already in the history is not shown twice.
+            guard !seen.contains(SeenKey(from: from, id: messageID)) else { return }
+            let index = ensureDialog(.chat(from))
+            guard seen.insert(SeenKey(from: from, id: messageID)).inserted,
+                  history?.contains(from: from, messageID: messageID) != true else { return }
             let line = ChatLine(messageID: messageID, outgoing: false, atMs: sentAtMs, text: Self.text(body),
                                 mark: .received, offline: false)
-            let index = ensureDialog(.chat(from))
             dialogs[index].lines.append(line)
+            history?.record(peer: from, name: title(of: .chat(from)), line: line)
             if activeDialog == nil { activeDialog = .chat(from) }
-            if activeDialog != .chat(from) { dialogs[index].unread += 1 } else { dialogs[index].scroll = 0 }
+            if activeDialog != .chat(from) { dialogs[index].unread += 1; bellsDue += 1 } else { dialogs[index].scroll = 0 }
         case .mail(let seq, let from, let fromName, let messageID, let sentAtMs, let body):
             mailAckDue = max(mailAckDue ?? 0, seq)
-            guard seen.insert(SeenKey(from: from, id: messageID)).inserted else { return }
+            if knownNames[from] == nil || contact(from) == nil { knownNames[from] = fromName }
+            guard seen.insert(SeenKey(from: from, id: messageID)).inserted,
+                  history?.contains(from: from, messageID: messageID) != true else { return }
             let item = MailItem(messageID: messageID, atMs: sentAtMs, text: Self.text(body))
+            // Offline mail is part of the conversation too (history shows it; the mail dialog groups it).
+            history?.record(peer: from, name: fromName,
+                            line: ChatLine(messageID: messageID, outgoing: false, atMs: sentAtMs, text: item.text,
+                                           mark: .received, offline: true))
             if let g = mailGroups.firstIndex(where: { $0.senderID == from }) {
                 mailGroups[g].items.append(item)
             } else {
@@ -223,7 +265,7 @@ public struct ScreenModel {
             }
             let index = ensureDialog(.mail)
             if activeDialog == nil { activeDialog = .mail }
-            if activeDialog != .mail { dialogs[index].unread += 1 }
+            if activeDialog != .mail { dialogs[index].unread += 1; bellsDue += 1 }
         case .mailEnd(let count):
             if count > 0 { flash = "\(count) offline message(s) received" }
             mailExpected = 0
@@ -235,6 +277,7 @@ public struct ScreenModel {
                 dialogs[d].notice = online ? nil : ProtocolConstants.offlineNotice
             }
         case .contactUpdate(let info):
+            knownNames[info.userID] = info.name
             if let index = contacts.firstIndex(where: { $0.userID == info.userID }) {
                 if info.relation == .removed { contacts.remove(at: index) } else { contacts[index] = Contact(info) }
             } else if info.relation != .removed {
@@ -261,13 +304,16 @@ public struct ScreenModel {
     }
 
     private mutating func settle(_ messageID: UInt64, mark: MessageMark) {
+        let peer = outbox.first { $0.messageID == messageID }?.to
         outbox.removeAll { $0.messageID == messageID }
         for d in dialogs.indices {
             if let l = dialogs[d].lines.lastIndex(where: { $0.outgoing && $0.messageID == messageID }) {
                 dialogs[d].lines[l].mark = mark
+                if case .chat(let user) = dialogs[d].id { history?.settle(peer: user, messageID: messageID, mark: mark) }
                 return
             }
         }
+        if let peer { history?.settle(peer: peer, messageID: messageID, mark: mark) }
     }
 
     /// Message text safe to draw: invalid UTF-8 replaced; controls are replaced when drawn.
@@ -315,7 +361,10 @@ public struct ScreenModel {
     /// Sends the input line in the active chat dialog; it shows at once, marked as sending.
     public mutating func sendInput(nowMs: UInt64) -> [Effect] {
         let text = input.trimmingSpaces()
-        guard !text.isEmpty else { return [] }
+        guard !text.isEmpty else {
+            if !input.isEmpty { flash = "nothing to send: the message is blank" }
+            return []
+        }
         guard case .chat(let user)? = activeDialog, let c = contact(user) else {
             flash = "open a dialog first: select a contact and press Enter"
             return []
@@ -325,22 +374,30 @@ public struct ScreenModel {
         guard body.count <= maxBodyBytes else { flash = "message too long (\(body.count) bytes, at most \(maxBodyBytes))"; return [] }
         let id = makeMessageID()
         let index = ensureDialog(.chat(user))
-        dialogs[index].lines.append(ChatLine(messageID: id, outgoing: true, atMs: nowMs, text: text, mark: .sending,
-                                             offline: !c.online))
+        let line = ChatLine(messageID: id, outgoing: true, atMs: nowMs, text: text, mark: .sending, offline: !c.online)
+        dialogs[index].lines.append(line)
         dialogs[index].scroll = 0
-        outbox.append(OutgoingMessage(to: user, messageID: id, body: body))
+        let message = OutgoingMessage(to: user, messageID: id, body: body)
+        outbox.append(message)
+        // Recorded with its body as unsent: a quit before the server's answer sends it at the next start.
+        history?.record(peer: user, name: c.name, line: line)
+        history?.keepUnsent(message)
         input = ""
         cursor = 0
         return [.send(to: user, messageID: id, body: body)]
     }
 
     public var keyHelp: String {
+        if case .confirmQuit = prompt { return "y or Enter: quit  any other key: stay" }
         if prompt != nil { return "Enter confirm  Esc cancel" }
+        if connection != .online, case .stopped = connection {
+            return "^R reconnect  Tab switch  ^N/^P dialog  F1 help  ^C quit"
+        }
         switch focus {
         case .contacts:
             return "↑↓ Enter open  a accept  + add  - remove  Tab type  ^N^P dialog  ? help  ^C quit"
         case .input:
-            return "Enter send  Tab list  ^N/^P dialog  ^W close  PgUp/PgDn scroll  F1 help  ^C quit"
+            return "Enter send  Tab list  ^N/^P dialog  ^W close  PgUp/PgDn page  F1 help  ^C quit"
         }
     }
 
@@ -355,9 +412,10 @@ public struct ScreenModel {
         "  Enter, [Send]  send the typed message",
         "  ^N / ^P        next / previous dialog (or click a tab)",
         "  ^W             close the dialog",
-        "  PgUp / PgDn    scroll (the newest message is on top)",
+        "  PgUp / PgDn    a page newer / older (newest on top)",
+        "  ^R or F5       reconnect now (when disconnected)",
         "  F1 or ?        show or hide this help",
-        "  ^C or q        quit",
+        "  ^C or q        quit (asks if messages are unsent)",
         "",
         "Marks: … sending ✓ delivered ✉ stored offline ✗ not sent",
         "Online contacts are in colour, offline ones grey.",
@@ -369,20 +427,30 @@ public struct ScreenModel {
         switch event {
         case .key(let key): return handle(key: key, nowMs: nowMs)
         case .mouse(let mouse): return handle(mouse: mouse, hits: hits, nowMs: nowMs)
+        case .paste(let paste): insertPaste(paste); return []
         }
     }
 
     private mutating func handle(key: Key, nowMs: UInt64) -> [Effect] {
+        if case .confirmQuit = prompt {
+            prompt = nil
+            if key == .char("y") || key == .char("Y") || key == .enter || key == .ctrl("c") || key == .ctrl("q") {
+                return [.quit]
+            }
+            flash = "not quitting"
+            return []
+        }
         // Keys that work everywhere.
         switch key {
-        case .ctrl("c"), .ctrl("q"): return [.quit]
+        case .ctrl("c"), .ctrl("q"): return requestQuit()
         case .function(1): showHelp.toggle(); return []
         case .ctrl("n"): cycleDialog(by: 1); return []
         case .ctrl("p"): cycleDialog(by: -1); return []
         case .ctrl("w"): closeActiveDialog(); return []
         case .ctrl("l"): return []
-        case .pageUp: scrollActive(by: -5); return []
-        case .pageDown: scrollActive(by: 5); return []
+        case .ctrl("r"), .function(5): return requestReconnect()
+        case .pageUp: scrollActive(by: -max(1, pageRows - 1)); return []
+        case .pageDown: scrollActive(by: max(1, pageRows - 1)); return []
         default: break
         }
         if let prompt { return handlePrompt(prompt, key: key) }
@@ -395,6 +463,9 @@ public struct ScreenModel {
 
     private mutating func handlePrompt(_ current: Prompt, key: Key) -> [Effect] {
         switch current {
+        case .confirmQuit:
+            prompt = nil  // answered in handle(key:)
+            return []
         case .confirmRemove(let name):
             prompt = nil
             if key == .char("y") || key == .char("Y") || key == .enter { return [.removeContact(name)] }
@@ -427,7 +498,7 @@ public struct ScreenModel {
         case .tab, .backTab:
             focus = .input
         case .char("?"): showHelp.toggle()
-        case .char("q"): return [.quit]
+        case .char("q"): return requestQuit()
         case .char("a"), .char("A"):
             guard let user = selectedContact, let c = contact(user) else { return [] }
             guard c.relation == .incomingRequest else { flash = "no request from \(c.name) to accept"; return [] }
@@ -456,7 +527,7 @@ public struct ScreenModel {
         return []
     }
 
-    private mutating func editInput(_ key: Key) {
+    mutating func editInput(_ key: Key) {
         cursor = min(cursor, input.count)
         switch key {
         case .char(let ch) where !TextWidth.isControl(ch):
@@ -528,9 +599,17 @@ public struct ScreenModel {
         dialogs[index].scroll = min(dialogs[index].scroll, max(0, maximum))
     }
 
-    private mutating func ensureDialog(_ id: DialogID) -> Int {
+    mutating func ensureDialog(_ id: DialogID) -> Int {
         if let index = dialogs.firstIndex(where: { $0.id == id }) { return index }
-        dialogs.append(Dialog(id: id))
+        var dialog = Dialog(id: id)
+        if case .chat(let user) = id, let history {
+            // Earlier conversations; messages still unsent (from the outbox) show as such.
+            let earlier = history.lines(peer: user)
+            if knownNames[user] == nil, let name = history.name(peer: user) { knownNames[user] = name }
+            for line in earlier where !line.outgoing { seen.insert(SeenKey(from: user, id: line.messageID)) }
+            dialog.lines = earlier
+        }
+        dialogs.append(dialog)
         let index = dialogs.count - 1
         if case .chat(let user) = id, let c = contact(user), !c.online {
             dialogs[index].notice = ProtocolConstants.offlineNotice
@@ -554,8 +633,9 @@ public struct ScreenModel {
 extension String {
     func trimmingSpaces() -> String {
         var s = Substring(self)
-        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
-        while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
+        func blank(_ c: Character) -> Bool { c == " " || c == "\t" || c == "\n" || c == "\r" || c == "\r\n" }
+        while let f = s.first, blank(f) { s = s.dropFirst() }
+        while let l = s.last, blank(l) { s = s.dropLast() }
         return String(s)
     }
 }

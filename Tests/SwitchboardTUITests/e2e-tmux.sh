@@ -205,8 +205,8 @@ wait_for alice "bob (1)"
 # Reconnect: the server restarts; bob's message typed meanwhile waits (…), is resent after the
 # reconnect with the same id, and alice sees it exactly once.
 kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
-wait_for bob "offline: "
-wait_for alice "offline: "
+wait_for bob "disconnected: "
+wait_for alice "disconnected: "
 T send-keys -t bob -l 'typed while the server was down'
 T send-keys -t bob Enter
 wait_for bob "… you: typed while the server was down"
