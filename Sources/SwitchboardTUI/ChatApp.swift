@@ -115,6 +115,7 @@ public final class ChatApp {
                 reconnect(attempt: 1, terminal: terminal, previous: &previous)
                 dirty = true
             }
+            if let problem = configuration.history?.takeError() { model.flash = problem }
             if let flash = model.flash {
                 if flash != flashShown { flashShown = flash; flashSince = now } else if now - flashSince > 10_000 {
                     model.flash = nil; flashShown = nil; dirty = true

@@ -43,6 +43,29 @@ public enum TextWidth {
         character.unicodeScalars.contains { $0.value < 0x20 || ($0.value >= 0x7F && $0.value < 0xA0) }
     }
 
+    /// Text from other users made safe to print on a terminal line by line: C0 controls in caret
+    /// notation (ESC as ^[, BEL as ^G, a newline as ^J unless `keepNewlines`), DEL as ^?, C1
+    /// controls (which some terminals obey like ESC sequences) as U+FFFD; tabs stay.
+    public static func visible(_ text: String, keepNewlines: Bool = false) -> String {
+        var out = ""
+        out.unicodeScalars.reserveCapacity(text.unicodeScalars.count)
+        for scalar in text.unicodeScalars {
+            let v = scalar.value
+            if scalar == "\t" || (keepNewlines && scalar == "\n") {
+                out.unicodeScalars.append(scalar)
+            } else if v < 0x20 {
+                out += "^" + String(Unicode.Scalar(UInt8(v) + 0x40))
+            } else if v == 0x7F {
+                out += "^?"
+            } else if v >= 0x80 && v < 0xA0 {
+                out += "\u{FFFD}"
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
+    }
+
     /// The longest prefix of `text` that fits in `cells`.
     public static func prefix(of text: String, fitting cells: Int) -> String {
         var used = 0
