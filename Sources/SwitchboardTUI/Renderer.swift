@@ -106,7 +106,7 @@ public struct Renderer {
         let connected = model.isConnected
         let online = model.contacts.filter { $0.relation == .accepted && $0.online }.count
         let focused = model.focus == .contacts && model.prompt == nil
-        let heading = connected ? "Contacts \(online)/\(model.contacts.count) online" : "Contacts (disconnected)"
+        let heading = connected ? "Contacts \(online)/\(model.contacts.count) online" : "Contacts (offline)"
         if focused { buffer.fill(row: top, from: 0, to: width, style: Styles.focused) }
         buffer.put(TextWidth.fit(heading, cells: width), row: top, column: 0,
                    style: focused ? Styles.focused : (connected ? Styles.heading : Styles.offline))
