@@ -19,7 +19,10 @@ extension Renderer {
             return nil
         case .confirmQuit(let unsent, let typed):
             var parts: [String] = []
-            if unsent > 0 { parts.append("\(unsent) unsent message\(unsent == 1 ? " is" : "s are") kept and sent at the next start.") }
+            if unsent > 0 {
+                let what = "\(unsent) unsent message\(unsent == 1 ? " is" : "s are")"
+                parts.append(model.history != nil ? "\(what) kept and sent at the next start." : "\(what) lost (no local history).")
+            }
             if typed { parts.append("The typed text is not sent and will be lost.") }
             parts.append("Quit? (y/n)")
             buffer.fill(row: row, style: Styles.notice)
