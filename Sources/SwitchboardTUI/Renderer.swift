@@ -181,16 +181,21 @@ public struct Renderer {
             let name = model.title(of: id)
             let isOnline = (contact?.online ?? false) && model.isConnected
             let state = contact == nil ? "  (not a contact)" : !model.isConnected ? "  (disconnected)" : isOnline ? "  online" : "  offline"
-            var header: [(String, CellStyle)] = [("Chat with ", focused ? Styles.focused : Styles.heading)]
+            // Narrow panes drop "Chat with " before shortening the name; the state is always whole.
+            let intro = TextWidth.width(of: "Chat with " + name + state) <= width ? "Chat with " : ""
+            let shownName = TextWidth.fit(name, cells: max(1, width - TextWidth.width(of: intro + state)))
+            var header: [(String, CellStyle)] = [(intro, focused ? Styles.focused : Styles.heading)]
             var nameStyle = isOnline ? Styles.online : Styles.offline
             if focused { nameStyle.reverse = true }
-            header.append((name, nameStyle))
-            header.append((state, nameStyle))
+            header.append((shownName, nameStyle))
+            header.append((TextWidth.width(of: shownName + state) <= width ? state : "", nameStyle))
             draw(header, &buffer, row: row, column: x, limit: right)
             row += 1
             if let notice = dialog.notice {
-                buffer.put(notice, row: row, column: x, style: Styles.notice, limit: right)
-                row += 1
+                for part in TextWidth.wrap(notice, cells: max(1, width)).prefix(3) where row < bottom - 1 {
+                    buffer.put(part, row: row, column: x, style: Styles.notice, limit: right)
+                    row += 1
+                }
             }
             for line in dialog.lines.reversed() {
                 lines.append(contentsOf: messageRows(line, contactName: name, width: width))

@@ -114,7 +114,7 @@ extension Renderer {
         }
         let state = head + reason + tail + " "
         var column = buffer.put(state, row: row, column: 0, style: style)
-        if let flash = model.flash, budget - column > 4 {
+        if let flash = model.flash, budget - column >= 12 {
             column = buffer.put(TextWidth.fit("│ " + flash, cells: budget - column), row: row, column: column, style: Styles.bar)
         }
         if !unsent.isEmpty {

@@ -332,8 +332,15 @@ sb history --user alice carol | grep -qF "you ✉: see you later" || fail "alice
 sb history --user alice carol | grep -qF "Hello bob" && fail "alice's conversations are mixed"
 sb history --user bob alice | grep -qF "alice: Hello bob, 你好!" || fail "bob's own history lacks alice's message"
 sb history --user carol alice >/dev/null 2>&1 && fail "carol has a history though she never ran the terminal client"
-T send-keys -t alice2 C-c
-wait_for alice2 "[sbchat exited: 0]"
+# A signal ends the client: the terminal modes it turned on are turned off again.
+[ "$(T display -p -t alice2 '#{mouse_any_flag}')" = 1 ] || fail "mouse mode is off while sbchat runs"
+pane_pid=$(T display -p -t alice2 '#{pane_pid}')
+client_pid=$(pgrep -P "$pane_pid" | head -1)
+[ -n "$client_pid" ] || fail "no sbchat process under the pane"
+kill -TERM "$client_pid"
+wait_for alice2 "[sbchat exited: 143]"
+[ "$(T display -p -t alice2 '#{mouse_any_flag}')" = 0 ] || fail "mouse mode still on after SIGTERM"
+[ "$(T display -p -t alice2 '#{alternate_on}')" = 0 ] || fail "alternate screen still on after SIGTERM"
 
 echo "e2e-tmux: PASS"
 exit 0
