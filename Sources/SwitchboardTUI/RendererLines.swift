@@ -104,18 +104,23 @@ extension Renderer {
         let pending = model.outbox.count
         let unsent = pending > 0 && model.connection != .online ? " \(pending) unsent " : ""
         let budget = width - TextWidth.width(of: unsent)
+        // A notice gets up to 40 % of the row: the reason is shortened first to make room for it.
+        let notice = model.flash.map { "│ " + $0 }
+        let reserve = notice.map { min(TextWidth.width(of: $0), max(12, width * 2 / 5)) } ?? 0
+        let stateBudget = max(budget - reserve, min(budget, TextWidth.width(of: head) + TextWidth.width(of: tail) + 1))
         let fixed = TextWidth.width(of: head) + TextWidth.width(of: tail) + 1
-        if fixed > budget {
-            head = TextWidth.fit(head, cells: max(0, budget - 1))
+        if fixed > stateBudget {
+            head = TextWidth.fit(head, cells: max(0, stateBudget - 1))
             reason = ""
             tail = ""
-        } else if fixed + TextWidth.width(of: reason) > budget {
-            reason = TextWidth.fit(reason, cells: budget - fixed)
+        } else if fixed + TextWidth.width(of: reason) > stateBudget {
+            reason = TextWidth.fit(reason, cells: stateBudget - fixed)
+            if reason == "…" || reason == ":…" { reason = "" }
         }
         let state = head + reason + tail + " "
         var column = buffer.put(state, row: row, column: 0, style: style)
-        if let flash = model.flash, budget - column >= 12 {
-            column = buffer.put(TextWidth.fit("│ " + flash, cells: budget - column), row: row, column: column, style: Styles.bar)
+        if let notice, budget - column >= 12 {
+            column = buffer.put(TextWidth.fit(notice, cells: budget - column), row: row, column: column, style: Styles.bar)
         }
         if !unsent.isEmpty {
             buffer.put(unsent, row: row, column: width - TextWidth.width(of: unsent), style: Styles.bar)

@@ -99,10 +99,11 @@ public enum TextWidth {
             used += w
             out.append(character)
         }
-        if let lastBreak, lastBreak > out.startIndex {
+        if let lastBreak {
             var cut = String(out[..<lastBreak])
             while cut.hasSuffix(" ") || cut.hasSuffix(":") || cut.hasSuffix(";") || cut.hasSuffix(",") || cut.hasSuffix("·") { cut.removeLast() }
-            if !cut.isEmpty { return cut + "…" }
+            // Only punctuation before the first space: no whole word fits.
+            return cut.isEmpty ? "…" : cut + "…"
         }
         return out + "…"
     }

@@ -47,7 +47,7 @@ trap cleanup EXIT
 
 fail() {
   echo "e2e-tmux: FAIL: $*"
-  for s in alice bob; do
+  for s in $(T list-sessions -F '#S' 2>/dev/null); do
     if T has-session -t "$s" 2>/dev/null; then
       echo "----- screen of $s -----"; T capture-pane -p -t "$s"; echo "------------------------"
     fi
@@ -332,7 +332,36 @@ sb history --user alice carol | grep -qF "you ✉: see you later" || fail "alice
 sb history --user alice carol | grep -qF "Hello bob" && fail "alice's conversations are mixed"
 sb history --user bob alice | grep -qF "alice: Hello bob, 你好!" || fail "bob's own history lacks alice's message"
 sb history --user carol alice >/dev/null 2>&1 && fail "carol has a history though she never ran the terminal client"
+# Quitting with an unsent message asks first; the message is kept and sent at the next start.
+kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
+wait_for alice2 "disconnected: "
+T send-keys -t alice2 -l 'kept across a restart'
+T send-keys -t alice2 Enter
+wait_for alice2 "… you: kept across a restart"
+T send-keys -t alice2 C-c
+wait_for alice2 "1 unsent message is kept and sent at the next start. Quit? (y/n)"
+T send-keys -t alice2 -l n
+wait_for alice2 "not quitting"
+T send-keys -t alice2 C-c
+wait_for alice2 "Quit? (y/n)"
+T send-keys -t alice2 -l y
+wait_for alice2 "[sbchat exited: 0]"
+"$SB" serve --listen "$ADDR" --data "$TMP/data" --pbkdf2-iterations 1000 $SERVE_FLAGS >"$TMP/server3.out" 2>>"$TMP/server.log" &
+SERVER_PID=$!
+wait_for bob "online as bob"
+start_client alice3 alice
+wait_for alice3 "online as alice"
+wait_for bob "alice: kept across a restart"
+deadline=$(( $(date +%s) + TIMEOUT ))
+until sb history --user alice bob | grep -qF "you ✓: kept across a restart"; do
+  [ "$(date +%s)" -le "$deadline" ] || fail "the kept message was not delivered after the restart: $(sb history --user alice bob | tail -3)"
+  sleep 0.3
+done
+[ "$(screen bob | grep -cF 'kept across a restart')" = 1 ] || fail "the kept message is shown twice"
+
 # A signal ends the client: the terminal modes it turned on are turned off again.
+T kill-session -t alice2
+T rename-session -t alice3 alice2
 [ "$(T display -p -t alice2 '#{mouse_any_flag}')" = 1 ] || fail "mouse mode is off while sbchat runs"
 pane_pid=$(T display -p -t alice2 '#{pane_pid}')
 client_pid=$(pgrep -P "$pane_pid" | head -1)
