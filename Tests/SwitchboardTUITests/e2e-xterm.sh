@@ -4,7 +4,8 @@
 # on the X keyboard, so every event takes the path a user's does: X server -> xterm (which encodes the
 # mouse only if the application asked for it with ?1000h/?1002h/?1006h) -> tmux client -> tmux server
 # (which forwards mouse reports only while the pane's mouse mode is on) -> sbchat. Nothing is injected
-# into the pane. The screen is read with `tmux capture-pane`, a screenshot of the X display
+# into the pane. It double-clicks contacts, types, clicks [Send], scrolls with the wheel (buttons 4/5)
+# and clicks a tab. The screen is read with `tmux capture-pane`, a screenshot of the X display
 # (`import -window root`) is checked for the colours of the [Send] button and of an online contact,
 # `#{mouse_any_flag}` must be 1 while sbchat runs and 0 after it exits, and the receiving side is a
 # `sbchat listen` process whose output must hold the message.
@@ -152,11 +153,21 @@ for _ in $(seq 1 $((TIMEOUT * 10))); do grep -qF "alice: clicked in a real xterm
 grep -qF "alice: clicked in a real xterm" "$TMP/listen.out" || fail "bob's listen did not receive the message"
 wait_for "✓ you: clicked in a real xterm"
 
-# The wheel scrolls, a click on a tab switches: open carol with a double-click, then click bob's tab.
+# The wheel scrolls, a click on a tab switches: open carol with a double-click, carol writes 25 notes,
+# the wheel scrolls down and up, then a click on bob's tab.
 row=$(( $(line_of "○ carol") - 1 ))
 xdotool mousemove "$(cell_x 3)" "$(cell_y $row)"; sleep 0.2
 xdotool click --repeat 2 --delay 80 1
 wait_for "Chat with carol"
+for i in $(seq 1 25); do sb send --user carol alice "note $i from carol" >/dev/null || fail "carol's note $i"; done
+wait_for "carol: note 25 from carol"
+wait_for "more (PgDn)"
+xdotool mousemove "$(cell_x 50)" "$(cell_y 10)"; sleep 0.2
+xdotool click 5   # wheel down: three rows older
+wait_for "▲ 3 newer (PgUp)"
+xdotool click 4   # wheel up
+wait_for "▼ "
+screen | grep -qF "newer (PgUp)" && fail "the wheel did not scroll back up"
 col=$(screen | head -1 | grep -bo " bob " | head -1 | cut -d: -f1)
 [ -n "$col" ] || fail "no tab for bob"
 xdotool mousemove "$(cell_x $((col + 2)))" "$(cell_y 0)"; sleep 0.2
