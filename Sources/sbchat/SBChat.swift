@@ -138,9 +138,10 @@ func runReporting(_ body: () throws -> Void) throws {
 }
 
 /// Writes straight to fd 2 (Swift 6 rejects C's `stderr` global), after flushing stdout so lines stay in order.
+/// Controls in the text (a server's or another user's words quoted in an error) are made visible.
 func printError(_ line: String) {
     fflush(nil)
-    let bytes = Array((line + "\n").utf8)
+    let bytes = Array((TextWidth.visible(line, keepNewlines: true) + "\n").utf8)
     _ = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
 }
 
