@@ -175,6 +175,10 @@ public struct Renderer {
         if focused { buffer.fill(row: top, from: x, to: right, style: Styles.focused) }
         var row = top
         var lines: [[(String, CellStyle)]] = []
+        // The row where each message (each mail row) starts, and messages not wrapped at all because
+        // they lie beyond what this frame can show: a long history costs only the rows drawn.
+        var starts: [Int] = []
+        var notWrapped = 0
         switch id {
         case .chat(let user):
             let contact = model.contact(user)
@@ -197,7 +201,10 @@ public struct Renderer {
                     row += 1
                 }
             }
-            for line in dialog.lines.reversed() {
+            let needed = dialog.scroll + max(0, bottom - row) + 1
+            for (i, line) in dialog.lines.reversed().enumerated() {
+                if lines.count >= needed { notWrapped = dialog.lines.count - i; break }
+                starts.append(lines.count)
                 lines.append(contentsOf: messageRows(line, contactName: name, width: width))
             }
             if dialog.lines.isEmpty {
@@ -222,20 +229,24 @@ public struct Renderer {
             }
             if model.mailGroups.isEmpty { lines.append([("No offline messages.", Styles.help)]) }
         }
+        if starts.isEmpty { starts = Array(lines.indices) }
         let available = max(0, bottom - row)
-        guard lines.count > available else {
+        guard lines.count > available || notWrapped > 0 else {
             for line in lines { draw(line, &buffer, row: row, column: x, limit: right); row += 1 }
             return (0, max(1, available))
         }
         // Longer than the pane: the last row is the "more" marker.
         let content = max(1, available - 1)
-        let maxScroll = max(0, lines.count - content)
+        // With messages left unwrapped there is more below than this frame knows: no upper clamp yet.
+        let maxScroll = notWrapped > 0 ? Int.max / 2 : max(0, lines.count - content)
         let scroll = min(dialog.scroll, maxScroll)
         for line in lines.dropFirst(scroll).prefix(content) {
             draw(line, &buffer, row: row, column: x, limit: right)
             row += 1
         }
-        let newer = scroll, older = lines.count - scroll - content
+        // Counted in messages: those starting above the page, and those starting below it.
+        let newer = starts.filter { $0 < scroll }.count
+        let older = starts.filter { $0 >= scroll + content }.count + notWrapped
         var parts: [String] = []
         if newer > 0 { parts.append("▲ \(newer) newer (PgUp)") }
         if older > 0 { parts.append("▼ \(older) more (PgDn)") }

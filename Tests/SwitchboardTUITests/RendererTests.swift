@@ -146,8 +146,12 @@ import Testing
         _ = model.handle(.mouse(MouseEvent(button: .wheelDown, kind: .press, column: 40, row: 10)), hits: frame.hits)
         frame = Renderer().render(model, width: 80, height: 24)
         #expect(frame.buffer.lines[2].contains("carol: line 36"))
-        // 19 rows, the last of them the "more" marker.
-        #expect(frame.maxScroll == 40 - 18)
+        // 19 rows, the last of them the "more" marker. Messages beyond the page are not wrapped, so
+        // the exact end is known only once the view reaches it.
+        #expect(frame.maxScroll >= 40 - 18)
+        var far = model
+        for _ in 0..<10 { _ = far.handle(.key(.pageDown)) }
+        #expect(Renderer().render(far, width: 80, height: 24).maxScroll == 40 - 18)
         #expect(frame.buffer.lines[20].contains("▲ 3 newer (PgUp)  ▼ 19 more (PgDn)"))
     }
 }
