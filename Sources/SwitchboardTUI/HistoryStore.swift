@@ -29,6 +29,9 @@ public final class HistoryStore: ConversationHistory {
     private var lines: MDB_dbi = 0, index: MDB_dbi = 0, peers: MDB_dbi = 0, unsentDB: MDB_dbi = 0, meta: MDB_dbi = 0
     /// The last write that failed, for the status line (taken once).
     private var lastError: String?
+    /// Lines per peer as last counted (so a record does not rescan the conversation); dropped on a
+    /// failed write, and recounted by every prune.
+    private var counts: [UInt32: Int] = [:]
 
     /// The history directory for an account: DATA/switchboard/history/SERVER/USER (each escaped).
     public static func directory(server: String, user: String, dataHome: String? = nil) -> String? {
@@ -108,10 +111,12 @@ public final class HistoryStore: ConversationHistory {
             let key = [line.outgoing ? 1 : 0] + be(peer) + be(line.messageID)
             guard try get(txn, index, key) == nil else { return }
             let seq = try nextSeq(txn)
+            let before = try counts[peer] ?? self.count(txn, peer: peer)
             try put(txn, lines, be(peer) + be(seq), Self.encode(line))
             try put(txn, index, key, be(seq))
             try put(txn, peers, be(peer), Array(name.utf8))
-            try prune(txn, peer: peer, keep: maxLinesPerPeer)
+            counts[peer] = before + 1
+            if before + 1 > maxLinesPerPeer { try prune(txn, peer: peer, keep: maxLinesPerPeer) }
         } onFull: { txn in
             let count = try self.count(txn, peer: peer)
             try prune(txn, peer: peer, keep: count / 2)
@@ -233,13 +238,17 @@ public final class HistoryStore: ConversationHistory {
         do {
             try write(body)
         } catch let error as HistoryError where error.full {
+            counts.removeAll()
             do {
                 try write(onFull)
+                counts.removeAll()
                 try write(body)
             } catch {
+                counts.removeAll()
                 lastError = "local history: could not \(what): \(error)"
             }
         } catch {
+            counts.removeAll()
             lastError = "local history: could not \(what): \(error)"
         }
     }
@@ -278,8 +287,9 @@ public final class HistoryStore: ConversationHistory {
         }
     }
 
-    /// Visits the entries whose key starts with `prefix`, in key order, while `visit` returns true.
-    private func scan(_ txn: OpaquePointer, _ dbi: MDB_dbi, prefix: [UInt8],
+    /// Visits the entries whose key starts with `prefix`, in key order, while `visit` returns true
+    /// (values are not copied when `values` is false).
+    private func scan(_ txn: OpaquePointer, _ dbi: MDB_dbi, prefix: [UInt8], values: Bool = true,
                       _ visit: (ArraySlice<UInt8>, ArraySlice<UInt8>) throws -> Bool) throws {
         var cursor: OpaquePointer?
         try check(mdb_cursor_open(txn, dbi, &cursor), "mdb_cursor_open")
@@ -294,7 +304,7 @@ public final class HistoryStore: ConversationHistory {
         while rc == 0 {
             let k = Array(UnsafeRawBufferPointer(start: key.mv_data, count: key.mv_size))
             guard k.starts(with: prefix) else { return }
-            let v = Array(UnsafeRawBufferPointer(start: value.mv_data, count: value.mv_size))
+            let v = values ? Array(UnsafeRawBufferPointer(start: value.mv_data, count: value.mv_size)) : []
             guard try visit(k[...], v[...]) else { return }
             rc = mdb_cursor_get(cursor, &key, &value, MDB_NEXT)
         }
@@ -303,13 +313,13 @@ public final class HistoryStore: ConversationHistory {
 
     private func count(_ txn: OpaquePointer, peer: UInt32) throws -> Int {
         var n = 0
-        try scan(txn, lines, prefix: be(peer)) { _, _ in n += 1; return true }
+        try scan(txn, lines, prefix: be(peer), values: false) { _, _ in n += 1; return true }
         return n
     }
 
     /// Drops the oldest lines of `peer` beyond `keep`, with their index and unsent entries.
     private func prune(_ txn: OpaquePointer, peer: UInt32, keep: Int) throws {
-        let total = try count(txn, peer: peer)
+        let total = try counts[peer] ?? count(txn, peer: peer)
         guard total > keep else { return }
         var doomed: [(key: [UInt8], index: [UInt8], seq: [UInt8])] = []
         try scan(txn, lines, prefix: be(peer)) { k, v in
@@ -325,6 +335,7 @@ public final class HistoryStore: ConversationHistory {
             if !d.index.isEmpty { try del(txn, index, d.index) }
             try del(txn, unsentDB, d.seq)
         }
+        counts[peer] = total - doomed.count
     }
 
     private func nextSeq(_ txn: OpaquePointer) throws -> UInt64 {
