@@ -4,8 +4,9 @@
 # on the X keyboard, so every event takes the path a user's does: X server -> xterm (which encodes the
 # mouse only if the application asked for it with ?1000h/?1002h/?1006h) -> tmux client -> tmux server
 # (which forwards mouse reports only while the pane's mouse mode is on) -> sbchat. Nothing is injected
-# into the pane. It double-clicks contacts, types, clicks [Send], scrolls with the wheel (buttons 4/5)
-# and clicks a tab. The screen is read with `tmux capture-pane`, a screenshot of the X display
+# into the pane. It double-clicks contacts, types, clicks [Send], pastes xterm's own selection with
+# shift + middle click (bracketed: a pasted newline is not Enter), scrolls with the wheel (buttons
+# 4/5) and clicks a tab. The screen is read with `tmux capture-pane`, a screenshot of the X display
 # (`import -window root`) is checked for the colours of the [Send] button and of an online contact,
 # `#{mouse_any_flag}` must be 1 while sbchat runs and 0 after it exits, and the receiving side is a
 # `sbchat listen` process whose output must hold the message.
@@ -152,6 +153,37 @@ wait_for "you: clicked in a real xterm"
 for _ in $(seq 1 $((TIMEOUT * 10))); do grep -qF "alice: clicked in a real xterm" "$TMP/listen.out" && break; sleep 0.1; done
 grep -qF "alice: clicked in a real xterm" "$TMP/listen.out" || fail "bob's listen did not receive the message"
 wait_for "✓ you: clicked in a real xterm"
+
+# A real paste: shift + double-click selects a word in xterm (shift bypasses mouse reporting),
+# shift + middle click pastes it; xterm sends it bracketed, so it lands in the input, unsent.
+row=$(( $(line_of "✓ you: clicked in a real xterm") - 1 ))
+col=$(screen | sed -n "$((row + 1))p" | grep -bo "xterm" | head -1 | cut -d: -f1)
+[ -n "$col" ] || fail "no word to select"
+col=$(screen | sed -n "$((row + 1))p" | cut -c1-$((col + 1)) | sed 's/./x/g' | wc -c); col=$((col - 2))  # bytes -> cells
+xdotool mousemove "$(cell_x $((col + 1)))" "$(cell_y $row)"; sleep 0.2
+xdotool keydown shift click --repeat 2 --delay 80 1 keyup shift
+sleep 0.3
+xdotool mousemove "$(cell_x 30)" "$(cell_y $input_row)"; sleep 0.2
+xdotool keydown shift click 2 keyup shift
+wait_for "> xterm"
+xdotool key ctrl+u
+# Shift + triple-click selects a whole line, newline included: pasted, the newline stays in the input
+# (shown as ↵) where a terminal without bracketed paste would have pressed Enter.
+xdotool mousemove "$(cell_x 30)" "$(cell_y $((row - 1)))"; sleep 0.2
+xdotool keydown shift click --repeat 3 --delay 60 1 keyup shift
+sleep 0.3
+xdotool mousemove "$(cell_x 30)" "$(cell_y $input_row)"; sleep 0.2
+xdotool keydown shift click 2 keyup shift
+deadline=$(( $(date +%s) + TIMEOUT ))
+until screen | grep -qE "^> .*Chat with bob  online *↵"; do
+  [ "$(date +%s)" -le "$deadline" ] || fail "the pasted line (with its newline) is not in the input"
+  sleep 0.2
+done
+sleep 0.5
+[ "$(grep -c "alice:" "$TMP/listen.out")" = 1 ] || fail "a paste was sent: $(cat "$TMP/listen.out")"
+xdotool key ctrl+u
+sleep 0.3
+screen | grep -qF "↵" && fail "Ctrl-U did not clear the pasted input"
 
 # The wheel scrolls, a click on a tab switches: open carol with a double-click, carol writes 25 notes,
 # the wheel scrolls down and up, then a click on bob's tab.
