@@ -114,8 +114,8 @@ public struct Renderer {
         let rows = bottom - firstRow
         guard rows > 0 else { return }
         if model.contacts.isEmpty {
-            buffer.put("(no contacts)", row: firstRow, column: 1, style: Styles.help, limit: width)
-            buffer.put("press + to add", row: firstRow + 1, column: 1, style: Styles.help, limit: width)
+            buffer.put(TextWidth.fit("(no contacts)", cells: width - 1), row: firstRow, column: 1, style: Styles.help, limit: width)
+            buffer.put(TextWidth.fit("press + to add", cells: width - 1), row: firstRow + 1, column: 1, style: Styles.help, limit: width)
             return
         }
         let selectedIndex = model.selectedContact.flatMap { id in model.contacts.firstIndex { $0.userID == id } } ?? 0
@@ -161,8 +161,15 @@ public struct Renderer {
         let width = right - x
         for row in top..<bottom { hits.append(HitRegion(row: row, columns: left..<right, target: .messages)) }
         if model.showHelp {
-            for (i, line) in ScreenModel.helpText.enumerated() where top + i < bottom {
-                buffer.put(line, row: top + i, column: x, style: i == 0 ? Styles.heading : .plain, limit: right)
+            // Narrow panes wrap each help line at spaces, continuation rows indented.
+            var row = top
+            for (i, line) in ScreenModel.helpText.enumerated() {
+                let parts = TextWidth.wrap(line, cells: max(1, width - 4), firstCells: width)
+                for (j, part) in parts.enumerated() where row < bottom {
+                    let text = j == 0 ? part : "    " + part.drop { $0 == " " }
+                    buffer.put(text, row: row, column: x, style: i == 0 ? Styles.heading : .plain, limit: right)
+                    row += 1
+                }
             }
             return (0, 1)
         }
