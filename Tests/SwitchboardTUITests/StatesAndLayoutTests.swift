@@ -89,6 +89,22 @@ import Testing
         #expect(Array(words.drop { !$0.hasPrefix("bob") }.dropFirst()).prefix(expected.count) == ArraySlice(expected))
     }
 
+    @Test func helpWrapsWithoutCuttingWordsAt40Columns() {
+        var model = sampleModel()
+        model.showHelp = true
+        let frame = Renderer().render(model, width: 40, height: 40)
+        let left = Renderer().contactsWidth(forWidth: 40) + 2
+        let words = Set(ScreenModel.helpText.joined(separator: " ").split(separator: " ").map(String.init))
+        var seen = 0
+        for row in 1..<37 {
+            for word in frame.buffer.rowText(row).dropFirst(left).split(separator: " ") {
+                #expect(words.contains(String(word)), "row \(row): '\(word)'")
+                seen += 1
+            }
+        }
+        #expect(seen > 60)
+    }
+
     @Test func wrapPrefersTheNextLineAndCutsOnlyOverlongWords() {
         #expect(TextWidth.wrap("scrolled away", cells: 10, firstCells: 4) == ["", "scrolled", "away"])
         #expect(TextWidth.wrap("a scrolled", cells: 10, firstCells: 4) == ["a", "scrolled"])
