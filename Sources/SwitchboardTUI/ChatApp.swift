@@ -23,9 +23,8 @@ public struct ChatAppConfiguration {
     /// Ring the terminal bell for messages in other dialogs.
     public var bell = true
 
-    public init(server: String, user: String, password: String, history: HistoryStore? = nil,
-                connect: @escaping () throws -> ChatSession) {
-        self.server = server; self.user = user; self.password = password; self.history = history; self.connect = connect
+    public init(server: String, user: String, password: String, connect: @escaping () throws -> ChatSession) {
+        self.server = server; self.user = user; self.password = password; self.connect = connect
     }
 }
 

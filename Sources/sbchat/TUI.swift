@@ -45,8 +45,9 @@ struct Tui: ParsableCommand {
                 }
             }
             var configuration = ChatAppConfiguration(
-                server: common.serverAddress, user: name, password: pw, history: history,
+                server: common.serverAddress, user: name, password: pw,
                 connect: { try connectForTUI(common) })
+            configuration.history = history
             configuration.bell = !noBell
             let app = ChatApp(configuration: configuration)
             if register {
