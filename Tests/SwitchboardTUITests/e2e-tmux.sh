@@ -383,7 +383,11 @@ T kill-session -t alice2
 T rename-session -t alice3 alice2
 [ "$(T display -p -t alice2 '#{mouse_any_flag}')" = 1 ] || fail "mouse mode is off while sbchat runs"
 pane_pid=$(T display -p -t alice2 '#{pane_pid}')
-client_pid=$(pgrep -P "$pane_pid" | head -1)
+client_pid=""
+for stat in /proc/[0-9]*/stat; do   # the pane shell's child (no procps needed)
+  read -r pid _ _ ppid _ <"$stat" 2>/dev/null || continue
+  [ "$ppid" = "$pane_pid" ] && { client_pid=$pid; break; }
+done
 [ -n "$client_pid" ] || fail "no sbchat process under the pane"
 kill -TERM "$client_pid"
 wait_for alice2 "[sbchat exited: 143]"
