@@ -2,9 +2,10 @@
 # System packages are installed only when missing (apt-get needs root; sudo is used if present).
 
 SYSTEM_PACKAGES := libssl-dev liblmdb-dev pkg-config
-# The terminal client's end-to-end test drives two sbchat sessions in tmux; the service unit is checked with
-# systemd-analyze verify (package systemd).
-TEST_PACKAGES := tmux systemd
+# The terminal client's end-to-end tests drive two sbchat sessions in tmux, and one in a real xterm under
+# Xvfb with xdotool's mouse (screenshot with ImageMagick's import, DejaVu Sans Mono for the symbols); the
+# service unit is checked with systemd-analyze verify (package systemd).
+TEST_PACKAGES := tmux xvfb xterm xdotool imagemagick fonts-dejavu-core systemd
 SWIFT ?= swift
 DATA ?= ./data
 LISTEN ?= 127.0.0.1:7878
