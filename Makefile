@@ -2,8 +2,9 @@
 # System packages are installed only when missing (apt-get needs root; sudo is used if present).
 
 SYSTEM_PACKAGES := libssl-dev liblmdb-dev pkg-config
-# The terminal client's end-to-end test drives two sbchat sessions in tmux.
-TEST_PACKAGES := tmux
+# The terminal client's end-to-end test drives two sbchat sessions in tmux; the cluster tests start a
+# three-server NATS cluster with JetStream (nats-server 2.9).
+TEST_PACKAGES := tmux nats-server
 SWIFT ?= swift
 DATA ?= ./data
 LISTEN ?= 127.0.0.1:7878
