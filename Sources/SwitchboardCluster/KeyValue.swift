@@ -11,6 +11,12 @@ public struct KeyValueEntry: Equatable, Sendable {
     public var key: String
     public var value: [UInt8]
     public var revision: UInt64
+
+    public init(key: String, value: [UInt8], revision: UInt64) {
+        self.key = key
+        self.value = value
+        self.revision = revision
+    }
 }
 
 public enum KeyValueError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -128,7 +134,7 @@ public final class KeyValueBucket {
             switch result {
             case .success(let ack): completion(.success(ack.sequence))
             case .failure(let e) where e.errCode == JetStreamError.wrongLastSequence:
-                completion(.failure(expected == 0 ? .wrongRevision(key: key, expected: 0) : .wrongRevision(key: key, expected: expected ?? 0)))
+                completion(.failure(.wrongRevision(key: key, expected: expected ?? 0)))
             case .failure(let e): completion(.failure(.jetStream(e)))
             }
         }

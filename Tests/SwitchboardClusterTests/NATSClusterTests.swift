@@ -1,0 +1,317 @@
+// The client against a real three-server nats-server cluster with JetStream (replicas 3) on loopback:
+// pub/sub and request/reply across servers, no-responders, timeouts, a stream with three replicas, dedupe by
+// Nats-Msg-Id, fetch and delete by sequence, key-value compare-and-set; and a kill -9 of the client's server
+// during a burst: the client moves to another server, resubscribes, and every acknowledged publish is in the
+// stream exactly once.
+import Glibc
+import SwitchboardCluster
+import SwitchboardIO
+import Testing
+
+/// Starts a cluster and waits until routes are up and JetStream has a meta leader.
+func readyCluster(_ name: String, basePort: Int) throws -> (NATSClusterProcess, TestLoop) {
+    let cluster = try NATSClusterProcess(name: name, basePort: basePort)
+    let t = try TestLoop()
+    let probe = try t.connect(cluster.urls, name: "probe")
+    let started = Clock.monotonicMs()
+    var ready = false
+    while !ready && Clock.monotonicMs() - started < 20_000 {
+        try t.run(timeoutMs: 100) { false }
+        guard probe.isConnected else { continue }
+        let routes = (0..<3).compactMap { try? cluster.monitor($0, "/varz")["routes"]?.intValue }
+        guard routes == [2, 2, 2] else { continue }
+        if case .success(let m) = try t.request(probe, "$JS.API.INFO", "", timeoutMs: 500),
+           case .success = JetStreamDecode.decode(m) { ready = true }
+    }
+    probe.close()
+    guard ready else {
+        let logs = (0..<3).map { cluster.log($0).suffix(1500) }.joined(separator: "\n---\n")
+        cluster.stop()
+        throw HarnessError(description: "cluster not ready within 20 s:\n\(logs)")
+    }
+    print("cluster \(name): ready after \(Clock.monotonicMs() - started) ms")
+    return (cluster, t)
+}
+
+enum JetStreamDecode {
+    static func decode(_ m: NATSMessage) -> Result<JSON, JetStreamError> {
+        guard let json = try? JSON.parse(String(decoding: m.payload, as: UTF8.self)) else { return .failure(.invalidResponse("")) }
+        if let e = json["error"] { return .failure(.api(code: e["code"]?.intValue ?? 0, errCode: e["err_code"]?.intValue ?? 0, description: "")) }
+        return .success(json)
+    }
+}
+
+/// Runs one callback-style call to completion.
+func complete<T>(_ t: TestLoop, timeoutMs: UInt64 = 10_000, _ call: (@escaping (T) -> Void) -> Void) throws -> T {
+    var result: T?
+    call { result = $0 }
+    try t.run(timeoutMs: timeoutMs) { result != nil }
+    guard let result else { throw HarnessError(description: "call did not complete within \(timeoutMs) ms") }
+    return result
+}
+
+@Suite struct NATSClusterTests {
+    @Test(.timeLimit(.minutes(2)))
+    func clusterFeatures() throws {
+        guard natsServerPath() != nil else { try Test.cancel("nats-server is not installed (apt-get install nats-server)") }
+        let (cluster, t) = try readyCluster("features", basePort: 25000)
+        defer { t.closeAll(); cluster.stop(); cluster.removeFiles() }
+        let c1 = try t.connect(cluster.url(0), name: "c1")
+        let c2 = try t.connect(cluster.url(1), name: "c2")
+        let c3 = try t.connect(cluster.url(2), name: "c3")
+        #expect(try t.run { c1.isConnected && c2.isConnected && c3.isConnected })
+        #expect(Set([c1.currentServerName, c2.currentServerName, c3.currentServerName]) == ["n1", "n2", "n3"])
+
+        // Request/reply across servers: c2 answers on svc.echo.
+        try c2.subscribe("svc.echo") { m in try? c2.publish(m.replyTo!, payload: Array("echo:".utf8) + m.payload) }
+        try c2.subscribe("svc.silent") { _ in }
+        try t.flush(c2)
+        var answer: Result<NATSMessage, NATSRequestError> = .failure(.noResponders)
+        // Interest reaches the other servers over the routes shortly after the SUB.
+        for _ in 0..<50 {
+            answer = try t.request(c1, "svc.echo", "hi")
+            if case .failure(.noResponders) = answer { try t.run(timeoutMs: 20) { false } } else { break }
+        }
+        #expect((try? answer.get().payload) == Array("echo:hi".utf8))
+
+        // Pub/sub across servers, in order.
+        var got: [String] = []
+        try c3.subscribe("chat.>") { got.append("\($0.subject)=\(String(decoding: $0.payload, as: UTF8.self))") }
+        try c3.subscribe("chat.ready") { m in try? c3.publish(m.replyTo!, payload: []) }
+        try t.flush(c3)
+        for _ in 0..<50 {
+            if case .success = try t.request(c1, "chat.ready", "") { break }
+            try t.run(timeoutMs: 20) { false }
+        }
+        got.removeAll()
+        for i in 0..<100 { try c1.publish("chat.m\(i % 3)", payload: Array(String(i).utf8)) }
+        #expect(try t.run { got.count == 100 })
+        #expect(got == (0..<100).map { "chat.m\($0 % 3)=\($0)" })
+
+        // No responders is distinct and fast; a silent responder times out.
+        let before = Clock.monotonicMs()
+        #expect(try t.request(c1, "svc.nobody", "x", timeoutMs: 2_000).failureValue == .noResponders)
+        #expect(Clock.monotonicMs() - before < 1_000)
+        #expect(try t.request(c1, "svc.silent", "x", timeoutMs: 200).failureValue == .timeout)
+        #expect(c1.requestsInFlight == 0)
+
+        // A stream with three replicas; ensuring it again is a no-op.
+        let js = JetStream(connection: c1)
+        var config = StreamConfiguration(name: "MAIL", subjects: ["mail.>"], replicas: 3)
+        config.duplicateWindowMs = 60_000
+        let info = try complete(t) { js.ensureStream(config, completion: $0) }.get()
+        #expect(info.replicas == 3 && info.leader != nil && info.followers.count == 2, "\(info)")
+        #expect(Set([info.leader!] + info.followers) == ["n1", "n2", "n3"])
+        #expect(try complete(t) { js.ensureStream(config, completion: $0) }.get().name == "MAIL")
+
+        // Dedupe by Nats-Msg-Id.
+        let first = try complete(t) { js.publish("mail.bob", payload: Array("one".utf8), messageID: "m1", completion: $0) }.get()
+        let again = try complete(t) { js.publish("mail.bob", payload: Array("one".utf8), messageID: "m1", completion: $0) }.get()
+        #expect(!first.duplicate && again.duplicate && again.sequence == first.sequence && first.stream == "MAIL")
+        for (i, who) in ["bob", "carol", "bob", "bob"].enumerated() {
+            _ = try complete(t) { js.publish("mail.\(who)", payload: Array("n\(i)".utf8), messageID: "n\(i)", completion: $0) }.get()
+        }
+        #expect(try complete(t) { js.streamInfo("MAIL", completion: $0) }.get().messages == 5)
+        var bob = try complete(t) { js.fetchMessages(stream: "MAIL", subject: "mail.bob", limit: 100, completion: $0) }.get()
+        #expect(bob.map { String(decoding: $0.data, as: UTF8.self) } == ["one", "n0", "n2", "n3"])
+        #expect(bob[0].headers?["Nats-Msg-Id"] == "m1")
+        #expect(try complete(t) { js.fetchMessages(stream: "MAIL", subject: "mail.bob", limit: 2, completion: $0) }.get().count == 2)
+
+        // Delete by sequence.
+        try complete(t) { js.deleteMessage(stream: "MAIL", sequence: first.sequence, completion: $0) }.get()
+        #expect(try complete(t) { js.getMessage(stream: "MAIL", sequence: first.sequence, completion: $0) }.get() == nil)
+        bob = try complete(t) { js.fetchMessages(stream: "MAIL", subject: "mail.bob", limit: 100, completion: $0) }.get()
+        #expect(bob.count == 3)
+        let deletedTwice = try complete(t) { js.deleteMessage(stream: "MAIL", sequence: first.sequence, completion: $0) }
+        if case .failure(.api) = deletedTwice {} else { Issue.record("second delete: \(deletedTwice)") }
+        let last = try complete(t) { js.getLastMessage(stream: "MAIL", subject: "mail.carol", completion: $0) }.get()
+        #expect(last.map { String(decoding: $0.data, as: UTF8.self) } == "n1")
+
+        // Publish to a subject no stream holds: no responders, reported as such.
+        let orphan = try complete(t) { js.publish("nostream.x", payload: [1], completion: $0) }
+        #expect(orphan.failureValue == .request(.noResponders))
+
+        // Key-value bucket with compare-and-set.
+        let kv = try complete(t) { KeyValueBucket.ensure(jetStream: js, bucket: "accounts", replicas: 3, completion: $0) }.get()
+        let r1 = try complete(t) { kv.create("alice", Array("v1".utf8), completion: $0) }.get()
+        #expect(try complete(t) { kv.create("alice", Array("other".utf8), completion: $0) }.failureValue == .exists("alice"))
+        #expect(try complete(t) { kv.get("alice", completion: $0) }.get() == KeyValueEntry(key: "alice", value: Array("v1".utf8), revision: r1))
+        let r2 = try complete(t) { kv.update("alice", Array("v2".utf8), revision: r1, completion: $0) }.get()
+        #expect(r2 > r1)
+        // A writer that read r1 loses: the conflict is detected, the value is unchanged.
+        #expect(try complete(t) { kv.update("alice", Array("stale".utf8), revision: r1, completion: $0) }.failureValue
+                == .wrongRevision(key: "alice", expected: r1))
+        #expect(try complete(t) { kv.get("alice", completion: $0) }.get()?.value == Array("v2".utf8))
+        _ = try complete(t) { kv.delete("alice", completion: $0) }.get()
+        #expect(try complete(t) { kv.get("alice", completion: $0) }.get() == nil)
+        let r4 = try complete(t) { kv.create("alice", Array("v3".utf8), completion: $0) }.get()
+        #expect(try complete(t) { kv.get("alice", completion: $0) }.get()?.revision == r4)
+        #expect(try complete(t) { kv.get("nobody", completion: $0) }.get() == nil)
+        #expect(try complete(t) { kv.put("bad key", [], completion: $0) }.failureValue == .invalidKey("bad key"))
+        let concurrent = try concurrentCreates(t, kv)
+        #expect(concurrent == 1, "of 10 racing creates of one key exactly one wins, got \(concurrent)")
+
+        try churnAndCostFigures(cluster, t, c1, js)
+    }
+
+    /// Ten creates of the same key in flight at once: compare-and-set lets exactly one through.
+    private func concurrentCreates(_ t: TestLoop, _ kv: KeyValueBucket) throws -> Int {
+        var wins = 0, done = 0
+        for i in 0..<10 {
+            kv.create("race", Array("w\(i)".utf8)) { r in
+                if case .success = r { wins += 1 }
+                done += 1
+            }
+        }
+        try t.run(timeoutMs: 10_000) { done == 10 }
+        return wins
+    }
+
+    /// Figures for the design note (Sources/SwitchboardCluster/README.md): subscription churn of a login storm
+    /// and what one per-user subscription costs each server; the JetStream round trips mail delivery pays.
+    private func churnAndCostFigures(_ cluster: NATSClusterProcess, _ t: TestLoop, _ c: NATSConnection, _ js: JetStream) throws {
+        let n = 5_000
+        func subs(_ i: Int) -> Int { (try? cluster.monitor(i, "/varz")["subscriptions"]?.intValue) ?? -1 }
+        func mem(_ i: Int) -> Int { (try? cluster.monitor(i, "/varz")["mem"]?.intValue) ?? -1 }
+        let subsBefore = (0..<3).map(subs), memBefore = (0..<3).map(mem)
+        var sids: [UInt64] = []
+        let t0 = Clock.monotonicNs()
+        for i in 0..<n { sids.append(try c.subscribe("sb.user.\(100_000 + i)") { _ in }) }
+        try t.flush(c)
+        let subMs = Double(Clock.monotonicNs() - t0) / 1e6
+        // Until the remote servers know all of them (interest is propagated over the routes).
+        let propagated = try t.run(timeoutMs: 10_000) { subs(2) >= subsBefore[2] + n }
+        let propagationMs = Double(Clock.monotonicNs() - t0) / 1e6
+        let subsAfter = (0..<3).map(subs), memAfter = (0..<3).map(mem)
+        let t1 = Clock.monotonicNs()
+        for sid in sids { c.unsubscribe(sid) }
+        try t.flush(c)
+        let unsubMs = Double(Clock.monotonicNs() - t1) / 1e6
+        try t.run(timeoutMs: 10_000) { subs(2) <= subsBefore[2] }
+        let subsEnd = (0..<3).map(subs)
+        #expect(propagated, "all \(n) subscriptions visible on a remote server")
+        #expect(subsAfter[0] - subsBefore[0] == n && subsAfter[2] - subsBefore[2] == n, "\(subsBefore) -> \(subsAfter)")
+        #expect(subsEnd == subsBefore, "unsubscribed: \(subsEnd) vs \(subsBefore)")
+        let perSub = (0..<3).map { Double(memAfter[$0] - memBefore[$0]) / Double(n) }
+        print("churn: \(n) SUB + flush \(String(format2: subMs)) ms, visible on a remote server after \(String(format2: propagationMs)) ms, "
+              + "\(n) UNSUB + flush \(String(format2: unsubMs)) ms; RSS delta per subscription (bytes) n1(local) n2 n3: "
+              + perSub.map { String(format2: $0) }.joined(separator: " ") + "; subscriptions \(subsBefore) -> \(subsAfter) -> \(subsEnd)")
+
+        // JetStream costs: acked publish round trip (R3), and one get per message when reading a mailbox.
+        let m = 200
+        let p0 = Clock.monotonicNs()
+        for i in 0..<m {
+            _ = try complete(t) { js.publish("mail.dave", payload: [UInt8](repeating: 0x41, count: 200), messageID: "d\(i)", completion: $0) }.get()
+        }
+        let publishUs = Double(Clock.monotonicNs() - p0) / 1e3 / Double(m)
+        let f0 = Clock.monotonicNs()
+        let fetched = try complete(t) { js.fetchMessages(stream: "MAIL", subject: "mail.dave", limit: m, completion: $0) }.get()
+        let fetchUs = Double(Clock.monotonicNs() - f0) / 1e3 / Double(m)
+        #expect(fetched.count == m)
+        var done = 0
+        let w0 = Clock.monotonicNs()
+        for i in 0..<m {
+            js.publish("mail.erin", payload: [UInt8](repeating: 0x42, count: 200), messageID: "e\(i)") { r in if case .success = r { done += 1 } }
+        }
+        try t.run(timeoutMs: 20_000) { done == m }
+        let pipelinedUs = Double(Clock.monotonicNs() - w0) / 1e3 / Double(m)
+        #expect(done == m)
+        print("jetstream: R3 publish+ack one at a time \(String(format2: publishUs)) us, \(m) in flight \(String(format2: pipelinedUs)) us/msg; "
+              + "mailbox read by next_by_subj \(String(format2: fetchUs)) us/msg")
+    }
+
+    @Test(.timeLimit(.minutes(2)))
+    func killedServerDuringBurst() throws {
+        guard natsServerPath() != nil else { try Test.cancel("nats-server is not installed (apt-get install nats-server)") }
+        let (cluster, t) = try readyCluster("kill", basePort: 25100)
+        defer { t.closeAll(); cluster.stop(); cluster.removeFiles() }
+        let c = try t.connect(cluster.urls, name: "c") { $0.pingIntervalMs = 500 }
+        let other = try t.connect(cluster.url(2), name: "other")
+        #expect(try t.run { c.isConnected && other.isConnected })
+        let victim = cluster.clientPorts.firstIndex(of: Int(c.currentServer.port))!
+        #expect(victim == 0)
+        var probes = 0
+        try c.subscribe("probe") { _ in probes += 1 }
+        let js = JetStream(connection: c, timeoutMs: 1_000)
+        _ = try complete(t) { js.ensureStream(StreamConfiguration(name: "BURST", subjects: ["burst.>"], replicas: 3), completion: $0) }.get()
+
+        // 300 publishes, 20 in flight; at the 100th ack the client's server is killed with -9. Failed or
+        // unanswered publishes are resent with the same Nats-Msg-Id until acknowledged (bounded by 30 s).
+        let total = 300
+        var acked: [Int: PubAck] = [:]
+        var inFlight = Set<Int>()
+        var next = 0
+        var retries = 0
+        var failures: [String: Int] = [:]
+        var killedAt: UInt64 = 0
+        var retryQueue: [Int] = []
+        func send(_ i: Int) {
+            inFlight.insert(i)
+            js.publish("burst.u\(i % 7)", payload: Array("msg-\(i)".utf8), messageID: "burst-\(i)") { r in
+                inFlight.remove(i)
+                switch r {
+                case .success(let ack): acked[i] = ack
+                case .failure(let e):
+                    failures["\(e)".prefix(60).description, default: 0] += 1
+                    retries += 1
+                    retryQueue.append(i)
+                }
+            }
+        }
+        let start = Clock.monotonicMs()
+        while acked.count < total && Clock.monotonicMs() - start < 30_000 {
+            while inFlight.count < 20, let i = retryQueue.popLast() ?? (next < total ? next : nil) {
+                if i == next { next += 1 }
+                send(i)
+            }
+            if killedAt == 0 && acked.count >= 100 {
+                cluster.kill9(victim)
+                killedAt = Clock.monotonicMs()
+            }
+            try t.loop.runOnce(maxWaitMs: 10)
+            if !retryQueue.isEmpty && !c.isConnected { try t.run(timeoutMs: 50) { c.isConnected } }
+        }
+        print("burst: \(acked.count)/\(total) acked in \(Clock.monotonicMs() - start) ms, \(retries) resends, "
+              + "failures \(failures), reconnected to \(c.currentServerName); events: \(t.events.filter { $0.hasPrefix("c:") })")
+        #expect(killedAt > 0)
+        #expect(acked.count == total)
+        #expect(c.isConnected && c.currentServer.port != UInt16(cluster.clientPorts[victim]))
+        #expect(c.statistics.connects == 2)
+        #expect(t.events.contains { $0.hasPrefix("c: disconnected") })
+
+        // Every acknowledged publish is in the stream exactly once (resends were deduplicated).
+        let seqs = Set(acked.values.map(\.sequence))
+        #expect(seqs.count == total, "distinct sequences for distinct messages")
+        let info = try complete(t) { JetStream(connection: other).streamInfo("BURST", completion: $0) }.get()
+        #expect(info.messages == UInt64(total), "\(info)")
+        let checkJS = JetStream(connection: other, timeoutMs: 2_000)
+        var mismatches = 0, checked = 0
+        for (i, ack) in acked {
+            checkJS.getMessage(stream: "BURST", sequence: ack.sequence) { r in
+                checked += 1
+                if (try? r.get())??.data != Array("msg-\(i)".utf8) { mismatches += 1 }
+            }
+        }
+        try t.run(timeoutMs: 15_000) { checked == total }
+        #expect(checked == total && mismatches == 0)
+
+        // The subscription was replayed on the new server: a publish from elsewhere reaches it.
+        let probeStart = Clock.monotonicMs()
+        while probes == 0 && Clock.monotonicMs() - probeStart < 5_000 {
+            try other.publish("probe", payload: [1])
+            try t.run(timeoutMs: 50) { probes > 0 }
+        }
+        #expect(probes > 0, "resubscribed after reconnect")
+    }
+}
+
+extension Result {
+    var failureValue: Failure? { if case .failure(let e) = self { return e }; return nil }
+}
+
+extension String {
+    init(format2 value: Double) {
+        let scaled = (value * 100).rounded() / 100
+        self = String(scaled)
+    }
+}
