@@ -225,15 +225,26 @@ func complete<T>(_ t: TestLoop, timeoutMs: UInt64 = 10_000, _ call: (@escaping (
         guard natsServerPath() != nil else { try Test.cancel("nats-server is not installed (apt-get install nats-server)") }
         let (cluster, t) = try readyCluster("kill", basePort: 25100)
         defer { t.closeAll(); cluster.stop(); cluster.removeFiles() }
-        let c = try t.connect(cluster.urls, name: "c") { $0.pingIntervalMs = 500 }
+        // The stream's leader runs on the server the client is connected to, so the kill also forces a new
+        // stream leader (and maybe meta leader) to be elected while the burst goes on.
         let other = try t.connect(cluster.url(2), name: "other")
-        #expect(try t.run { c.isConnected && other.isConnected })
-        let victim = cluster.clientPorts.firstIndex(of: Int(c.currentServer.port))!
-        #expect(victim == 0)
+        #expect(try t.run { other.isConnected })
+        let setup = JetStream(connection: other)
+        let created = try complete(t) { setup.ensureStream(StreamConfiguration(name: "BURST", subjects: ["burst.>"], replicas: 3), completion: $0) }.get()
+        let victim = Int(created.leader!.dropFirst())! - 1
+        let order = (0..<3).map { (victim + $0) % 3 }.map { cluster.url($0) }.joined(separator: ",")
+        let c = try t.connect(order, name: "c") { $0.pingIntervalMs = 500 }
+        #expect(try t.run { c.isConnected })
+        #expect(c.currentServer.port == UInt16(cluster.clientPorts[victim]))
         var probes = 0
         try c.subscribe("probe") { _ in probes += 1 }
         let js = JetStream(connection: c, timeoutMs: 1_000)
-        _ = try complete(t) { js.ensureStream(StreamConfiguration(name: "BURST", subjects: ["burst.>"], replicas: 3), completion: $0) }.get()
+        if victim == 2 {
+            // `other` would die with it: move it to a survivor.
+            other.close()
+        }
+        let observer = victim == 2 ? try t.connect(cluster.url(0), name: "observer") : other
+        #expect(try t.run { observer.isConnected })
 
         // 300 publishes, 20 in flight; at the 100th ack the client's server is killed with -9. Failed or
         // unanswered publishes are resent with the same Nats-Msg-Id until acknowledged (bounded by 30 s).
@@ -244,7 +255,9 @@ func complete<T>(_ t: TestLoop, timeoutMs: UInt64 = 10_000, _ call: (@escaping (
         var retries = 0
         var failures: [String: Int] = [:]
         var killedAt: UInt64 = 0
-        var retryQueue: [Int] = []
+        // Resends wait 250 ms: while the stream has no leader its subject has no responders, and a tight
+        // retry loop would only burn CPU.
+        var retryQueue: [(index: Int, notBefore: UInt64)] = []
         func send(_ i: Int) {
             inFlight.insert(i)
             js.publish("burst.u\(i % 7)", payload: Array("msg-\(i)".utf8), messageID: "burst-\(i)") { r in
@@ -254,24 +267,31 @@ func complete<T>(_ t: TestLoop, timeoutMs: UInt64 = 10_000, _ call: (@escaping (
                 case .failure(let e):
                     failures["\(e)".prefix(60).description, default: 0] += 1
                     retries += 1
-                    retryQueue.append(i)
+                    retryQueue.append((i, Clock.monotonicMs() + 250))
                 }
             }
         }
         let start = Clock.monotonicMs()
         while acked.count < total && Clock.monotonicMs() - start < 30_000 {
-            while inFlight.count < 20, let i = retryQueue.popLast() ?? (next < total ? next : nil) {
-                if i == next { next += 1 }
-                send(i)
+            let now = Clock.monotonicMs()
+            while inFlight.count < 20 {
+                if let k = retryQueue.firstIndex(where: { $0.notBefore <= now }) {
+                    send(retryQueue.remove(at: k).index)
+                } else if next < total {
+                    next += 1
+                    send(next - 1)
+                } else {
+                    break
+                }
             }
             if killedAt == 0 && acked.count >= 100 {
                 cluster.kill9(victim)
                 killedAt = Clock.monotonicMs()
             }
             try t.loop.runOnce(maxWaitMs: 10)
-            if !retryQueue.isEmpty && !c.isConnected { try t.run(timeoutMs: 50) { c.isConnected } }
         }
-        print("burst: \(acked.count)/\(total) acked in \(Clock.monotonicMs() - start) ms, \(retries) resends, "
+        print("burst: stream leader \(created.leader!) killed; \(acked.count)/\(total) acked in \(Clock.monotonicMs() - start) ms, \(retries) resends "
+              + "(\(acked.values.filter(\.duplicate).count) acked as duplicates), "
               + "failures \(failures), reconnected to \(c.currentServerName); events: \(t.events.filter { $0.hasPrefix("c:") })")
         #expect(killedAt > 0)
         #expect(acked.count == total)
@@ -282,9 +302,9 @@ func complete<T>(_ t: TestLoop, timeoutMs: UInt64 = 10_000, _ call: (@escaping (
         // Every acknowledged publish is in the stream exactly once (resends were deduplicated).
         let seqs = Set(acked.values.map(\.sequence))
         #expect(seqs.count == total, "distinct sequences for distinct messages")
-        let info = try complete(t) { JetStream(connection: other).streamInfo("BURST", completion: $0) }.get()
+        let info = try complete(t) { JetStream(connection: observer).streamInfo("BURST", completion: $0) }.get()
         #expect(info.messages == UInt64(total), "\(info)")
-        let checkJS = JetStream(connection: other, timeoutMs: 2_000)
+        let checkJS = JetStream(connection: observer, timeoutMs: 2_000)
         var mismatches = 0, checked = 0
         for (i, ack) in acked {
             checkJS.getMessage(stream: "BURST", sequence: ack.sequence) { r in
@@ -298,7 +318,7 @@ func complete<T>(_ t: TestLoop, timeoutMs: UInt64 = 10_000, _ call: (@escaping (
         // The subscription was replayed on the new server: a publish from elsewhere reaches it.
         let probeStart = Clock.monotonicMs()
         while probes == 0 && Clock.monotonicMs() - probeStart < 5_000 {
-            try other.publish("probe", payload: [1])
+            try observer.publish("probe", payload: [1])
             try t.run(timeoutMs: 50) { probes > 0 }
         }
         #expect(probes > 0, "resubscribed after reconnect")
