@@ -216,8 +216,42 @@ func complete<T>(_ t: TestLoop, timeoutMs: UInt64 = 10_000, _ call: (@escaping (
         try t.run(timeoutMs: 20_000) { done == m }
         let pipelinedUs = Double(Clock.monotonicNs() - w0) / 1e3 / Double(m)
         #expect(done == m)
+        // Mail stream with many recipients: 10,000 messages over 1,000 subjects, then one 10-message mailbox read.
+        var loaded = 0
+        let l0 = Clock.monotonicNs()
+        for i in 0..<10_000 {
+            js.publish("mail.r\(i % 1_000)", payload: [UInt8](repeating: 0x43, count: 200), messageID: "r\(i)") { r in
+                if case .success = r { loaded += 1 }
+            }
+            if i % 500 == 499 { try t.run(timeoutMs: 20_000) { loaded == i + 1 } }
+        }
+        #expect(loaded == 10_000)
+        let loadUs = Double(Clock.monotonicNs() - l0) / 1e3 / 10_000
+        let g0 = Clock.monotonicNs()
+        let mailbox = try complete(t) { js.fetchMessages(stream: "MAIL", subject: "mail.r777", limit: 100, completion: $0) }.get()
+        let mailboxUs = Double(Clock.monotonicNs() - g0) / 1e3 / Double(max(1, mailbox.count))
+        #expect(mailbox.count == 10)
+
+        // Request/reply across servers (c1 on n1 -> svc.echo answered by c2 on n2): one at a time and 1,000 in flight.
+        let q0 = Clock.monotonicNs()
+        for _ in 0..<500 { _ = try t.request(c, "svc.echo", "ping").get() }
+        let requestUs = Double(Clock.monotonicNs() - q0) / 1e3 / 500
+        var answered = 0
+        let q1 = Clock.monotonicNs()
+        for _ in 0..<1_000 { try c.request("svc.echo", payload: [1], timeoutMs: 5_000) { r in if case .success = r { answered += 1 } } }
+        try t.run(timeoutMs: 10_000) { answered == 1_000 }
+        let requestPipelinedUs = Double(Clock.monotonicNs() - q1) / 1e3 / 1_000
+        var offline = 0
+        let q2 = Clock.monotonicNs()
+        for i in 0..<1_000 { try c.request("sb.user.offline\(i)", payload: [1], timeoutMs: 5_000) { r in if r.failureValue == .noResponders { offline += 1 } } }
+        try t.run(timeoutMs: 10_000) { offline == 1_000 }
+        let noRespondersUs = Double(Clock.monotonicNs() - q2) / 1e3 / 1_000
+        #expect(answered == 1_000 && offline == 1_000)
+        print("requests: cross-server request/reply \(String(format2: requestUs)) us one at a time, \(String(format2: requestPipelinedUs)) us/req "
+              + "with 1000 in flight; no-responders answers \(String(format2: noRespondersUs)) us/req with 1000 in flight")
         print("jetstream: R3 publish+ack one at a time \(String(format2: publishUs)) us, \(m) in flight \(String(format2: pipelinedUs)) us/msg; "
-              + "mailbox read by next_by_subj \(String(format2: fetchUs)) us/msg")
+              + "mailbox read by next_by_subj \(String(format2: fetchUs)) us/msg; 10,000 msgs over 1,000 subjects at \(String(format2: loadUs)) us/msg, "
+              + "then a 10-message mailbox read at \(String(format2: mailboxUs)) us/msg")
     }
 
     @Test(.timeLimit(.minutes(2)))
