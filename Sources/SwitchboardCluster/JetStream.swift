@@ -115,8 +115,8 @@ public final class JetStream {
     /// Creates the stream, or updates it when one of that name exists with another configuration.
     public func ensureStream(_ configuration: StreamConfiguration, completion: @escaping (Result<StreamInfo, JetStreamError>) -> Void) {
         let body = Array(configuration.json.serialized.utf8)
-        api("STREAM.CREATE.\(configuration.name)", body) { [weak self] result in
-            guard let self else { return }
+        // Strong capture: the call must complete even if the caller dropped its JetStream meanwhile.
+        api("STREAM.CREATE.\(configuration.name)", body) { result in
             switch result {
             case .failure(let e) where e.errCode == JetStreamError.streamNameInUse:
                 self.api("STREAM.UPDATE.\(configuration.name)", body) { completion($0.flatMap(Self.streamInfo)) }

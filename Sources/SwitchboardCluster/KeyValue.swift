@@ -99,8 +99,8 @@ public final class KeyValueBucket {
 
     /// Writes only if the key is absent (or deleted); `.exists` otherwise.
     public func create(_ key: String, _ value: [UInt8], completion: @escaping (Result<UInt64, KeyValueError>) -> Void) {
-        write(key, value, expected: 0, headers: nil) { [weak self] result in
-            guard let self, case .failure(.wrongRevision) = result else { completion(result); return }
+        write(key, value, expected: 0, headers: nil) { result in
+            guard case .failure(.wrongRevision) = result else { completion(result); return }
             // A delete marker counts as absent: replace it with compare-and-set on its revision.
             self.jetStream.getLastMessage(stream: self.streamName, subject: self.prefix + key) { last in
                 switch last {

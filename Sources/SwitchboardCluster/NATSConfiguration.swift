@@ -107,3 +107,32 @@ public enum NATSRequestError: Error, Equatable, Sendable, CustomStringConvertibl
         }
     }
 }
+
+/// Reconnect delays: the first pass over the server list is immediate (another server is likely up), then
+/// base·2^k capped at the maximum, each drawn uniformly from [d/2, d] so many nodes do not retry in step.
+public struct NATSReconnectBackoff: Sendable {
+    public private(set) var attempt = 0
+    private let servers: Int
+    private let base: UInt64
+    private let cap: UInt64
+    private var rng: SplitMix64
+
+    public init(_ configuration: NATSConfiguration) {
+        servers = configuration.servers.count
+        base = max(1, configuration.reconnectBaseDelayMs)
+        cap = max(base, configuration.maxReconnectDelayMs)
+        rng = SplitMix64(seed: configuration.seed)
+    }
+
+    /// After a successful handshake.
+    public mutating func reset() { attempt = 0 }
+
+    /// The delay before the next attempt (counting it).
+    public mutating func nextDelay() -> UInt64 {
+        attempt += 1
+        guard attempt >= servers else { return 0 }
+        let exponent = UInt64(min(attempt - servers, 30))
+        let full = min(cap, base << exponent)
+        return full - rng.next() % (full / 2 + 1)
+    }
+}

@@ -46,17 +46,16 @@ public final class NATSConnection: EventHandler {
     let loop: EventLoop
     var state: State = .idle
     var link = Link()
-    private var attempt = 0
-    private var rng: SplitMix64
+    private var backoff: NATSReconnectBackoff
     private let input = ByteBuffer(capacity: 16 * 1024)
     private var parser: NATSParser
     let handshake = ByteBuffer()
     let out = ByteBuffer()
     var subscriptions: [UInt64: Subscription] = [:]
-    private var nextSid: UInt64 = 1
-    private var pongWaiters: [PongWaiter] = []
+    var nextSid: UInt64 = 1
+    var pongWaiters: [PongWaiter] = []
     var requests = RequestTable()
-    public private(set) var statistics = NATSStatistics()
+    public internal(set) var statistics = NATSStatistics()
     /// Connection events for the owner's log and metrics.
     public var onEvent: ((NATSEvent) -> Void)?
 
@@ -69,8 +68,9 @@ public final class NATSConnection: EventHandler {
         precondition(!configuration.servers.isEmpty, "NATSConnection needs at least one server")
         self.loop = loop
         self.configuration = configuration
-        rng = SplitMix64(seed: configuration.seed)
+        backoff = NATSReconnectBackoff(configuration)
         parser = NATSParser(limits: configuration.limits)
+        var rng = SplitMix64(seed: configuration.seed ^ 0x1B0C)
         requests.inboxPrefix = "_INBOX." + String(rng.next(), radix: 36) + String(rng.next() & 0xFFFF, radix: 36) + "."
     }
 
@@ -117,100 +117,6 @@ public final class NATSConnection: EventHandler {
         }
         return true
     }
-
-    // MARK: - Subscriptions
-
-    /// Subscribes `handler` to `subject` (wildcards allowed) and returns the subscription id. Recorded at once;
-    /// sent now when connected, else with the next handshake (and again after every reconnect).
-    @discardableResult
-    public func subscribe(_ subject: String, queue: String? = nil,
-                          handler: @escaping (NATSMessage) -> Void) throws(NATSError) -> UInt64 {
-        guard state != .closed else { throw .closed }
-        try NATSSubject.validate(subject, wildcards: true)
-        if let queue { try NATSSubject.validateQueue(queue) }
-        let sid = nextSid
-        nextSid += 1
-        subscriptions[sid] = Subscription(subject: subject, queue: queue, handler: handler)
-        if let buffer = liveCommandBuffer {
-            NATSEncoder.sub(subject: subject, queue: queue, sid: sid, into: buffer)
-            wantWrite()
-        }
-        return sid
-    }
-
-    public func unsubscribe(_ sid: UInt64) {
-        guard subscriptions.removeValue(forKey: sid) != nil else { return }
-        if let buffer = liveCommandBuffer {
-            NATSEncoder.unsub(sid: sid, into: buffer)
-            wantWrite()
-        }
-    }
-
-    public var subscriptionCount: Int { subscriptions.count }
-
-    /// Where SUB/UNSUB go now: the queue when connected, the handshake while its PONG is awaited (so a failed
-    /// handshake drops them with it and the replay sends each once), nowhere otherwise (replayed on connect).
-    private var liveCommandBuffer: ByteBuffer? {
-        switch state {
-        case .connected: return out
-        case .awaitingPong: return handshake
-        default: return nil
-        }
-    }
-
-    // MARK: - Publishing
-
-    /// Queues a PUB (HPUB with headers). Throws for a bad subject, a payload over the server's max_payload, a
-    /// full outbound queue or a closed connection; nothing is queued then.
-    public func publish(_ subject: String, replyTo: String? = nil, headers: NATSHeaders? = nil,
-                        payload: [UInt8]) throws(NATSError) {
-        let result = payload.withUnsafeBytes { p in
-            Result { () throws(NATSError) in try publish(subject, replyTo: replyTo, headers: headers, payload: p) }
-        }
-        try result.get()
-    }
-
-    public func publish(_ subject: String, replyTo: String? = nil, headers: NATSHeaders? = nil,
-                        payload: UnsafeRawBufferPointer) throws(NATSError) {
-        guard state != .closed else { throw .closed }
-        try NATSSubject.validate(subject, wildcards: false)
-        if let replyTo { try NATSSubject.validate(replyTo, wildcards: false) }
-        let headerBytes = headers.map { $0.encoded() }
-        let size = payload.count + (headerBytes?.count ?? 0)
-        let limit = min(link.maxPayload, configuration.limits.maxPayload)
-        guard size <= limit else { throw .payloadTooLarge(size: size, limit: limit) }
-        try reserve(size + subject.utf8.count + (replyTo?.utf8.count ?? 0) + 32)
-        NATSEncoder.publish(subject: subject, replyTo: replyTo, headers: headerBytes, payload: payload, into: out)
-        statistics.messagesOut += 1
-        statistics.bytesOut += UInt64(size)
-        wantWrite()
-    }
-
-    /// Sends a PING and calls `completion(true)` on its PONG: everything sent before has been processed by the
-    /// server. `false` when the link breaks first; throws when not connected or the queue is full.
-    public func flush(_ completion: @escaping (Bool) -> Void) throws(NATSError) {
-        guard state == .connected else { throw .closed }
-        try reserve(6)
-        NATSEncoder.ping(into: out)
-        pongWaiters.append(.flush(completion))
-        wantWrite()
-    }
-
-    func reserve(_ bytes: Int) throws(NATSError) {
-        guard out.readableBytes + bytes <= configuration.maxOutboundBytes else {
-            statistics.publishesRefused += 1
-            throw .outboundBufferFull(pending: out.readableBytes, limit: configuration.maxOutboundBytes)
-        }
-    }
-
-    /// Asks for EPOLLOUT so the next turn writes all that this turn queued.
-    func wantWrite() {
-        guard let id = link.registration, state == .connected || state == .awaitingPong else { return }
-        loop.setInterest(id, [.readable, .writable])
-    }
-
-    /// Writes what is queued now instead of at the next turn.
-    public func flushOutput() { if state == .connected || state == .awaitingPong { writeQueued() } }
 
     // MARK: - Link life cycle
 
@@ -351,7 +257,7 @@ public final class NATSConnection: EventHandler {
 
     private func handshakeDone() {
         state = .connected
-        attempt = 0
+        backoff.reset()
         statistics.connects += 1
         onEvent?(.connected(currentServer, serverName: link.serverName))
         link.deadline = loop.now + configuration.pingIntervalMs
@@ -433,17 +339,10 @@ public final class NATSConnection: EventHandler {
     }
 
     private func scheduleReconnect() {
-        attempt += 1
-        let servers = configuration.servers.count
-        link.serverIndex = (link.serverIndex + 1) % servers
-        var delay: UInt64 = 0
-        if attempt >= servers {
-            let exponent = min(attempt - servers, 20)
-            let full = min(configuration.maxReconnectDelayMs, configuration.reconnectBaseDelayMs << UInt64(exponent))
-            delay = full / 2 + (full > 1 ? rng.next() % (full / 2 + 1) : 0)
-        }
+        link.serverIndex = (link.serverIndex + 1) % configuration.servers.count
+        let delay = backoff.nextDelay()
         link.deadline = loop.now + delay
-        onEvent?(.reconnectScheduled(attempt: attempt, server: currentServer, delayMs: delay))
+        onEvent?(.reconnectScheduled(attempt: backoff.attempt, server: currentServer, delayMs: delay))
         loop.schedule(at: link.deadline, token: reconnectToken)
     }
 

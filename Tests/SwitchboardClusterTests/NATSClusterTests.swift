@@ -190,8 +190,11 @@ func complete<T>(_ t: TestLoop, timeoutMs: UInt64 = 10_000, _ call: (@escaping (
         try t.run(timeoutMs: 10_000) { subs(2) <= subsBefore[2] }
         let subsEnd = (0..<3).map(subs)
         #expect(propagated, "all \(n) subscriptions visible on a remote server")
-        #expect(subsAfter[0] - subsBefore[0] == n && subsAfter[2] - subsBefore[2] == n, "\(subsBefore) -> \(subsAfter)")
-        #expect(subsEnd == subsBefore, "unsubscribed: \(subsEnd) vs \(subsBefore)")
+        // Exact in every run so far; a few subscriptions of JetStream's own may come and go meanwhile.
+        for i in 0..<3 {
+            #expect(abs(subsAfter[i] - subsBefore[i] - n) <= 5, "server \(i): \(subsBefore) -> \(subsAfter)")
+            #expect(abs(subsEnd[i] - subsBefore[i]) <= 5, "server \(i) after UNSUB: \(subsEnd) vs \(subsBefore)")
+        }
         let perSub = (0..<3).map { Double(memAfter[$0] - memBefore[$0]) / Double(n) }
         print("churn: \(n) SUB + flush \(String(format2: subMs)) ms, visible on a remote server after \(String(format2: propagationMs)) ms, "
               + "\(n) UNSUB + flush \(String(format2: unsubMs)) ms; RSS delta per subscription (bytes) n1(local) n2 n3: "

@@ -271,3 +271,39 @@ extension String {
         return copy
     }
 }
+
+@Suite struct BackoffAndKeyTests {
+    @Test func backoffFirstPassImmediateThenCappedAndJittered() throws {
+        var configuration = NATSConfiguration(servers: try NATSServerList.parse("127.0.0.1:1,127.0.0.1:2,127.0.0.1:3"))
+        configuration.reconnectBaseDelayMs = 50
+        configuration.maxReconnectDelayMs = 2_000
+        configuration.seed = 42
+        var b = NATSReconnectBackoff(configuration)
+        #expect(b.nextDelay() == 0 && b.nextDelay() == 0, "the other two servers are tried at once")
+        var delays: [UInt64] = []
+        for _ in 0..<20 { delays.append(b.nextDelay()) }
+        for (k, d) in delays.enumerated() {
+            let full = min(2_000, UInt64(50) << UInt64(min(k, 30)))
+            #expect(d >= full / 2 && d <= full, "attempt \(k + 3): \(d) outside [\(full / 2), \(full)]")
+        }
+        #expect(delays.suffix(10).allSatisfy { $0 >= 1_000 && $0 <= 2_000 })
+        #expect(Set(delays.suffix(10)).count > 1, "jittered")
+        b.reset()
+        #expect(b.attempt == 0 && b.nextDelay() == 0)
+        // Another seed, other delays: nodes do not retry in step.
+        configuration.seed = 43
+        var other = NATSReconnectBackoff(configuration)
+        var otherDelays: [UInt64] = []
+        for _ in 0..<22 { otherDelays.append(other.nextDelay()) }
+        #expect(Array(otherDelays.dropFirst(2)) != delays)
+    }
+
+    @Test func keyValueKeys() {
+        #expect(KeyValueBucket.isValidKey("alice") && KeyValueBucket.isValidKey("user.42/contacts=x-y_z"))
+        #expect(KeyValueBucket.isValidKey(String(repeating: "k", count: 256)))
+        #expect(!KeyValueBucket.isValidKey(String(repeating: "k", count: 257)))
+        for bad in ["", ".a", "a.", "a..b", "a b", "a*", "a>", "é", "a\r\n"] {
+            #expect(!KeyValueBucket.isValidKey(bad), "\(bad.debugDescription)")
+        }
+    }
+}
