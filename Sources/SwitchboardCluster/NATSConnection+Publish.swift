@@ -77,7 +77,8 @@ extension NATSConnection {
     /// Sends a PING and calls `completion(true)` on its PONG: everything sent before has been processed by the
     /// server. `false` when the link breaks first; throws when not connected or the queue is full.
     public func flush(_ completion: @escaping (Bool) -> Void) throws(NATSError) {
-        guard state == .connected else { throw .closed }
+        guard state != .closed else { throw .closed }
+        guard state == .connected else { throw .notConnected }
         try reserve(6)
         NATSEncoder.ping(into: out)
         pongWaiters.append(.flush(completion))

@@ -12,6 +12,8 @@ public enum NATSError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The outbound buffer holds `limit` bytes or more (the server is slow or the cluster unreachable).
     case outboundBufferFull(pending: Int, limit: Int)
     case closed
+    /// A call that needs a live link (flush) while there is none.
+    case notConnected
     case invalidURL(String)
 
     public var description: String {
@@ -22,6 +24,7 @@ public enum NATSError: Error, Equatable, Sendable, CustomStringConvertible {
         case .outboundBufferFull(let pending, let limit):
             return "NATS outbound buffer full (\(pending) bytes pending, limit \(limit)): the cluster is unreachable or too slow"
         case .closed: return "NATS connection closed"
+        case .notConnected: return "not connected to a NATS server (reconnecting)"
         case .invalidURL(let s): return "invalid NATS server URL '\(s)': expected nats://IP:PORT (numeric IPv4, [IPv6] or localhost)"
         }
     }

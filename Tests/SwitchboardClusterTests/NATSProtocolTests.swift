@@ -5,7 +5,7 @@ import SwitchboardIO
 import Testing
 
 /// Feeds chunks into a buffer and parses as the driver does; records each operation as readable text.
-private struct Feeder {
+struct Feeder {
     var parser: NATSParser
     let buffer = ByteBuffer()
     var ops: [String] = []
@@ -304,6 +304,38 @@ extension String {
         #expect(!KeyValueBucket.isValidKey(String(repeating: "k", count: 257)))
         for bad in ["", ".a", "a.", "a..b", "a b", "a*", "a>", "é", "a\r\n"] {
             #expect(!KeyValueBucket.isValidKey(bad), "\(bad.debugDescription)")
+        }
+    }
+}
+
+@Suite struct NATSParserRobustnessTests {
+    /// Random bytes and random mutations of a valid stream: the parser never traps, never consumes more than it
+    /// was given, and ends each input with operations, a request for more, or a violation.
+    @Test(arguments: [11 as UInt64, 12, 13, 14])
+    func garbageAndMutations(seed: UInt64) {
+        var rng = SplitMix64(seed: seed)
+        let valid = Array(NATSParserTests.stream.utf8)
+        let alphabet = Array("MSG HMSG PING PONG INFO -ERR +OK 0123456789 \r\n\t.*>".utf8)
+        for round in 0..<400 {
+            var input: [UInt8]
+            switch round % 3 {
+            case 0: input = rng.bytes(Int(rng.next() % 300))
+            case 1: input = (0..<Int(rng.next() % 300)).map { _ in alphabet[Int(rng.next() % UInt64(alphabet.count))] }
+            default:
+                input = valid
+                for _ in 0..<Int(rng.next() % 8) + 1 {
+                    input[Int(rng.next() % UInt64(input.count))] = UInt8(truncatingIfNeeded: rng.next())
+                }
+            }
+            var f = Feeder(limits: NATSLimits(maxControlLine: 128, maxPayload: 256))
+            var i = 0
+            while i < input.count && f.violation == nil {
+                let end = min(input.count, i + Int(rng.next() % 17) + 1)
+                f.feed(input[i..<end])
+                i = end
+            }
+            // Bounded buffering: never more than one control line plus one payload waits in the buffer.
+            #expect(f.buffer.readableBytes <= 128 + 2 + 256 + 2, "round \(round)")
         }
     }
 }
