@@ -80,6 +80,39 @@ import Testing
     }
 
     @Test(.timeLimit(.minutes(1)))
+    func boundHoldsAgainstAServerThatStopsReading() throws {
+        guard natsServerPath() != nil else { try Test.cancel("nats-server is not installed (apt-get install nats-server)") }
+        let server = SingleNATSServer(name: "link-slow", port: 25204)
+        try server.start()
+        let t = try TestLoop()
+        defer { t.closeAll(); server.stop() }
+        let c = try t.connect("nats://127.0.0.1:25204", name: "slow") { $0.maxOutboundBytes = 256 * 1024; $0.pingIntervalMs = 60_000 }
+        #expect(try t.run { c.isConnected })
+        server.signal(SIGSTOP)
+        // The kernel's socket buffers take the first few MiB; then the queue fills to its bound and refuses.
+        let chunk = [UInt8](repeating: 0x5A, count: 60 * 1024)
+        var accepted = 0
+        var refusal: NATSError?
+        while refusal == nil && accepted < 1_000 {  // 60 MiB at most
+            do {
+                try c.publish("slow.x", payload: chunk)
+                accepted += 1
+            } catch {
+                refusal = error
+            }
+            try t.loop.runOnce(maxWaitMs: 1)
+        }
+        #expect(refusal == .outboundBufferFull(pending: c.pendingBytes, limit: 256 * 1024), "\(String(describing: refusal))")
+        #expect(c.pendingBytes <= 256 * 1024 && c.isConnected)
+        print("slow server: \(accepted) publishes of 60 KiB taken before the 256 KiB queue refused")
+        server.signal(SIGCONT)
+        // Once it reads again, the queue drains and publishing works.
+        #expect(try t.run { c.pendingBytes == 0 })
+        try c.publish("slow.x", payload: chunk)
+        try t.flush(c)
+    }
+
+    @Test(.timeLimit(.minutes(1)))
     func badCallsRefusedClearly() throws {
         guard natsServerPath() != nil else { try Test.cancel("nats-server is not installed (apt-get install nats-server)") }
         let server = SingleNATSServer(name: "link-bad", port: 25203)
