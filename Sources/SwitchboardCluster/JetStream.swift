@@ -28,6 +28,19 @@ public enum JetStreamError: Error, Equatable, Sendable, CustomStringConvertible 
 
     public var errCode: Int? { if case .api(_, let e, _) = self { return e }; return nil }
 
+    /// Worth resending unchanged (with the same Nats-Msg-Id, so a resend of something stored is a duplicate):
+    /// the link or the cluster is briefly unavailable — no answer, no responders (no stream leader during an
+    /// election: 4-8 s after a kill -9 here), the link broke, the queue is full or reconnecting, or JetStream says
+    /// 503 (10008 "temporarily unavailable"). Not for API errors that will repeat (wrong last sequence, bad config).
+    public var isTransient: Bool {
+        switch self {
+        case .request(.timeout), .request(.noResponders), .request(.connectionLost): return true
+        case .queue(.outboundBufferFull), .queue(.notConnected): return true
+        case .api(let code, let errCode, _): return code == 503 || errCode == 10008
+        default: return false
+        }
+    }
+
     public var description: String {
         switch self {
         case .queue(let e): return "JetStream request not sent: \(e)"

@@ -291,6 +291,7 @@ func complete<T>(_ t: TestLoop, timeoutMs: UInt64 = 10_000, _ call: (@escaping (
         var next = 0
         var retries = 0
         var failures: [String: Int] = [:]
+        var permanent: [String] = []
         var killedAt: UInt64 = 0
         // Resends wait 250 ms: while the stream has no leader its subject has no responders, and a tight
         // retry loop would only burn CPU.
@@ -302,6 +303,7 @@ func complete<T>(_ t: TestLoop, timeoutMs: UInt64 = 10_000, _ call: (@escaping (
                 switch r {
                 case .success(let ack): acked[i] = ack
                 case .failure(let e):
+                    if !e.isTransient { permanent.append("\(e)") }
                     failures["\(e)".prefix(60).description, default: 0] += 1
                     retries += 1
                     retryQueue.append((i, Clock.monotonicMs() + 250))
@@ -331,6 +333,7 @@ func complete<T>(_ t: TestLoop, timeoutMs: UInt64 = 10_000, _ call: (@escaping (
               + "(\(acked.values.filter(\.duplicate).count) acked as duplicates), "
               + "failures \(failures), reconnected to \(c.currentServerName); events: \(t.events.filter { $0.hasPrefix("c:") })")
         #expect(killedAt > 0)
+        #expect(permanent.isEmpty, "every failure during failover is transient: \(permanent.prefix(3))")
         #expect(acked.count == total)
         #expect(c.isConnected && c.currentServer.port != UInt16(cluster.clientPorts[victim]))
         #expect(c.statistics.connects == 2)
