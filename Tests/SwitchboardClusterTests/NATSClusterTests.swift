@@ -63,7 +63,7 @@ func complete<T>(_ t: TestLoop, timeoutMs: UInt64 = 10_000, _ call: (@escaping (
         #expect(Set([c1.currentServerName, c2.currentServerName, c3.currentServerName]) == ["n1", "n2", "n3"])
 
         // Request/reply across servers: c2 answers on svc.echo.
-        try c2.subscribe("svc.echo") { m in try? c2.publish(m.replyTo!, payload: Array("echo:".utf8) + m.payload) }
+        try c2.subscribe("svc.echo") { m in if let r = m.replyTo { try? c2.publish(r, payload: Array("echo:".utf8) + m.payload) } }
         try c2.subscribe("svc.silent") { _ in }
         try t.flush(c2)
         var answer: Result<NATSMessage, NATSRequestError> = .failure(.noResponders)
@@ -77,7 +77,7 @@ func complete<T>(_ t: TestLoop, timeoutMs: UInt64 = 10_000, _ call: (@escaping (
         // Pub/sub across servers, in order.
         var got: [String] = []
         try c3.subscribe("chat.>") { got.append("\($0.subject)=\(String(decoding: $0.payload, as: UTF8.self))") }
-        try c3.subscribe("chat.ready") { m in try? c3.publish(m.replyTo!, payload: []) }
+        try c3.subscribe("chat.ready") { m in if let r = m.replyTo { try? c3.publish(r, payload: []) } }
         try t.flush(c3)
         for _ in 0..<50 {
             if case .success = try t.request(c1, "chat.ready", "") { break }
@@ -101,7 +101,7 @@ func complete<T>(_ t: TestLoop, timeoutMs: UInt64 = 10_000, _ call: (@escaping (
         config.duplicateWindowMs = 60_000
         let info = try complete(t) { js.ensureStream(config, completion: $0) }.get()
         #expect(info.replicas == 3 && info.leader != nil && info.followers.count == 2, "\(info)")
-        #expect(Set([info.leader!] + info.followers) == ["n1", "n2", "n3"])
+        #expect(Set([info.leader ?? "none"] + info.followers) == ["n1", "n2", "n3"])
         #expect(try complete(t) { js.ensureStream(config, completion: $0) }.get().name == "MAIL")
 
         // Dedupe by Nats-Msg-Id.
@@ -277,7 +277,8 @@ func complete<T>(_ t: TestLoop, timeoutMs: UInt64 = 10_000, _ call: (@escaping (
         #expect(try t.run { other.isConnected })
         let setup = JetStream(connection: other)
         let created = try complete(t) { setup.ensureStream(StreamConfiguration(name: "BURST", subjects: ["burst.>"], replicas: 3), completion: $0) }.get()
-        let victim = Int(created.leader!.dropFirst())! - 1
+        let leader = try #require(created.leader, "an R3 stream has a leader")
+        let victim = try #require(Int(leader.dropFirst())) - 1
         let order = (0..<3).map { (victim + $0) % 3 }.map { cluster.url($0) }.joined(separator: ",")
         let c = try t.connect(order, name: "c") { $0.pingIntervalMs = 500 }
         #expect(try t.run { c.isConnected })
@@ -338,7 +339,7 @@ func complete<T>(_ t: TestLoop, timeoutMs: UInt64 = 10_000, _ call: (@escaping (
             }
             try t.loop.runOnce(maxWaitMs: 10)
         }
-        print("burst: stream leader \(created.leader!) killed; \(acked.count)/\(total) acked in \(Clock.monotonicMs() - start) ms, \(retries) resends "
+        print("burst: stream leader \(leader) killed; \(acked.count)/\(total) acked in \(Clock.monotonicMs() - start) ms, \(retries) resends "
               + "(\(acked.values.filter(\.duplicate).count) acked as duplicates), "
               + "failures \(failures), reconnected to \(c.currentServerName); events: \(t.events.filter { $0.hasPrefix("c:") })")
         #expect(killedAt > 0)
