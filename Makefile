@@ -4,8 +4,9 @@
 SYSTEM_PACKAGES := libssl-dev liblmdb-dev pkg-config
 # The terminal client's end-to-end tests drive two sbchat sessions in tmux, and one in a real xterm under
 # Xvfb with xdotool's mouse (screenshot with ImageMagick's import, DejaVu Sans Mono for the symbols); the
-# service unit is checked with systemd-analyze verify (package systemd).
-TEST_PACKAGES := tmux xvfb xterm xdotool imagemagick fonts-dejavu-core systemd
+# service unit is checked with systemd-analyze verify (package systemd); the cluster tests start a
+# three-server NATS cluster with JetStream (nats-server 2.9).
+TEST_PACKAGES := tmux xvfb xterm xdotool imagemagick fonts-dejavu-core systemd nats-server
 SWIFT ?= swift
 DATA ?= ./data
 LISTEN ?= 127.0.0.1:7878

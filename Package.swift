@@ -25,6 +25,7 @@ let package = Package(
         .library(name: "SwitchboardSession", targets: ["SwitchboardSession"]),
         .library(name: "SwitchboardStore", targets: ["SwitchboardStore"]),
         .library(name: "SwitchboardIO", targets: ["SwitchboardIO"]),
+        .library(name: "SwitchboardCluster", targets: ["SwitchboardCluster"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -42,6 +43,10 @@ let package = Package(
         .target(name: "SwitchboardProtocol", dependencies: ["SwitchboardIO"], swiftSettings: strict),
         .target(name: "SwitchboardStore",
                 dependencies: ["CLMDB", "COpenSSL"],
+                swiftSettings: strict),
+        // NATS client (sans-I/O protocol core + epoll driver), JetStream and key-value calls: the cluster
+        // mode's transport (issue 12). Beside the store: it needs only SwitchboardIO.
+        .target(name: "SwitchboardCluster", dependencies: ["SwitchboardIO"], exclude: ["README.md"],
                 swiftSettings: strict),
         .target(name: "SwitchboardRelay",
                 dependencies: ["SwitchboardProtocol", "SwitchboardStore", "SwitchboardIO"],
@@ -81,6 +86,8 @@ let package = Package(
         .testTarget(name: "SwitchboardIOTests", dependencies: ["SwitchboardIO"], swiftSettings: strict),
         .testTarget(name: "SwitchboardProtocolTests", dependencies: ["SwitchboardProtocol"], swiftSettings: strict),
         .testTarget(name: "SwitchboardStoreTests", dependencies: ["SwitchboardStore"], swiftSettings: strict),
+        .testTarget(name: "SwitchboardClusterTests", dependencies: ["SwitchboardCluster", "SwitchboardIO"],
+                    swiftSettings: strict),
         .testTarget(name: "SwitchboardRelayTests", dependencies: ["SwitchboardRelay"], swiftSettings: strict),
         .testTarget(name: "SwitchboardSessionTests",
                     dependencies: ["SwitchboardSession", "SwitchboardRelay", "SwitchboardProtocol", "SwitchboardStore", "SwitchboardIO"],
