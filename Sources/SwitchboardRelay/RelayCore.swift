@@ -70,11 +70,11 @@ public final class Session {
     /// Oldest login first. Never empty while the session is in `RelayCore.sessions`.
     public internal(set) var devices: [DeviceSession]
     /// How each contact relates to this user (incoming/outgoing requests and accepted contacts).
-    public var contacts: [UserID: ContactState]
+    public var contacts: IDMap<UserID, ContactState>
     public var contactNames: [UserID: String]
 
     init(userID: UserID, name: String, device: DeviceSession,
-         contacts: [UserID: ContactState], contactNames: [UserID: String]) {
+         contacts: IDMap<UserID, ContactState>, contactNames: [UserID: String]) {
         self.userID = userID; self.name = name; self.devices = [device]
         self.contacts = contacts; self.contactNames = contactNames
     }
@@ -103,17 +103,18 @@ public struct LoginOutcome {
 }
 
 public final class RelayCore {
-    public let limits: RelayLimits
-    public private(set) var sessions: [UserID: Session] = [:]
+    /// The mailbox quotas may be changed by a configuration reload (checked at each store).
+    public var limits: RelayLimits
+    public private(set) var sessions = IDMap<UserID, Session>()
     private var connectionUsers: [ConnectionID: UserID] = [:]
     /// Behind a class on purpose: mutating a struct stored in a dictionary goes through nested
     /// `_modify` coroutines whose frames are heap-allocated (3 mallocs per message, measured with
     /// DHAT); a reference is looked up and mutated in place with none.
     private final class SenderHistory {
-        var ids: RecentMessageIDs
+        let ids: RecentMessageIDs
         init(capacity: Int) { ids = RecentMessageIDs(capacity: capacity) }
     }
-    private var recentIDs: [UserID: SenderHistory] = [:]
+    private var recentIDs = IDMap<UserID, SenderHistory>()
     private var mailboxes: [UserID: MailboxState] = [:]
     /// Loads a mailbox's persisted usage the first time the core needs it (the store, in production).
     private let loadMailboxUsage: (UserID) -> MailboxUsage
@@ -151,9 +152,8 @@ public final class RelayCore {
         var takenOver: ConnectionID?
         let device = DeviceSession(connection: connection, deviceID: deviceID, deviceName: deviceName, address: address,
                                    receivesCopies: receivesCopies)
-        var contactStates: [UserID: ContactState] = [:]
+        var contactStates = IDMap<UserID, ContactState>()
         var names: [UserID: String] = [:]
-        contactStates.reserveCapacity(stored.count)
         for entry in stored {
             contactStates[entry.userID] = entry.state
             names[entry.userID] = entry.name
