@@ -2,7 +2,7 @@
 # End-to-end test of several devices of one user in real terminals: starts `switchboard serve` on an
 # ephemeral loopback port (TLS with a development CA), runs two `sbchat tui` of alice (two devices:
 # each its own XDG_CONFIG_HOME, so its own device id) and one of bob in a private tmux server, and
-# checks with `tmux capture-pane` that both of alice's devices receive bob's message, that what alice
+# checks with `tmux capture-pane` (each client with its own config and data folders, as on two machines) that both of alice's devices receive bob's message, that what alice
 # sends from one device shows on the other, and that `sbchat contacts` run meanwhile (a short-lived
 # device of its own) leaves both of alice's clients connected.
 #
@@ -77,15 +77,16 @@ for _ in $(seq 1 $((TIMEOUT * 10))); do
 done
 [ -n "$ADDR" ] || fail "the server did not start"
 
-sb() { env SWITCHBOARD_SERVER="$ADDR" SWITCHBOARD_PASSWORD="$PW" XDG_CONFIG_HOME="$TMP/cfg-scripts" $CLIENT_ENV "$SBCHAT" "$@" </dev/null; }
+sb() { env SWITCHBOARD_SERVER="$ADDR" SWITCHBOARD_PASSWORD="$PW" XDG_CONFIG_HOME="$TMP/cfg-scripts" XDG_DATA_HOME="$TMP/data-scripts" $CLIENT_ENV "$SBCHAT" "$@" </dev/null; }
 for u in alice bob; do sb register --user "$u" >/dev/null || fail "register $u"; done
 sb add --user alice bob >/dev/null && sb accept --user bob alice >/dev/null || fail "befriend alice and bob"
 
-# start_client SESSION USER: a terminal client with its own config folder (its own device id).
+# start_client SESSION USER: a terminal client with its own config folder (its own device id) and its
+# own data folder (its own local history), as on another machine.
 start_client() {
-  mkdir -p "$TMP/cfg-$1"
+  mkdir -p "$TMP/cfg-$1" "$TMP/data-$1"
   T new-session -d -s "$1" -x 80 -y 24 \
-    "env SWITCHBOARD_SERVER=$ADDR SWITCHBOARD_PASSWORD=$PW $CLIENT_ENV XDG_CONFIG_HOME=$TMP/cfg-$1 LANG=C.UTF-8 $SBCHAT tui --user $2 --device-name $1 2>>$TMP/$1.stderr; echo \"[sbchat exited: \$?]\"; sleep 600" \
+    "env SWITCHBOARD_SERVER=$ADDR SWITCHBOARD_PASSWORD=$PW $CLIENT_ENV XDG_CONFIG_HOME=$TMP/cfg-$1 XDG_DATA_HOME=$TMP/data-$1 LANG=C.UTF-8 $SBCHAT tui --user $2 --device-name $1 2>>$TMP/$1.stderr; echo \"[sbchat exited: \$?]\"; sleep 600" \
     || fail "tmux new-session $1"
 }
 T -f /dev/null start-server 2>/dev/null
