@@ -6,13 +6,13 @@ SYSTEM_PACKAGES := libssl-dev liblmdb-dev pkg-config
 # Xvfb with xdotool's mouse (screenshot with ImageMagick's import, DejaVu Sans Mono for the symbols); the
 # service unit is checked with systemd-analyze verify (package systemd); the cluster tests start a
 # three-server NATS cluster with JetStream (nats-server 2.9).
-TEST_PACKAGES := tmux xvfb xterm xdotool imagemagick fonts-dejavu-core systemd nats-server
+TEST_PACKAGES := tmux xvfb xterm xdotool imagemagick fonts-dejavu-core systemd nats-server valgrind
 SWIFT ?= swift
 DATA ?= ./data
 LISTEN ?= 127.0.0.1:7878
 RUN_FLAGS ?=
 
-.PHONY: install all deps test-deps install-packages build release run test soak cert clean bench bench-deps fuzz fuzz-ci fuzz-build
+.PHONY: bench-instructions install all deps test-deps install-packages build release run test soak cert clean bench bench-deps fuzz fuzz-ci fuzz-build
 
 all: build
 
@@ -79,6 +79,13 @@ install: $(if $(filter .build/release,$(BIN_DIR)),release)
 test: test-deps
 	SWIFT_DETERMINISTIC_HASHING=1 $(SWIFT) test
 	@$(MAKE) --no-print-directory fuzz-ci
+	@$(MAKE) --no-print-directory bench-instructions SLACK=10
+
+# Instructions per relayed message in the server core, counted by callgrind (deterministic, unlike wall
+# time), against Benchmarks/Thresholds/instructions-per-message.json; `make test` allows 10 % slack.
+SLACK ?= 0
+bench-instructions:
+	perf/instructions-per-message.sh --slack $(SLACK)
 
 # More seeds of the deterministic simulations (server core and auth gate): make soak SEEDS=2000.
 SEEDS ?= 2000
