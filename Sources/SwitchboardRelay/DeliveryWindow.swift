@@ -14,6 +14,9 @@ public struct PendingDelivery: Equatable, Sendable {
     /// Another device of the same receiver acknowledged this message first: this copy completes
     /// nothing when acknowledged and goes nowhere when the connection drops.
     public var settled = false
+    /// The same message went to other devices of the receiver too (their copies are settled when this
+    /// one is acknowledged first).
+    public var shared = false
     public init(seq: UInt64, sender: UInt32, messageID: UInt64, frameStart: UInt64, frameEnd: UInt64) {
         self.seq = seq; self.sender = sender; self.messageID = messageID; self.frameStart = frameStart; self.frameEnd = frameEnd
     }

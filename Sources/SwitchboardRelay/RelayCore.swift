@@ -68,7 +68,12 @@ public final class Session {
     public let userID: UserID
     public let name: String
     /// Oldest login first. Never empty while the session is in `RelayCore.sessions`.
-    public internal(set) var devices: [DeviceSession]
+    public internal(set) var devices: [DeviceSession] { didSet { deriveRouting() } }
+    /// Derived from `devices` whenever it changes (never set elsewhere), so the hot path reads two
+    /// plain fields instead of the array: how many devices, and the one to deliver to when there is
+    /// exactly one and it is not congested.
+    public private(set) var deviceCount = 1
+    public private(set) var soleReachable: ConnectionID?
     /// How each contact relates to this user (incoming/outgoing requests and accepted contacts).
     public var contacts: IDMap<UserID, ContactState>
     public var contactNames: [UserID: String]
@@ -77,6 +82,12 @@ public final class Session {
          contacts: IDMap<UserID, ContactState>, contactNames: [UserID: String]) {
         self.userID = userID; self.name = name; self.devices = [device]
         self.contacts = contacts; self.contactNames = contactNames
+        deriveRouting()
+    }
+
+    private func deriveRouting() {
+        deviceCount = devices.count
+        soleReachable = devices.count == 1 && !devices[0].congested ? devices[0].connection : nil
     }
 
     /// The oldest device's connection (the only one for a single-device user).
@@ -297,7 +308,15 @@ public final class RelayCore {
 
     /// Decides where a SEND goes. The sender's identity comes from its session, never from the frame.
     public func route(from sender: UserID, to recipient: UserID, messageID: UInt64, bodyBytes: Int) -> RouteDecision {
+        var senderDevices = 0
+        return route(from: sender, to: recipient, messageID: messageID, bodyBytes: bodyBytes, senderDevices: &senderDevices)
+    }
+
+    /// The same, also telling how many devices the sender has online (its other devices get a copy).
+    public func route(from sender: UserID, to recipient: UserID, messageID: UInt64, bodyBytes: Int,
+                      senderDevices: inout Int) -> RouteDecision {
         guard let session = sessions[sender] else { return .reject(.notAllowedNow, "not logged in") }
+        senderDevices = session.deviceCount
         guard session.contacts[recipient] == .accepted else {
             return .reject(.notAContact, "user \(recipient) is not an accepted contact")
         }
@@ -310,15 +329,12 @@ public final class RelayCore {
         case .none: break
         }
         if let target = sessions[recipient] {
-            let devices = target.devices
-            if devices.count == 1 {
-                if !devices[0].congested {
-                    remember(sender: sender, messageID: messageID, pendingCopies: 1)
-                    return .deliver(devices[0].connection)
-                }
-            } else {
+            if let only = target.soleReachable {
+                remember(sender: sender, messageID: messageID, pendingCopies: 1)
+                return .deliver(only)
+            } else if target.deviceCount > 1 {
                 var reachable = 0
-                for device in devices where !device.congested { reachable += 1 }
+                for device in target.devices where !device.congested { reachable += 1 }
                 if reachable > 0 {
                     remember(sender: sender, messageID: messageID, pendingCopies: reachable)
                     return .deliverToDevices(count: reachable)
@@ -377,16 +393,34 @@ public final class RelayCore {
     /// A message reached its final state; returns the sender's session, whose devices get the SEND_ACK,
     /// if online. Nil as well when the message had completed already (a second device acknowledged
     /// the same delivery): it is acknowledged once.
-    public func completed(sender: UserID, messageID: UInt64, status: SendStatus) -> Session? {
+    public func completed(sender: UserID, messageID: UInt64, status: SendStatus) -> SenderDevices? {
         if let history = recentIDs[sender], !history.ids.complete(messageID, status: status) { return nil }
-        return sessions[sender]
+        return devices(of: sender)
+    }
+
+    /// Where a sender's acknowledgements go: its one device (no reference held), or all of them.
+    public enum SenderDevices {
+        case one(ConnectionID)
+        case several(Session)
+        /// The oldest device's connection.
+        public var connection: ConnectionID {
+            switch self {
+            case .one(let connection): connection
+            case .several(let session): session.connection
+            }
+        }
+    }
+
+    private func devices(of user: UserID) -> SenderDevices? {
+        guard let session = sessions[user] else { return nil }
+        return session.deviceCount == 1 ? .one(session.devices[0].connection) : .several(session)
     }
 
     /// A message failed for good (e.g. the store refused it): forget it so a resend is tried again.
     /// Returns the sender's session, whose devices get the SEND_ERROR, if online.
-    public func failed(sender: UserID, messageID: UInt64) -> Session? {
+    public func failed(sender: UserID, messageID: UInt64) -> SenderDevices? {
         forget(sender: sender, messageID: messageID)
-        return sessions[sender]
+        return devices(of: sender)
     }
 
     /// Mail through `throughSeq` was acknowledged by a device of `recipient`. Returns the seq the

@@ -10,11 +10,15 @@ import SwitchboardStore
 extension ServerCore {
     func relay(from sender: ClientState, to recipient: UInt32, messageID: UInt64, body: ByteView) {
         let bodyBytes = body.count
-        let decision = core.route(from: sender.userID, to: recipient, messageID: messageID, bodyBytes: bodyBytes)
+        var senderDevices = 1
+        let decision = core.route(from: sender.userID, to: recipient, messageID: messageID, bodyBytes: bodyBytes,
+                                  senderDevices: &senderDevices)
         switch decision {
         case .deliver(let targetID):
             let sentAtMs = driver.wallNow
-            copyToOtherDevices(of: sender, to: recipient, messageID: messageID, sentAtMs: sentAtMs, body: body)
+            if senderDevices > 1 {
+                copyToOtherDevices(of: sender, to: recipient, messageID: messageID, sentAtMs: sentAtMs, body: body)
+            }
             guard let target = connections[targetID.raw], !target.isClosing else {
                 // The session ended this turn; its close is pending. Store instead.
                 copyLost(sender: sender, recipient: recipient, messageID: messageID, body: body)
@@ -24,20 +28,22 @@ extension ServerCore {
             stats.relayedLive += 1
         case .deliverToDevices:
             let sentAtMs = driver.wallNow
-            copyToOtherDevices(of: sender, to: recipient, messageID: messageID, sentAtMs: sentAtMs, body: body)
+            if senderDevices > 1 {
+                copyToOtherDevices(of: sender, to: recipient, messageID: messageID, sentAtMs: sentAtMs, body: body)
+            }
             guard let session = core.session(of: recipient) else { return }
             // Every device the core counted (not congested) gets a copy; one that closes this turn
             // counts as lost, and the last lost copy sends the message to the mailbox.
             for index in session.devices.indices where !session.devices[index].congested {
                 if let target = connections[session.devices[index].connection.raw], !target.isClosing {
-                    deliver(to: target, sender: sender.userID, messageID: messageID, sentAtMs: sentAtMs, body: body)
+                    deliver(to: target, sender: sender.userID, messageID: messageID, sentAtMs: sentAtMs, body: body, shared: true)
                 } else {
                     copyLost(sender: sender, recipient: recipient, messageID: messageID, body: body)
                 }
             }
             stats.relayedLive += 1
         case .store:
-            if sender.session.map({ $0.devices.count > 1 }) == true {
+            if senderDevices > 1 {
                 copyToOtherDevices(of: sender, to: recipient, messageID: messageID, sentAtMs: driver.wallNow, body: body)
             }
             storeMail(sender: sender, recipient: recipient, messageID: messageID, body: body, decision: decision)
@@ -61,8 +67,7 @@ extension ServerCore {
 
     /// SENT_COPY of an accepted SEND to the sender's other devices that speak version 2, are not
     /// closing and not congested (a copy is never acknowledged, retained or stored: a device that
-    /// misses it does not get it later). Costs one count check for a single-device sender.
-    @inline(__always)
+    /// misses it does not get it later). Called only when the sender has other devices.
     func copyToOtherDevices(of sender: ClientState, to recipient: UInt32, messageID: UInt64, sentAtMs: UInt64, body: ByteView) {
         guard let session = sender.session, session.devices.count > 1 else { return }
         for device in session.devices where device.connection != sender.id && device.receivesCopies && !device.congested {
@@ -77,18 +82,25 @@ extension ServerCore {
 
     /// SEND_ACK to every online device of the sender: the one that sent the message, and the others,
     /// which got its SENT_COPY (a device that knows neither ignores it).
-    func sendAck(toDevicesOf session: Session, messageID: UInt64, status: SendStatus) {
-        for index in session.devices.indices {
-            if let connection = connections[session.devices[index].connection.raw] {
-                sendAck(connection, messageID: messageID, status: status)
+    func sendAck(toDevicesOf sender: RelayCore.SenderDevices, messageID: UInt64, status: SendStatus) {
+        switch sender {
+        case .one(let id):
+            if let connection = connections[id.raw] { sendAck(connection, messageID: messageID, status: status) }
+        case .several(let session):
+            for device in session.devices {
+                if let connection = connections[device.connection.raw] { sendAck(connection, messageID: messageID, status: status) }
             }
         }
     }
 
-    func sendError(toDevicesOf session: Session, messageID: UInt64, code: ErrorCode, _ message: String) {
-        for device in session.devices {
-            if let connection = connections[device.connection.raw] {
-                send(connection, .sendError(messageID: messageID, code: code.rawValue, message: TextView(message)))
+    func sendError(toDevicesOf sender: RelayCore.SenderDevices, messageID: UInt64, code: ErrorCode, _ message: String) {
+        let frame = ServerFrame.sendError(messageID: messageID, code: code.rawValue, message: TextView(message))
+        switch sender {
+        case .one(let id):
+            if let connection = connections[id.raw] { send(connection, frame) }
+        case .several(let session):
+            for device in session.devices {
+                if let connection = connections[device.connection.raw] { send(connection, frame) }
             }
         }
     }
@@ -116,15 +128,18 @@ extension ServerCore {
     }
 
     /// Writes one DELIVER into the receiver's output (the body's only copy) and remembers it until acknowledged.
-    func deliver(to target: ClientState, sender: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView) {
+    func deliver(to target: ClientState, sender: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView,
+                 shared: Bool = false) {
         let seq = target.window.nextSeq()
         let out = target.output
         body.withUnsafeBytes { raw in
             out.reserveWritable(33 + raw.count)
             let start = out.streamPosition(ofIndex: out.writerIndex)
             FrameEncoder.writeDeliver(into: out, seq: seq, from: sender, messageID: messageID, sentAtMs: sentAtMs, body: raw)
-            target.window.append(PendingDelivery(seq: seq, sender: sender, messageID: messageID, frameStart: start,
-                                                 frameEnd: out.streamPosition(ofIndex: out.writerIndex)))
+            var pending = PendingDelivery(seq: seq, sender: sender, messageID: messageID, frameStart: start,
+                                          frameEnd: out.streamPosition(ofIndex: out.writerIndex))
+            pending.shared = shared
+            target.window.append(pending)
         }
         outputChanged(target)
     }
@@ -137,7 +152,7 @@ extension ServerCore {
                 sendAck(toDevicesOf: sender, messageID: delivery.messageID, status: .delivered)
             }
             // The receiver's other devices' copies are settled now, even if the sender's window forgets the id.
-            if let session = connection.session, session.devices.count > 1 {
+            if delivery.shared, let session = connection.session {
                 for device in session.devices where device.connection != connection.id {
                     connections[device.connection.raw]?.window.markSettled(sender: delivery.sender, messageID: delivery.messageID)
                 }
