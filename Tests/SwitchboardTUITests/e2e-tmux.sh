@@ -83,6 +83,7 @@ sb() { env SWITCHBOARD_SERVER="$ADDR" SWITCHBOARD_PASSWORD="$PW" $CLIENT_ENV "$S
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 # Local history of every client in this run goes here (never into the real home).
 export SWITCHBOARD_DATA_HOME="$TMP/home"
+export XDG_CONFIG_HOME="$TMP/config"   # the client keeps its device id here, not in the real ~/.config
 
 # --- server (TLS with a development CA when the server supports it) -------------------------
 CLIENT_ENV="SWITCHBOARD_PLAINTEXT=1"

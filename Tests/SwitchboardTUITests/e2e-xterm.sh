@@ -97,7 +97,7 @@ sb() { env SWITCHBOARD_SERVER="$ADDR" SWITCHBOARD_PASSWORD="$PW" $CLIENT_ENV "$S
 
 # --- server, accounts -----------------------------------------------------------------------------
 "$SB" cert init --data "$TMP/data" >/dev/null || fail "switchboard cert init"
-CLIENT_ENV="SWITCHBOARD_CA=$TMP/data/tls/ca.pem SWITCHBOARD_DATA_HOME=$TMP/history"
+CLIENT_ENV="SWITCHBOARD_CA=$TMP/data/tls/ca.pem SWITCHBOARD_DATA_HOME=$TMP/history XDG_CONFIG_HOME=$TMP/config"
 "$SB" serve --listen 127.0.0.1:0 --data "$TMP/data" --pbkdf2-iterations 1000 >"$TMP/server.out" 2>"$TMP/server.log" &
 SERVER_PID=$!
 ADDR=""
