@@ -133,6 +133,7 @@ extension ServerCore {
                 finishAttempt(id, ok ? .success : .wrongPassword)
                 guard let connection = connections[id], !connection.isClosing else { continue }
                 guard ok, let account else {
+                    metrics.loginFailures += 1
                     logger.info("login failed", metadata: ["user": "\(name)", "peer": "\(connection.peerText)"])
                     send(connection, .error(requestID: requestID, code: ErrorCode.authenticationFailed.rawValue,
                                             message: "wrong user name or password"))
@@ -182,6 +183,7 @@ extension ServerCore {
         for target in outcome.notifyOnline {
             if let other = connections[target.raw] { send(other, .presence(userID: account.userID, online: true)) }
         }
+        metrics.logins += 1
         logger.info("login", metadata: ["user": "\(account.name)", "peer": "\(connection.peerText)"])
         connection.mailPaging = .notStarted
         // Mail acknowledged on an earlier connection whose delete has not committed yet is not sent again.

@@ -23,6 +23,7 @@ extension ServerCore {
                 return
             case .frame(let (type, body), let consumed):
                 stats.framesIn += 1
+                metrics.framesIn.increment(Int(type))
                 do {
                     let frame = try FrameDecoder.clientFrame(type: type, body: body)
                     handleFrame(connection, frame)

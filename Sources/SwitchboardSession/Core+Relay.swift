@@ -9,6 +9,7 @@ import SwitchboardStore
 extension ServerCore {
     func relay(from sender: ClientState, to recipient: UInt32, messageID: UInt64, body: ByteView) {
         let bodyBytes = body.count
+        sender.messagesSent &+= 1
         let decision = core.route(from: sender.userID, to: recipient, messageID: messageID, bodyBytes: bodyBytes)
         switch decision {
         case .deliver(let targetID):
@@ -63,13 +64,17 @@ extension ServerCore {
             let start = out.streamPosition(ofIndex: out.writerIndex)
             FrameEncoder.writeDeliver(into: out, seq: seq, from: sender, messageID: messageID, sentAtMs: sentAtMs, body: raw)
             target.window.append(PendingDelivery(seq: seq, sender: sender, messageID: messageID, frameStart: start,
-                                                 frameEnd: out.streamPosition(ofIndex: out.writerIndex)))
+                                                 frameEnd: out.streamPosition(ofIndex: out.writerIndex),
+                                                 receivedNs: receiveClockNs))
         }
+        target.messagesReceived &+= 1
+        metrics.framesOut.increment(Int(FrameType.deliver.rawValue))
         outputChanged(target)
     }
 
     func acknowledgeDeliveries(_ connection: ClientState, throughSeq: UInt64) {
         connection.window.acknowledge(throughSeq: throughSeq) { delivery in
+            metrics.deliveriesAcknowledged &+= 1
             if let senderID = core.completed(sender: delivery.sender, messageID: delivery.messageID, status: .delivered),
                let sender = connections[senderID.raw] {
                 sendAck(sender, messageID: delivery.messageID, status: .delivered)

@@ -21,11 +21,14 @@ extension ServerCore {
     func handleStoreResults(_ results: [StoreBatchResult]) {
         for result in results {
             storeInFlight = false
+            metrics.commitLatency.record(result.commitNanos)
+            metrics.commitBatchSize.record(UInt64(result.batch.ops.count))
             for case .mail(let mail) in result.batch.contexts { storeBacklogBytes -= mail.body.count }
             switch result.results {
             case .success(let writeResults):
                 for (context, outcome) in zip(result.batch.contexts, writeResults) { complete(context, outcome) }
             case .failure(let error):
+                metrics.commitFailures += 1
                 logger.error("store batch failed", metadata: ["error": "\(error)", "ops": "\(result.batch.ops.count)"])
                 for context in result.batch.contexts { fail(context, error.description) }
             }
@@ -47,6 +50,7 @@ extension ServerCore {
             guard let connection = connections[id], !connection.isClosing else { return }
             switch outcome {
             case .accountCreated:
+                metrics.registrations += 1
                 send(connection, .ok(requestID: requestID))
             case .nameTaken:
                 send(connection, .error(requestID: requestID, code: ErrorCode.nameTaken.rawValue, message: "that name is taken"))

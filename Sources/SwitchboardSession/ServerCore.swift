@@ -19,6 +19,11 @@ import SwitchboardStore
 public final class ServerCore {
     public let configuration: SessionConfiguration
     public var stats = ServerStats()
+    /// Counters and histograms beyond `stats` (SessionMetrics.swift).
+    public let metrics = SessionMetrics()
+    /// Monotonic nanoseconds of the read being processed, set by the driver before `received`: the
+    /// start of the relay latency a DELIVER carries.
+    public var receiveClockNs: UInt64 = 0
     public var logger: Logger
     unowned let driver: any SessionDriver
     let store: any StoreReading
@@ -142,6 +147,24 @@ public final class ServerCore {
         }
         updateRetention(connection)
         if connection.budget.readingPaused || connection.budget.congested { applyBudget(connection) }
+        if connection.latencyTimedSeq < connection.window.lastSeq { timeWrittenDeliveries(connection) }
+    }
+
+    /// Relay latency: each DELIVER whose last byte is now written is timed once (one clock read per
+    /// write, one histogram add per message; the window's entries are fixed-size, nothing allocates).
+    func timeWrittenDeliveries(_ connection: ClientState) {
+        let out = connection.output
+        let written = out.streamPosition(ofIndex: out.readerIndex)
+        if let oldest = connection.window.oldest, oldest.seq > connection.latencyTimedSeq + 1 {
+            connection.latencyTimedSeq = oldest.seq - 1  // acknowledged before it was timed (cannot be written later)
+        }
+        var nowNs: UInt64 = 0
+        while let delivery = connection.window.delivery(seq: connection.latencyTimedSeq + 1), delivery.frameEnd <= written {
+            if nowNs == 0 { nowNs = Clock.monotonicNs() }
+            if delivery.receivedNs != 0 { metrics.relayLatency.record(nowNs &- delivery.receivedNs) }
+            connection.latencyTimedSeq += 1
+        }
+        if connection.window.isEmpty { connection.latencyTimedSeq = connection.window.lastSeq }
     }
 
     public func hashCompleted(_ results: [HashResult]) { handleHashResults(results) }
