@@ -141,6 +141,8 @@ extension ServerCore {
                     continue
                 }
                 completeLogin(connection, requestID: requestID, account: account)
+            case .hashedForAdmin(let token, let hash):
+                adminEvents?(.hashed(token: token, hash: hash))
             }
         }
         pumpAuth()

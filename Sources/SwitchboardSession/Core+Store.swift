@@ -108,6 +108,10 @@ extension ServerCore {
                 core.mailRemoved(recipient: mail.recipient, count: 1, bytes: mail.body.count)
                 stats.duplicatesDropped += 1
                 ackStored(mail)
+            case .noSuchUser:
+                // The recipient's account was deleted (switchboard users delete) before the mail committed.
+                core.mailRemoved(recipient: mail.recipient, count: 1, bytes: mail.body.count)
+                failMail(mail, code: .noSuchUser, "the recipient's account was deleted: the message was not stored")
             case .storageFull:
                 storageFull("mail")
                 core.mailRemoved(recipient: mail.recipient, count: 1, bytes: mail.body.count)
@@ -121,6 +125,8 @@ extension ServerCore {
             core.mailRemoved(recipient: recipient, count: count, bytes: bytes)
         case .prune:
             break
+        case .admin(let token):
+            adminWriteCompleted(token: token, .success(outcome))
         case .dedupeWindow(let sender, let generation):
             guard pendingWindows[sender]?.generation == generation, let entries = pendingWindows[sender]?.entries else { return }
             pendingWindows[sender] = nil
@@ -217,6 +223,8 @@ extension ServerCore {
             pendingMailDeletes[recipient] = nil  // the mail stays; it is delivered again at the next login
         case .prune:
             break
+        case .admin(let token):
+            adminEvents?(.written(token: token, .failure(StoreErrorBox(description: why))))
         }
     }
 }

@@ -24,6 +24,8 @@ public final class ServerCore {
     /// Monotonic nanoseconds of the read being processed, set by the driver before `received`: the
     /// start of the relay latency a DELIVER carries.
     public var receiveClockNs: UInt64 = 0
+    /// Where the results of administrator requests go (the driver's admin socket; Core+Admin).
+    public var adminEvents: ((AdminEvent) -> Void)?
     public var logger: Logger
     unowned let driver: any SessionDriver
     let store: any StoreReading

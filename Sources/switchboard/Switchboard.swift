@@ -122,6 +122,12 @@ struct Serve: ParsableCommand {
     var handshakeTimeout: UInt64 = 5
     @Flag(help: "Serve without TLS (for benchmarks against plaintext peers). Logged as a warning.")
     var plaintext = false
+    @Option(help: "Serve Prometheus metrics at http://HOST:PORT/metrics and health at /healthz (IPv4:PORT or [IPv6]:PORT; off by default; keep it on loopback or a private network).")
+    var metrics: String?
+    @Option(help: "The admin socket (who, kick, stats, users, top). Default: DATA/admin.sock, mode 0600.")
+    var adminSocket: String?
+    @Flag(help: "Open no admin socket.")
+    var noAdminSocket = false
 
     func validate() throws {
         guard LogLevelParser.parse(logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
@@ -176,6 +182,11 @@ struct Serve: ParsableCommand {
         config.storeMapSizeBytes = mapSize << 20
         config.plaintext = plaintext
         config.handshakeTimeoutMs = handshakeTimeout * 1000
+        if let metrics {
+            do { config.metricsAddress = try SocketAddress(parsing: metrics) } catch { throw ValidationError("--metrics: \(error)") }
+        }
+        config.adminSocketPath = adminSocket
+        config.adminSocketEnabled = !noAdminSocket
         if !plaintext {
             let tlsDirectory = DevelopmentCA.directory(forDataDirectory: data)
             let cert = tlsCert ?? tlsDirectory + "/server.pem"
@@ -202,6 +213,7 @@ struct Serve: ParsableCommand {
         installSignals(shutdown: server.shutdownEventFD, reload: server.reloadEventFD)
         // One line on stdout that scripts and tests wait for.
         print("switchboard listening on \(server.boundAddress)")
+        if let metricsAddress = server.metricsAddress { print("switchboard metrics on http://\(metricsAddress)/metrics") }
         fflushStdout()
         try server.run()
     }
