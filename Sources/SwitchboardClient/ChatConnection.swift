@@ -85,9 +85,9 @@ public final class ChatConnection {
     /// is given (plaintext otherwise), and exchanges HELLO/WELCOME.
     /// TLS failures throw `TLSError` (e.g. kind `.pinMismatch` with both fingerprints).
     public init(server: String, timeoutMs: Int32 = 10_000, agent: String = "switchboard-client",
-                tls options: ClientTLSOptions? = nil) throws {
+                tls options: ClientTLSOptions? = nil, from source: SocketAddress? = nil) throws {
         let address = try ChatConnection.resolve(server)
-        let fd = try Socket.connectBlocking(to: address)
+        let fd = try Socket.connectBlocking(to: address, from: source)
         if let options {
             // On failure startTLS has closed the socket.
             (transport, tls) = try ChatConnection.startTLS(fd: fd, server: server, port: address.port,

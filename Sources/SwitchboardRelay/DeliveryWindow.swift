@@ -49,7 +49,7 @@ public struct DeliveryWindow {
 
     /// The delivery with sequence number `seq` if it is still in the window: O(1), the window's seqs
     /// are consecutive.
-    public func delivery(seq: UInt64) -> PendingDelivery? {
+    public func pending(seq: UInt64) -> PendingDelivery? {
         guard count > 0 else { return nil }
         let first = entries[head].seq
         guard seq >= first, seq < first + UInt64(count) else { return nil }

@@ -161,7 +161,7 @@ public final class ServerCore {
             connection.latencyTimedSeq = oldest.seq - 1  // acknowledged before it was timed (cannot be written later)
         }
         var nowNs: UInt64 = 0
-        while let delivery = connection.window.delivery(seq: connection.latencyTimedSeq + 1), delivery.frameEnd <= written {
+        while let delivery = connection.window.pending(seq: connection.latencyTimedSeq + 1), delivery.frameEnd <= written {
             if nowNs == 0 { nowNs = Clock.monotonicNs() }
             if delivery.receivedNs != 0 { metrics.relayLatency.record(nowNs &- delivery.receivedNs) }
             connection.latencyTimedSeq += 1
