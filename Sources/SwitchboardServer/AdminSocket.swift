@@ -55,6 +55,7 @@ final class AdminSocket: OpsProtocol {
             return uid == me || uid == 0
         }
         listener.proto = self
+        listener.deadlineMovesOnRead = true
         server.core.adminEvents = { [unowned self] in self.coreEvent($0) }
     }
 

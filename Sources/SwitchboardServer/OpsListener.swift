@@ -74,6 +74,9 @@ final class OpsListener: EventHandler {
     private var registration: RegistrationID?
     private(set) var connections: [ObjectIdentifier: OpsConnection] = [:]
     private var sweepScheduled = false
+    /// true: the deadline moves with each read (an idle timeout, admin); false: it is fixed at accept
+    /// (the whole request must arrive in time, HTTP: a slow sender cannot hold a connection open).
+    var deadlineMovesOnRead = false
     /// Accept filter (the admin socket checks the peer's uid); false closes the connection at once.
     var admit: (Int32) -> Bool = { _ in true }
     /// Counters for /metrics.
@@ -157,7 +160,7 @@ final class OpsListener: EventHandler {
                 connection.peerClosed = true
             case .processed(let count)?:
                 connection.input.append(contentsOf: readChunk[0..<count])
-                connection.deadline = loop.now + idleTimeoutMs
+                if deadlineMovesOnRead { connection.deadline = loop.now + idleTimeoutMs }
                 continue
             case .wouldBlock?:
                 break

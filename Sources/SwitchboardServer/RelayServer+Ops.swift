@@ -28,7 +28,13 @@ extension RelayServer {
             metricsHTTP = try MetricsHTTP(server: self, address: address, sweepToken: Self.metricsSweepToken)
         }
         if configuration.adminSocketEnabled {
-            admin = try AdminSocket(server: self, path: configuration.effectiveAdminSocketPath, sweepToken: Self.adminSweepToken)
+            do {
+                admin = try AdminSocket(server: self, path: configuration.effectiveAdminSocketPath, sweepToken: Self.adminSweepToken)
+            } catch UnixSocketError.pathTooLong(let path) where configuration.adminSocketPath == nil {
+                // The default path inside a deeply nested data folder: run without it rather than not at all.
+                logger.warning("no admin socket: the data folder's path is too long for a Unix socket; pass --admin-socket with a shorter path",
+                               metadata: ["path": "\(path)"])
+            }
         }
     }
 

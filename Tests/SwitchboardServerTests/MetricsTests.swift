@@ -130,14 +130,24 @@ import SwitchboardProtocol
         let refused = try rawHTTP(address, [])
         #expect(refused.answer?.status == 503)
         #expect(refused.closed)
-        // An incomplete request is answered 408 after 5 s (the sweep runs every second).
+        // A request trickling in a header line per second is still answered 408 at 5 s after accept: the
+        // deadline does not move with each read (a slow sender cannot hold a connection).
         let start = Clock.monotonicMs()
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        var pfd = pollfd(fd: idle[0], events: Int16(POLLIN), revents: 0)
-        _ = poll(&pfd, 1, 8_000)
-        let n = chunk.withUnsafeMutableBytes { Glibc.read(idle[0], $0.baseAddress, $0.count) }
-        #expect(n > 0)
-        #expect(String(decoding: chunk[0..<max(n, 0)], as: UTF8.self).hasPrefix("HTTP/1.1 408"))
+        let trickle = idle[0]
+        var answer = ""
+        func sendLine(_ text: String) { _ = Array(text.utf8).withUnsafeBytes { Glibc.send(trickle, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
+        sendLine("GET /metrics HTTP/1.1\r\n")
+        while Clock.monotonicMs() - start < 9_000 && answer.isEmpty {
+            var pfd = pollfd(fd: trickle, events: Int16(POLLIN), revents: 0)
+            if poll(&pfd, 1, 1_000) > 0 {
+                var chunk = [UInt8](repeating: 0, count: 4096)
+                let n = chunk.withUnsafeMutableBytes { Glibc.read(trickle, $0.baseAddress, $0.count) }
+                answer = n > 0 ? String(decoding: chunk[0..<n], as: UTF8.self) : "(closed)"
+            } else {
+                sendLine("X-Slow: 1\r\n")
+            }
+        }
+        #expect(answer.hasPrefix("HTTP/1.1 408"), "\(answer)")
         let waited = Clock.monotonicMs() - start
         #expect(waited >= 2_000 && waited <= 7_500)
         // The loop was never blocked: a scrape works after all of it.
