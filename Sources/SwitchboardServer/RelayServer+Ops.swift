@@ -89,4 +89,6 @@ extension RelayServer {
 
     /// Test hook: the store thread exits as if it had died (Workers.stopStoreThreadForTesting).
     public func stopStoreThreadForTesting() { workers.stopStoreThreadForTesting() }
+    /// Test hook: the store thread's next commit first sleeps `ms` (a stalled disk).
+    public func delayNextCommitForTesting(ms: UInt32) { workers.storeHealth.update { $0.delayNextCommitMsForTesting = ms } }
 }

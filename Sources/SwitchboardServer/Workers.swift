@@ -3,6 +3,7 @@
 // come back through a CompletionQueue whose eventfd wakes the loop. Workers get immutable items and
 // never touch a connection. The store thread reports its liveness (`storeHealth`) for /healthz: whether
 // it runs, and since when its current commit has been running.
+import Glibc
 import SwitchboardIO
 import SwitchboardSession
 import SwitchboardStore
@@ -53,7 +54,12 @@ final class Workers: @unchecked Sendable {
             if health.state.stopRequested { return }
             for batch in batches {
                 let start = Clock.monotonicNs()
-                health.update { $0.busySinceNs = start }
+                let delayMs = health.update { state -> UInt32 in
+                    state.busySinceNs = start
+                    defer { state.delayNextCommitMsForTesting = 0 }
+                    return state.delayNextCommitMsForTesting
+                }
+                if delayMs > 0 { usleep(delayMs * 1000) }
                 defer { health.update { $0.busySinceNs = 0; $0.commits &+= 1 } }
                 let outcome: Result<[WriteResult], StoreErrorBox>
                 do {
@@ -90,10 +96,13 @@ final class StoreThreadHealth: @unchecked Sendable {
         var busySinceNs: UInt64 = 0
         var commits: UInt64 = 0
         var stopRequested = false
+        /// Test hook: the next commit sleeps this long first (a stuck disk, as /healthz sees it).
+        var delayNextCommitMsForTesting: UInt32 = 0
     }
     private let lock = Lock()
     private var current = State()
 
     var state: State { lock.withLock { current } }
-    func update(_ change: (inout State) -> Void) { lock.withLock { change(&current) } }
+    @discardableResult
+    func update<R>(_ change: (inout State) -> R) -> R { lock.withLock { change(&current) } }
 }

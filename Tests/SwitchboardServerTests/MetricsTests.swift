@@ -105,6 +105,28 @@ import SwitchboardProtocol
         #expect(try httpGet(address, "/metrics").status == 200)
     }
 
+    @Test func healthzTurns503WhileACommitIsStuckAndRecovers() throws {
+        let server = try InProcessServer { config in
+            config.metricsAddress = try? SocketAddress(parsing: "127.0.0.1:0")
+            config.storeStallMs = 200
+        }
+        defer { server.stop() }
+        let address = server.server.metricsAddress!
+        #expect(try httpGet(address, "/healthz").status == 200)
+        server.server.delayNextCommitForTesting(ms: 1_500)
+        // An account write needs a commit: it hangs for 1.5 s on the store thread.
+        let path = server.server.adminSocketPath!
+        let fd = try UnixSocket.connect(path: path)
+        defer { Sys.close(fd) }
+        _ = Array("users add stuck password-for-stuck\n".utf8).withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        #expect(try eventually(timeoutMs: 1_400) { try httpGet(address, "/healthz").status == 503 })
+        #expect(try httpGet(address, "/healthz").body.contains("store commit running for"))
+        // Once the commit returns the answer comes and health is back.
+        let added = try adminRequest(fd: fd, "ping")  // the first answer on this connection is the add's
+        #expect(added.ok && added.text.contains("created stuck"))
+        #expect(try eventually { try httpGet(address, "/healthz").status == 200 })
+    }
+
     @Test func httpLimitsAndErrors() throws {
         let (server, address) = try Self.metricsServer()
         defer { server.stop() }
