@@ -13,7 +13,10 @@ final class MetricsHTTP: OpsProtocol {
     static let requestTimeoutMs: UInt64 = 5_000
     unowned let server: RelayServer
     let listener: OpsListener
+    let sampler: ProcessSampler
     private(set) var scrapes: UInt64 = 0
+    /// Nanoseconds the previous /metrics render took on the loop.
+    private(set) var lastRenderNs: UInt64 = 0
 
     init(server: RelayServer, address: SocketAddress, sweepToken: UInt64) throws {
         self.server = server
@@ -26,7 +29,18 @@ final class MetricsHTTP: OpsProtocol {
             Sys.close(fd)
             throw error
         }
+        do {
+            sampler = try ProcessSampler()
+        } catch {
+            listener.close()
+            throw error
+        }
         listener.proto = self
+    }
+
+    func close() {
+        listener.close()
+        sampler.stop()
     }
 
     var boundAddress: SocketAddress? { try? Socket.localAddress(listener.fd) }
@@ -72,8 +86,11 @@ final class MetricsHTTP: OpsProtocol {
         switch path {
         case "/metrics":
             scrapes += 1
+            let start = Clock.monotonicNs()
+            let body = MetricsText.render(server)
+            lastRenderNs = Clock.monotonicNs() &- start
             connection.queue(Self.response(status: "200 OK", contentType: "text/plain; version=0.0.4; charset=utf-8",
-                                           body: MetricsText.render(server), headOnly: headOnly))
+                                           body: body, headOnly: headOnly))
         case "/healthz":
             let health = server.health()
             connection.queue(Self.response(status: health.healthy ? "200 OK" : "503 Service Unavailable",

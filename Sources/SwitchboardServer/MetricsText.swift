@@ -1,8 +1,8 @@
 // The Prometheus text exposition (format 0.0.4) of the running server, rendered at scrape time from
 // the loop's own counters (ServerStats, SessionMetrics, the driver's TLS counts, the loop's turn
 // histogram). Nothing is collected for a scrape in advance: the hot path only increments integers.
-// Rendering walks the connection table once (connections by phase and transport) and reads
-// /proc/self/statm and /proc/self/fd (O(open descriptors)); it allocates, but only here, once per scrape.
+// Rendering walks the connection table once (connections by phase and transport); RSS and open
+// descriptors come from ProcessSampler's thread. It allocates, but only here, once per scrape.
 import Glibc
 import SwitchboardIO
 import SwitchboardProtocol
@@ -57,12 +57,12 @@ enum MetricsText {
 
         // Connections.
         let transport = server.tlsContext == nil ? "plain" : "tls"
-        var byPhase: [String: UInt64] = ["awaiting_hello": 0, "awaiting_auth": 0, "authenticating": 0, "active": 0, "closing": 0]
-        for client in core.clients { byPhase[phaseName(client.phase), default: 0] += 1 }
+        var byPhase = [UInt64](repeating: 0, count: phaseNames.count)
+        for client in core.clients { byPhase[phaseIndex(client.phase)] += 1 }
         w.header("switchboard_connections", "gauge", "Open client connections by session phase and transport.")
-        for phase in ["awaiting_hello", "awaiting_auth", "authenticating", "active", "closing"] {
+        for (index, phase) in phaseNames.enumerated() {
             for t in ["plain", "tls"] {
-                w.sample("switchboard_connections", "phase=\"\(phase)\",transport=\"\(t)\"", t == transport ? byPhase[phase]! : 0)
+                w.sample("switchboard_connections", "phase=\"\(phase)\",transport=\"\(t)\"", t == transport ? byPhase[index] : 0)
             }
         }
         w.metric("switchboard_connections_lingering", "gauge", "Closed connections still writing their last bytes (ERROR) before the socket closes.",
@@ -145,14 +145,19 @@ enum MetricsText {
         // Operator surfaces.
         if let http = server.metricsHTTP {
             w.metric("switchboard_metrics_scrapes_total", "counter", "Scrapes of /metrics answered (this one included).", http.scrapes)
+            w.header("switchboard_metrics_render_seconds", "gauge", "Loop time the previous scrape took to render (it grows with connections and descriptors).")
+            w.sample("switchboard_metrics_render_seconds", Double(http.lastRenderNs) / 1e9)
             w.metric("switchboard_metrics_connections_refused_total", "counter", "Monitoring connections refused (over the limit).", http.listener.refused)
         }
 
         // Process.
-        w.header("process_resident_memory_bytes", "gauge", "Resident set size.")
-        w.sample("process_resident_memory_bytes", residentBytes())
-        w.header("process_open_fds", "gauge", "Open file descriptors.")
-        w.sample("process_open_fds", openDescriptors())
+        // RSS and descriptors come from the sampler thread (at most its interval old): counting
+        // /proc/self/fd on the loop would stall it for tens of ms at 10 000 connections.
+        let process = server.metricsHTTP?.sampler.sample ?? ProcessSampler.measure()
+        w.header("process_resident_memory_bytes", "gauge", "Resident set size (sampled every 2 s off the loop).")
+        w.sample("process_resident_memory_bytes", process.residentBytes)
+        w.header("process_open_fds", "gauge", "Open file descriptors (sampled every 2 s off the loop).")
+        w.sample("process_open_fds", process.openDescriptors)
         w.header("process_max_fds", "gauge", "The descriptor limit (RLIMIT_NOFILE).")
         var limit = rlimit()
         getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
@@ -162,38 +167,15 @@ enum MetricsText {
         return w.text
     }
 
-    static func phaseName(_ phase: ClientState.Phase) -> String {
+    static let phaseNames = ["awaiting_hello", "awaiting_auth", "authenticating", "active", "closing"]
+
+    static func phaseIndex(_ phase: ClientState.Phase) -> Int {
         switch phase {
-        case .awaitingHello: return "awaiting_hello"
-        case .awaitingAuth: return "awaiting_auth"
-        case .authenticating: return "authenticating"
-        case .active: return "active"
-        case .closing: return "closing"
+        case .awaitingHello: return 0
+        case .awaitingAuth: return 1
+        case .authenticating: return 2
+        case .active: return 3
+        case .closing: return 4
         }
-    }
-
-    /// RSS from /proc/self/statm (resident pages times the page size).
-    static func residentBytes() -> UInt64 {
-        let fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return 0 }
-        defer { close(fd) }
-        var buffer = [UInt8](repeating: 0, count: 256)
-        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        guard n > 0 else { return 0 }
-        let fields = buffer[0..<n].split(separator: UInt8(ascii: " "))
-        guard fields.count > 1, let pages = UInt64(String(decoding: fields[1], as: UTF8.self)) else { return 0 }
-        return pages * UInt64(sysconf(Int32(_SC_PAGESIZE)))
-    }
-
-    /// Entries of /proc/self/fd, minus the directory's own descriptor.
-    static func openDescriptors() -> UInt64 {
-        guard let dir = opendir("/proc/self/fd") else { return 0 }
-        defer { closedir(dir) }
-        var count: UInt64 = 0
-        while let entry = readdir(dir) {
-            let first = withUnsafeBytes(of: entry.pointee.d_name) { $0[0] }
-            if first != UInt8(ascii: ".") { count += 1 }
-        }
-        return count > 0 ? count - 1 : 0
     }
 }

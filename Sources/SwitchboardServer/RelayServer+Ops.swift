@@ -34,12 +34,15 @@ extension RelayServer {
                 // The default path inside a deeply nested data folder: run without it rather than not at all.
                 logger.warning("no admin socket: the data folder's path is too long for a Unix socket; pass --admin-socket with a shorter path",
                                metadata: ["path": "\(path)"])
+            } catch {
+                stopOps()  // the monitoring listener and its sampler thread are not left behind
+                throw error
             }
         }
     }
 
     func stopOps() {
-        metricsHTTP?.listener.close()
+        metricsHTTP?.close()
         metricsHTTP = nil
         admin?.close()
         admin = nil

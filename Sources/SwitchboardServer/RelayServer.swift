@@ -127,6 +127,7 @@ public final class RelayServer: EventHandler, SessionDriver {
     }
 
     deinit {
+        stopOps()
         Sys.close(reloadFD)
         Sys.close(shutdownFD)
         if reserveFD >= 0 { Sys.close(reserveFD) }
