@@ -5,7 +5,7 @@
 // Protocol: each request is one line (at most 4096 bytes, LF-terminated); each answer is
 // `ok <n>\n` or `error <n>\n` followed by exactly n bytes of UTF-8 text. Requests on one connection are
 // answered in order; one that waits for a hash or a commit holds the ones behind it.
-// Commands: who | kick USER [REASON] | stats | users add USER PASSWORD | users passwd USER PASSWORD |
+// Commands: who | talkers N | kick USER [REASON] | stats | users add USER PASSWORD | users passwd USER PASSWORD |
 // users delete USER | reload | ping | help (PASSWORD is the rest of the line).
 //
 // Invariants: nothing here blocks the loop: password hashes run on the hash threads, account writes go
@@ -32,6 +32,9 @@ final class AdminSocket: OpsProtocol {
         case hashForPassword(name: String)
         case write(String)
     }
+    /// Loop nanoseconds the previous `who` took (it walks every session), shown by `stats`.
+    private(set) var lastWhoNs: UInt64 = 0
+    private(set) var lastTalkersNs: UInt64 = 0
     private var pending: [UInt64: (connection: OpsConnection, what: Pending)] = [:]
 
     init(server: RelayServer, path: String, sweepToken: UInt64) throws {
@@ -118,6 +121,7 @@ final class AdminSocket: OpsProtocol {
         case ("help", _):
             reply(connection, ok: true, """
                 who                           online users: name, device, address, since, transport, queued bytes
+                talkers N                     the N sessions that sent+received most since this connection's previous talkers
                 kick USER [REASON]            close USER's session (ERROR kicked); unacknowledged messages go to its mailbox
                 stats                         counters and latency histograms (what `switchboard top` reads)
                 users add USER PASSWORD       create an account (PASSWORD: the rest of the line)
@@ -127,7 +131,19 @@ final class AdminSocket: OpsProtocol {
                 ping                          pong
                 """)
         case ("who", 1):
-            reply(connection, ok: true, who())
+            let start = Clock.monotonicNs()
+            let text = who()
+            lastWhoNs = Clock.monotonicNs() &- start
+            reply(connection, ok: true, text)
+        case ("talkers", 2):
+            guard let count = Int(words[1]), count >= 0, count <= 10_000 else {
+                reply(connection, ok: false, "usage: talkers N (0...10000)")
+                return
+            }
+            let start = Clock.monotonicNs()
+            let text = talkers(count, for: connection)
+            lastTalkersNs = Clock.monotonicNs() &- start
+            reply(connection, ok: true, text)
         case ("stats", 1):
             reply(connection, ok: true, AdminStats.render(server))
         case ("kick", 2...):
@@ -159,22 +175,59 @@ final class AdminSocket: OpsProtocol {
 
     // MARK: who
 
+    /// One line per logged-in session, sorted by name. O(sessions) on the loop (tens of ms at 10 000:
+    /// `admin_last_who_ns` in `stats` says how long the previous one took); `top` uses `talkers`.
     func who() -> String {
         let loop = server.loop
-        var rows: [String] = ["NAME\tDEVICE\tADDRESS\tSINCE\tTRANSPORT\tQUEUED\tUNACKED\tSENT\tRECEIVED\tCONN"]
-        let active = server.core.clients.filter { $0.phase == .active }.sorted { $0.userName < $1.userName }
+        var text = "NAME\tDEVICE\tADDRESS\tSINCE\tTRANSPORT\tQUEUED\tUNACKED\tSENT\tRECEIVED\tCONN\n"
+        var active: [ClientState] = []
+        active.reserveCapacity(server.core.connectionCount)
+        for client in server.core.clients where client.phase == .active { active.append(client) }
+        active.sort { $0.userName < $1.userName }
+        text.reserveCapacity(text.utf8.count + active.count * 96)
+        var lastSecond: UInt64 = .max
+        var lastISO = ""
         for client in active {
             let sinceMs = loop.wallNow &- (loop.now &- client.createdAt)
+            if sinceMs / 1000 != lastSecond { lastSecond = sinceMs / 1000; lastISO = Self.isoTime(ms: sinceMs) }
             var transport = "plain"
             if let connection = client.link.map({ unsafeDowncast($0, to: Connection.self) }), let tls = connection.tls {
                 transport = tls.protocolVersion.isEmpty ? "tls" : tls.protocolVersion
             }
             // DEVICE: sessions have no device name today; the column is kept for when they do.
-            rows.append([client.userName, "-", client.peerText, Self.isoTime(ms: sinceMs), transport,
-                         "\(client.output.readableBytes)", "\(client.window.count)", "\(client.messagesSent)",
-                         "\(client.messagesReceived)", "\(client.id.raw)"].joined(separator: "\t"))
+            text += client.userName; text += "\t-\t"; text += client.peerText; text += "\t"; text += lastISO
+            text += "\t"; text += transport; text += "\t"; text += String(client.output.readableBytes)
+            text += "\t"; text += String(client.window.count); text += "\t"; text += String(client.messagesSent)
+            text += "\t"; text += String(client.messagesReceived); text += "\t"; text += String(client.id.raw); text += "\n"
         }
-        return rows.joined(separator: "\n") + "\n"
+        return text
+    }
+
+    /// The `count` sessions with the most messages sent + received since this admin connection's previous
+    /// `talkers` (the first call: since they connected). Same columns as `who`, SENT and RECEIVED as those
+    /// differences. O(sessions) integer work, no per-session string.
+    func talkers(_ count: Int, for admin: OpsConnection) -> String {
+        var baseline: [UInt64: (sent: UInt64, received: UInt64)] = [:]
+        baseline.reserveCapacity(server.core.connectionCount)
+        var ranked: [(score: UInt64, sent: UInt64, received: UInt64, client: ClientState)] = []
+        for client in server.core.clients where client.phase == .active {
+            let previous = admin.talkerBaseline[client.id.raw] ?? (0, 0)
+            let sent = client.messagesSent &- previous.sent, received = client.messagesReceived &- previous.received
+            baseline[client.id.raw] = (client.messagesSent, client.messagesReceived)
+            if sent + received > 0 { ranked.append((sent + received, sent, received, client)) }
+        }
+        admin.talkerBaseline = baseline
+        ranked.sort { ($0.score, $1.client.userName) > ($1.score, $0.client.userName) }
+        var text = "NAME\tDEVICE\tADDRESS\tSINCE\tTRANSPORT\tQUEUED\tUNACKED\tSENT\tRECEIVED\tCONN\n"
+        let loop = server.loop
+        for entry in ranked.prefix(count) {
+            let client = entry.client
+            let transport = client.link.flatMap({ unsafeDowncast($0, to: Connection.self).tls }).map { $0.protocolVersion } ?? "plain"
+            text += [client.userName, "-", client.peerText, Self.isoTime(ms: loop.wallNow &- (loop.now &- client.createdAt)),
+                     transport, String(client.output.readableBytes), String(client.window.count), String(entry.sent),
+                     String(entry.received), String(client.id.raw)].joined(separator: "\t") + "\n"
+        }
+        return text
     }
 
     static func isoTime(ms: UInt64) -> String {

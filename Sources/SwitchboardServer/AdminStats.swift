@@ -50,6 +50,8 @@ enum AdminStats {
             ("store_ops", stats.storeOps),
             ("store_backlog_bytes", UInt64(core.storeBacklog.bytes)),
             ("loop_turns", server.loop.turns),
+            ("admin_last_who_ns", server.admin?.lastWhoNs ?? 0),
+            ("admin_last_talkers_ns", server.admin?.lastTalkersNs ?? 0),
         ]
         var rejected: UInt64 = 0
         for code in 0..<metrics.sendsRejected.size { rejected += metrics.sendsRejected[code] }

@@ -23,6 +23,8 @@ final class OpsConnection: EventHandler {
     /// An answer is being prepared off the loop (admin: hash, commit); input waits until it is queued.
     var awaitingAnswer = false
     var deadline: UInt64
+    /// Admin `talkers`: each session's (sent, received) at this connection's previous `talkers`.
+    var talkerBaseline: [UInt64: (sent: UInt64, received: UInt64)] = [:]
     unowned let listener: OpsListener
     private(set) var isClosed = false
 

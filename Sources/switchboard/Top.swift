@@ -1,7 +1,7 @@
 // `switchboard top`: a live view of the running server over its admin socket, like `redis-cli --stat`
 // or `nats top`: connections, messages per second (live and stored), server-side relay latency p50/p99,
 // store commits and their latency, loop turns, and the top talkers. Each frame is the difference of two
-// samples of `stats` and `who` taken `--interval` apart; `--once` prints one frame and exits (scripts).
+// samples of `stats` taken `--interval` apart, with the server's `talkers` counted since the previous sample; `--once` prints one frame and exits (scripts).
 // Percentiles are bucket upper bounds of the server's log-linear histograms: within a factor of 1.5.
 import ArgumentParser
 import Glibc
@@ -12,7 +12,7 @@ struct StatsSample {
     var counters: [String: UInt64] = [:]
     /// Non-cumulative bucket counts by upper bound (UInt64.max: +Inf).
     var histograms: [String: [UInt64: UInt64]] = [:]
-    /// who rows by connection id: (name, address, sent, received, queued).
+    /// `talkers` rows (sent and received since the previous sample) by connection id.
     var sessions: [String: (name: String, address: String, sent: UInt64, received: UInt64, queued: UInt64)] = [:]
 
     init(stats: String, who: String, atMs: UInt64) {
@@ -104,10 +104,8 @@ enum TopFrame {
         lines.append("sessions     logins/s \(rate(d("logins"), seconds))  failed/s \(rate(d("login_failures"), seconds))  lockouts \(c["lockouts"] ?? 0)  slow consumers \(c["slow_consumer_closes"] ?? 0)  kicks \(c["kicks"] ?? 0)")
         lines.append("")
         var rows: [(name: String, sent: UInt64, received: UInt64, address: String, queued: UInt64)] = []
-        for (id, session) in now.sessions {
-            let earlier = before.sessions[id]
-            rows.append((session.name, session.sent &- (earlier?.sent ?? 0), session.received &- (earlier?.received ?? 0),
-                         session.address, session.queued))
+        for (_, session) in now.sessions {
+            rows.append((session.name, session.sent, session.received, session.address, session.queued))
         }
         rows.sort { ($0.sent + $0.received, $0.name) > ($1.sent + $1.received, $1.name) }
         var table = ["TOP TALKERS\tSENT\tRECEIVED\tSENT/S\tADDRESS\tQUEUED"]
@@ -136,9 +134,11 @@ struct Top: ParsableCommand {
         let client: AdminClient
         do { client = try AdminClient(path: socket.path) } catch { try fail("\(error)") }
         func sample() throws -> StatsSample {
+            // talkers: the server sends only the busiest sessions, counted since this connection's previous
+            // call, so a frame costs the loop O(sessions) integer work and no per-session text.
             let stats = try client.request("stats")
-            let who = try client.request("who")
-            return StatsSample(stats: stats, who: who, atMs: Clock.monotonicMs())
+            let talkers = try client.request("talkers \(self.talkers)")
+            return StatsSample(stats: stats, who: talkers, atMs: Clock.monotonicMs())
         }
         let clear = isatty(1) == 1 && !once
         var previous = try sample()

@@ -55,6 +55,13 @@ import SwitchboardProtocol
             guard try waitForEvent(bob, isMessage) != nil else { Issue.record("bob got \(seen) of 3"); return }
             seen += 1
         }
+        // talkers: the busiest sessions since this connection's previous call (ties by name).
+        let admin = try UnixSocket.connect(path: path)
+        defer { Sys.close(admin) }
+        let top1 = try adminRequest(fd: admin, "talkers 1").text.split(separator: "\n").map { $0.split(separator: "\t").map(String.init) }
+        #expect(top1.count == 2)
+        #expect(top1.last?[0] == "alice" && top1.last?[7] == "3" && top1.last?[8] == "0")
+        #expect(try adminRequest(fd: admin, "talkers 5").text.split(separator: "\n").count == 1)  // nothing since
         // Bob read all three but acknowledged none: kick him.
         let (ok, text) = try adminRequest(path, "kick bob maintenance window")
         #expect(ok, "\(text)")
