@@ -1,5 +1,6 @@
-// `switchboard`: the relay server's command line. `serve` runs it; `users` holds admin tasks that
-// write straight into LMDB (for load tests) and must not run while a server uses the same data.
+// `switchboard`: the relay server's command line. `serve` runs it; `users` administers accounts (through
+// a running server's admin socket, or straight in LMDB when it is stopped; Users.swift); `admin` and
+// `top` talk to the running server (Admin.swift, Top.swift).
 import ArgumentParser
 import Glibc
 import Logging
