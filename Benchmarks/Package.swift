@@ -21,6 +21,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     dependencies: [
         .package(path: ".."),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/ordo-one/package-benchmark", exact: "1.38.1", traits: ["MallocInterposer"]),
     ],
     targets: [
@@ -38,5 +39,13 @@ let package = Package(
                           dependencies: [parent("SwitchboardRelay"), parent("SwitchboardStore")],
                           path: "Probes/RelayAllocProbe",
                           swiftSettings: [.unsafeFlags(["-g"])]),
+        // Not a benchmark: the server core's per-message path for callgrind (perf/instructions-per-message.sh).
+        .target(name: "CCallgrind", path: "Probes/CCallgrind"),
+        .executableTarget(name: "CoreInstructionProbe",
+                          dependencies: ["CCallgrind", parent("SwitchboardSession"), parent("SwitchboardRelay"),
+                                         parent("SwitchboardStore"), parent("SwitchboardProtocol"), parent("SwitchboardIO"),
+                                         .product(name: "Logging", package: "swift-log")],
+                          path: "Probes/CoreInstructionProbe",
+                          swiftSettings: [.unsafeFlags(["-g", "-enforce-exclusivity=unchecked"])]),
     ]
 )

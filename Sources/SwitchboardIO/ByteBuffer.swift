@@ -54,9 +54,14 @@ public final class ByteBuffer {
         return UnsafeRawBufferPointer(start: base + from, count: to - from)
     }
 
-    /// Ensures `count` writable bytes, compacting before growing.
-    public func reserveWritable(_ count: Int) {
-        if writableBytes >= count { return }
+    /// Ensures `count` writable bytes, compacting before growing. Inlined: the common case (room left)
+    /// is one compare in the caller; every integer the encoder writes goes through here.
+    @inlinable public func reserveWritable(_ count: Int) {
+        if _fastPath(capacity - writerIndex >= count) { return }
+        reserveWritableSlow(count)
+    }
+
+    @usableFromInline func reserveWritableSlow(_ count: Int) {
         compact()
         if writableBytes >= count { return }
         grow(toAtLeast: writerIndex + count)

@@ -9,9 +9,13 @@
 // Why not a Dictionary: under bulk load this table was ~45% of the server's CPU (perf record):
 // SipHash plus Dictionary's separate bitmap/key/value arrays cost several cache misses per lookup
 // with 1000 senders' tables live. Here one probe reads one 16-byte entry, hashed by a multiply.
+// A final class over raw memory rather than a struct of arrays: a struct reached through its owner
+// was copied (retaining both arrays) on every lookup, and every array store paid a uniqueness and a
+// bounds check; together ~40 % of this table's instructions (perf/instructions-per-message.sh).
+// It has one owner (RelayCore's per-sender history), like ByteBuffer.
 import SwitchboardProtocol
 
-public struct RecentMessageIDs {
+public final class RecentMessageIDs {
     public enum State: Equatable { case inFlight, completed(SendStatus) }
 
     private struct Entry {
@@ -23,36 +27,47 @@ public struct RecentMessageIDs {
     }
 
     /// Per-process salt so ids chosen by a client cannot be aimed at one probe chain in advance.
-    private static let salt = UInt64.random(in: 0...UInt64.max)
+    private static let processSalt = UInt64.random(in: 0...UInt64.max)
 
     private let capacity: Int
-    private var ring: [UInt64]
+    private let salt: UInt64
+    private var ring: UnsafeMutablePointer<UInt64>
+    private var ringCount: Int
     private var filled = 0
     private var next = 0
-    private var table: [Entry]
+    private var table: UnsafeMutablePointer<Entry>
+    private var mask: Int
     private var shift: UInt64
     public private(set) var inFlightCount = 0
 
     public init(capacity: Int) {
         self.capacity = max(1, capacity)
-        let initialRing = min(self.capacity, 32)
-        ring = Array(repeating: 0, count: initialRing)
-        (table, shift) = RecentMessageIDs.makeTable(forRing: initialRing)
+        salt = RecentMessageIDs.processSalt
+        ringCount = min(self.capacity, 32)
+        ring = .allocate(capacity: ringCount)
+        ring.initialize(repeating: 0, count: ringCount)
+        (table, mask, shift) = RecentMessageIDs.makeTable(forRing: ringCount)
     }
 
-    private static func makeTable(forRing ringCount: Int) -> ([Entry], UInt64) {
+    deinit {
+        ring.deallocate()
+        table.deallocate()
+    }
+
+    private static func makeTable(forRing ringCount: Int) -> (UnsafeMutablePointer<Entry>, Int, UInt64) {
         var size = 4
         var bits: UInt64 = 2
         while size < 2 * ringCount { size *= 2; bits += 1 }
-        return (Array(repeating: Entry(), count: size), 64 - bits)
+        let table = UnsafeMutablePointer<Entry>.allocate(capacity: size)
+        table.initialize(repeating: Entry(), count: size)
+        return (table, size - 1, 64 - bits)
     }
 
     @inline(__always) private func home(_ id: UInt64) -> Int {
-        Int(truncatingIfNeeded: ((id ^ RecentMessageIDs.salt) &* 0x9E37_79B9_7F4A_7C15) >> shift)
+        Int(truncatingIfNeeded: ((id ^ salt) &* 0x9E37_79B9_7F4A_7C15) >> shift)
     }
 
     @inline(__always) private func find(_ id: UInt64) -> Int? {
-        let mask = table.count - 1
         var i = home(id)
         while table[i].owner >= 0 {
             if table[i].key == id { return i }
@@ -61,16 +76,14 @@ public struct RecentMessageIDs {
         return nil
     }
 
-    private mutating func insertEntry(_ entry: Entry) {
-        let mask = table.count - 1
+    @inline(__always) private func insertEntry(_ entry: Entry) {
         var i = home(entry.key)
         while table[i].owner >= 0 { i = (i + 1) & mask }
         table[i] = entry
     }
 
     /// Linear-probing deletion by backward shift: no tombstones, probe chains stay short.
-    private mutating func deleteEntry(at index: Int) {
-        let mask = table.count - 1
+    private func deleteEntry(at index: Int) {
         var hole = index
         var j = (index + 1) & mask
         while table[j].owner >= 0 {
@@ -90,13 +103,13 @@ public struct RecentMessageIDs {
         return state == 0 ? .inFlight : .completed(SendStatus(rawValue: state) ?? .delivered)
     }
 
-    public mutating func insertInFlight(_ id: UInt64) {
+    public func insertInFlight(_ id: UInt64) {
         if let i = find(id) {
             if table[i].state != 0 { inFlightCount += 1 }
             table[i].state = 0
             return
         }
-        if next == 0 && filled == ring.count && ring.count < capacity { grow() }
+        if next == 0 && filled == ringCount && ringCount < capacity { grow() }
         if next < filled {
             let evicted = ring[next]
             if let i = find(evicted), table[i].owner == Int32(next) {
@@ -108,22 +121,30 @@ public struct RecentMessageIDs {
         }
         ring[next] = id
         insertEntry(Entry(key: id, owner: Int32(next), state: 0))
-        next = (next + 1) % ring.count
+        next += 1
+        if next == ringCount { next = 0 }
         inFlightCount += 1
     }
 
     /// Doubles the ring (up to capacity) when it is full and about to wrap: the oldest id stays at
     /// slot 0, so eviction order is unchanged. The table is rebuilt at twice the ring size.
-    private mutating func grow() {
-        let newCount = min(capacity, ring.count * 2)
-        ring.append(contentsOf: repeatElement(0, count: newCount - ring.count))
+    private func grow() {
+        let newCount = min(capacity, ringCount * 2)
+        let newRing = UnsafeMutablePointer<UInt64>.allocate(capacity: newCount)
+        newRing.initialize(repeating: 0, count: newCount)
+        newRing.update(from: ring, count: ringCount)
+        ring.deallocate()
+        ring = newRing
+        ringCount = newCount
         next = filled
         let old = table
-        (table, shift) = RecentMessageIDs.makeTable(forRing: newCount)
-        for entry in old where entry.owner >= 0 { insertEntry(entry) }
+        let oldSize = mask + 1
+        (table, mask, shift) = RecentMessageIDs.makeTable(forRing: newCount)
+        for k in 0..<oldSize where old[k].owner >= 0 { insertEntry(old[k]) }
+        old.deallocate()
     }
 
-    public mutating func complete(_ id: UInt64, status: SendStatus) {
+    public func complete(_ id: UInt64, status: SendStatus) {
         guard let i = find(id) else { return }
         if table[i].state == 0 { inFlightCount -= 1 }
         table[i].state = status.rawValue
@@ -135,9 +156,9 @@ public struct RecentMessageIDs {
         var result: [(id: UInt64, status: SendStatus)] = []
         result.reserveCapacity(filled)
         // Until the ring wraps the oldest id is in slot 0; afterwards it is the one `next` overwrites.
-        let start = filled < ring.count ? 0 : next
+        let start = filled < ringCount ? 0 : next
         for k in 0..<filled {
-            let slot = (start + k) % ring.count
+            let slot = (start + k) % ringCount
             let id = ring[slot]
             if let i = find(id), table[i].owner == Int32(slot), table[i].state != 0,
                let status = SendStatus(rawValue: table[i].state) {
@@ -148,13 +169,13 @@ public struct RecentMessageIDs {
     }
 
     /// Remembers a settled id again (from a persisted window), as the newest.
-    public mutating func restoreCompleted(_ id: UInt64, status: SendStatus) {
+    public func restoreCompleted(_ id: UInt64, status: SendStatus) {
         insertInFlight(id)
         complete(id, status: status)
     }
 
     /// Forgets an id (its ring slot is reclaimed lazily when the ring wraps).
-    public mutating func remove(_ id: UInt64) {
+    public func remove(_ id: UInt64) {
         guard let i = find(id) else { return }
         if table[i].state == 0 { inFlightCount -= 1 }
         deleteEntry(at: i)

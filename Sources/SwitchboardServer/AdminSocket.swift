@@ -157,9 +157,14 @@ final class AdminSocket: OpsProtocol {
             server.core.kick(client, reason: reason)
             reply(connection, ok: true, "kicked \(name) (\(address))")
         case ("reload", 1):
-            // LEAD: wire the live reload (config file, TLS files, limits, log level) here: call it, and
-            // reply with what changed. Until then this says so instead of pretending.
-            reply(connection, ok: false, "reload is not available over the admin socket in this build; send SIGHUP to reload the TLS certificate")
+            // The same reload as SIGHUP (Reload.swift: the file is re-read off the loop); the answer is its
+            // report, sent when it completes. Requests behind it on this connection wait for it.
+            connection.awaitingAnswer = true
+            server.reload { [weak self, weak connection] report in
+                guard let self, let connection else { return }
+                self.reply(connection, ok: report.applied, report.description)
+                self.listener.answered(connection)
+            }
         case ("users", 3...) where words[1] == "add" || words[1] == "passwd":
             usersSetPassword(line, create: words[1] == "add", name: String(words[2]), on: connection)
         case ("users", 3) where words[1] == "delete":

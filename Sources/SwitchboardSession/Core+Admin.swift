@@ -17,7 +17,7 @@ public enum AdminEvent {
 
 extension ServerCore {
     /// Every connection the core knows (any phase); for listing, not for keeping.
-    public var clients: Dictionary<UInt64, ClientState>.Values { connections.values }
+    public var clients: some Sequence<ClientState> { connections.values }
 
     /// Body bytes of mail queued for or in a commit, and whether a commit is running.
     public var storeBacklog: (bytes: Int, commitInFlight: Bool) { (storeBacklogBytes, storeInFlight) }

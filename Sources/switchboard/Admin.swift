@@ -147,7 +147,7 @@ struct Admin: ParsableCommand {
     }
 
     struct Reload: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Reload what can change while the server runs (not wired in this build: the server answers an error; SIGHUP reloads the TLS certificate).")
+        static let configuration = CommandConfiguration(abstract: "Reload the configuration as SIGHUP does (config file, TLS files, live limits, log level) and print what changed.")
         @OptionGroup var socket: AdminSocketOptions
         func run() throws { printAndFlush(try runAdmin(socket, "reload")) }
     }

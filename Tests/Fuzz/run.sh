@@ -20,6 +20,7 @@ exe="$out/fuzz-$target"
 case $target in
     decoder)   max_len=4096; extra=(-dict="$root/Tests/Fuzz/decoder.dict") ;;
     roundtrip) max_len=1024; extra=() ;;
+    core)      max_len=2048; extra=() ;;
     *) echo "fuzz $target: unknown target"; exit 2 ;;
 esac
 

@@ -157,7 +157,7 @@ import SwitchboardIO
 
 @Suite struct RecentMessageIDsTests {
     @Test func completedEntriesAreOldestFirstAcrossGrowthAndWrap() {
-        var ids = RecentMessageIDs(capacity: 40)
+        let ids = RecentMessageIDs(capacity: 40)
         for id: UInt64 in 1...100 {
             ids.insertInFlight(id)
             if id != 97 { ids.complete(id, status: id % 2 == 0 ? .delivered : .storedOffline) }
@@ -165,14 +165,14 @@ import SwitchboardIO
         let entries = ids.completedEntries()
         #expect(entries.map(\.id) == Array(61...100).filter { $0 != 97 })
         #expect(entries.allSatisfy { $0.status == ($0.id % 2 == 0 ? .delivered : .storedOffline) })
-        var restored = RecentMessageIDs(capacity: 40)
+        let restored = RecentMessageIDs(capacity: 40)
         for entry in entries { restored.restoreCompleted(entry.id, status: entry.status) }
         #expect(restored.completedEntries().map(\.id) == entries.map(\.id) && restored.inFlightCount == 0)
         #expect(restored.lookup(98) == .completed(.delivered) && restored.lookup(60) == nil)
     }
 
     @Test func capacityPlusOneEvictsTheOldest() {
-        var ids = RecentMessageIDs(capacity: 3)
+        let ids = RecentMessageIDs(capacity: 3)
         #expect(ids.lookup(1) == nil)
         for id: UInt64 in 1...3 { ids.insertInFlight(id) }
         #expect(ids.inFlightCount == 3)
@@ -187,7 +187,7 @@ import SwitchboardIO
     }
 
     @Test func inFlightCountThroughCompleteRemoveAndEvict() {
-        var ids = RecentMessageIDs(capacity: 3)
+        let ids = RecentMessageIDs(capacity: 3)
         ids.insertInFlight(1); ids.insertInFlight(2); ids.insertInFlight(3)
         ids.complete(2, status: .delivered)
         #expect(ids.inFlightCount == 2)
@@ -224,7 +224,7 @@ import SwitchboardIO
     }
 
     @Test func removedIDReinsertedKeepsAFullWindow() {
-        var ids = RecentMessageIDs(capacity: 3)
+        let ids = RecentMessageIDs(capacity: 3)
         ids.insertInFlight(1)
         ids.remove(1)
         ids.insertInFlight(1)
@@ -250,7 +250,7 @@ import SwitchboardIO
         // remembered with its latest state, never more than `capacity` ids are remembered, and
         // inFlightCount agrees with the lookups.
         let capacity = 8
-        var ids = RecentMessageIDs(capacity: capacity)
+        let ids = RecentMessageIDs(capacity: capacity)
         var rng = SplitMix64(seed: 0x9E37_79B9_7F4A_7C15)
         var nextID: UInt64 = 1
         var insertions: [UInt64] = []                       // every insertion of a new slot, in order
@@ -289,7 +289,7 @@ import SwitchboardIO
     }
 
     @Test func zeroCapacityIsTreatedAsOne() {
-        var ids = RecentMessageIDs(capacity: 0)
+        let ids = RecentMessageIDs(capacity: 0)
         ids.insertInFlight(1)
         #expect(ids.lookup(1) == .inFlight)
         ids.insertInFlight(2)

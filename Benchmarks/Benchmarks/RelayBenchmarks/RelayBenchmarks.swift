@@ -70,7 +70,7 @@ let benchmarks: @Sendable () -> Void = {
     }
 
     Benchmark("RecentMessageIDs_insert_complete", configuration: hotPath) { benchmark in
-        var ids = RecentMessageIDs(capacity: 1024)
+        let ids = RecentMessageIDs(capacity: 1024)
         var id: UInt64 = 0
         for _ in 0..<5_000 { id += 1; ids.insertInFlight(id); ids.complete(id, status: .delivered) }
         benchmark.startMeasurement()

@@ -1,0 +1,1 @@
+// Empty: the functions are static inline in include/CCallgrind.h.
