@@ -53,7 +53,9 @@ public struct DeliveryWindow {
         guard count > 0 else { return nil }
         let first = entries[head].seq
         guard seq >= first, seq < first + UInt64(count) else { return nil }
-        return entries[(head + Int(seq - first)) % entries.count]
+        var index = head + Int(seq - first)
+        if index >= entries.count { index -= entries.count }
+        return entries[index]
     }
 
     /// Removes and passes to `body` every delivery with seq <= `throughSeq`, oldest first.

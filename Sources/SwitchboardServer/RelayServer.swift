@@ -325,7 +325,10 @@ public final class RelayServer: EventHandler, SessionDriver {
         if events.contains(.writable), !client.isClosing {
             // A TLS read that needed to write first (handshake) can go on now.
             if transport.needsWritable && !client.readingPaused { readAndProcess(connection) }
-            if !client.isClosing { write(connection) }
+            if !client.isClosing {
+                core.writeClockNs = Clock.monotonicNs()
+                write(connection)
+            }
         }
     }
 

@@ -25,6 +25,10 @@ public final class ServerCore {
     /// Monotonic nanoseconds of the read being processed, set by the driver before `received`: the
     /// start of the relay latency a DELIVER carries.
     public var receiveClockNs: UInt64 = 0
+    /// Monotonic nanoseconds taken once when the end of a turn starts flushing (and by the driver before
+    /// an EPOLLOUT write): the "DELIVER written" end of the relay latency, one clock read per turn rather
+    /// than per write.
+    public var writeClockNs: UInt64 = 0
     /// Where the results of administrator requests go (the driver's admin socket; Core+Admin).
     public var adminEvents: ((AdminEvent) -> Void)?
     public var logger: Logger
@@ -153,18 +157,20 @@ public final class ServerCore {
         if connection.latencyTimedSeq < connection.window.lastSeq { timeWrittenDeliveries(connection) }
     }
 
-    /// Relay latency: each DELIVER whose last byte is now written is timed once (one clock read per
-    /// write, one histogram add per message; the window's entries are fixed-size, nothing allocates).
+    /// Relay latency: each DELIVER whose last byte is now written is timed once against `writeClockNs`
+    /// (one histogram add per message; the window's entries are fixed-size, nothing allocates).
     func timeWrittenDeliveries(_ connection: ClientState) {
         let out = connection.output
         let written = out.streamPosition(ofIndex: out.readerIndex)
         if let oldest = connection.window.oldest, oldest.seq > connection.latencyTimedSeq + 1 {
             connection.latencyTimedSeq = oldest.seq - 1  // acknowledged before it was timed (cannot be written later)
         }
-        var nowNs: UInt64 = 0
         while let delivery = connection.window.pending(seq: connection.latencyTimedSeq + 1), delivery.frameEnd <= written {
-            if nowNs == 0 { nowNs = Clock.monotonicNs() }
-            if delivery.receivedNs != 0 { metrics.relayLatency.record(nowNs &- delivery.receivedNs) }
+            if delivery.receivedNs != 0 {
+                // A write outside the end-of-turn flush may find an older writeClockNs: read the clock then.
+                if writeClockNs < delivery.receivedNs { writeClockNs = Clock.monotonicNs() }
+                metrics.relayLatency.record(writeClockNs &- delivery.receivedNs)
+            }
             connection.latencyTimedSeq += 1
         }
         if connection.window.isEmpty { connection.latencyTimedSeq = connection.window.lastSeq }
@@ -183,6 +189,7 @@ public final class ServerCore {
             emptyKeepingCapacity(&spareConnections)
         }
         if !pendingWrites.isEmpty {
+            writeClockNs = Clock.monotonicNs()
             swap(&pendingWrites, &spareConnections)
             for connection in spareConnections {
                 connection.isPendingWrite = false

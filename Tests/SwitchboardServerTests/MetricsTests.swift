@@ -63,6 +63,9 @@ import SwitchboardProtocol
         #expect(delta("switchboard_deliveries_acknowledged_total") == Double(n))
         #expect(delta("switchboard_frames_sent_total{type=\"sendAck\"}") == Double(n + 5))
         #expect(delta("switchboard_relay_latency_seconds_count") == Double(n))
+        // Plausible values: more than nothing, less than a second on average on loopback.
+        let latencySum = delta("switchboard_relay_latency_seconds_sum")
+        #expect(latencySum > 0 && latencySum / Double(n) < 1.0, "\(latencySum)")
         #expect(delta("switchboard_messages_rejected_total{reason=\"notAContact\"}") == 1)
         #expect(delta("switchboard_frames_sent_total{type=\"sendError\"}") == 1)
         #expect(delta("switchboard_messages_stored_total") == 5)
