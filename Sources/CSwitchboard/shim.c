@@ -39,3 +39,11 @@ long csb_SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version) { return SSL_C
 uint64_t csb_SSL_OP_IGNORE_UNEXPECTED_EOF(void) { return SSL_OP_IGNORE_UNEXPECTED_EOF; }
 uint64_t csb_SSL_OP_CIPHER_SERVER_PREFERENCE(void) { return SSL_OP_CIPHER_SERVER_PREFERENCE; }
 int csb_TLS1_1_VERSION(void) { return TLS1_1_VERSION; }
+
+int csb_peer_uid(int fd, uint32_t *uid) {
+    struct ucred credentials;
+    socklen_t length = sizeof credentials;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return -1;
+    *uid = (uint32_t)credentials.uid;
+    return 0;
+}

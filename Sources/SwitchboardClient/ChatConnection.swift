@@ -86,9 +86,10 @@ public final class ChatConnection {
     /// TLS failures throw `TLSError` (e.g. kind `.pinMismatch` with both fingerprints).
     /// `protocolVersion` is what HELLO asks for (the newest by default; 1 speaks as an old client).
     public init(server: String, timeoutMs: Int32 = 10_000, agent: String = "switchboard-client",
-                tls options: ClientTLSOptions? = nil, protocolVersion: UInt16 = ProtocolConstants.version) throws {
+                tls options: ClientTLSOptions? = nil, protocolVersion: UInt16 = ProtocolConstants.version,
+                from source: SocketAddress? = nil) throws {
         let address = try ChatConnection.resolve(server)
-        let fd = try Socket.connectBlocking(to: address)
+        let fd = try Socket.connectBlocking(to: address, from: source)
         if let options {
             // On failure startTLS has closed the socket.
             (transport, tls) = try ChatConnection.startTLS(fd: fd, server: server, port: address.port,

@@ -49,6 +49,14 @@ public final class Condition: @unchecked Sendable {
 
     /// Waits with `lock` held; it is held again on return.
     public func wait(_ lock: Lock) { pthread_cond_wait(condition, lock.mutex) }
+    /// Waits at most `timeoutMs` (CLOCK_REALTIME deadline, as pthread_cond_timedwait measures it).
+    public func wait(_ lock: Lock, timeoutMs: Int) {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        let total = Int(now.tv_nsec) + (timeoutMs % 1000) * 1_000_000
+        var deadline = timespec(tv_sec: now.tv_sec + timeoutMs / 1000 + total / 1_000_000_000, tv_nsec: total % 1_000_000_000)
+        pthread_cond_timedwait(condition, lock.mutex, &deadline)
+    }
     public func signal() { pthread_cond_signal(condition) }
     public func broadcast() { pthread_cond_broadcast(condition) }
 }

@@ -152,12 +152,16 @@ public enum Socket {
         }
     }
 
-    /// A blocking connect (used by clients, never by the server loop).
-    public static func connectBlocking(to address: SocketAddress) throws -> Int32 {
+    /// A blocking connect (used by clients, never by the server loop), optionally from a source address
+    /// (e.g. 127.0.0.2, to be seen under another loopback address).
+    public static func connectBlocking(to address: SocketAddress, from source: SocketAddress? = nil) throws -> Int32 {
         let fd = try Sys.checkInt32("socket") {
             socket(address.domain, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         }
         do {
+            if let source {
+                _ = try Sys.checkInt32("bind") { source.withSockAddr { Glibc.bind(fd, $0, $1) } }
+            }
             _ = try Sys.checkInt32("connect") { address.withSockAddr { Glibc.connect(fd, $0, $1) } }
             try? Sys.setOption(fd, level: Int32(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
         } catch {

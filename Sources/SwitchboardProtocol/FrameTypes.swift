@@ -73,6 +73,8 @@ public enum ErrorCode: UInt16, Sendable, CaseIterable {
     case shuttingDown = 11
     case slowConsumer = 12
     case lockedOut = 13
+    /// An administrator closed the session (`switchboard admin kick`, or the account was deleted).
+    case kicked = 14
     // request errors: the connection stays open
     case authenticationFailed = 100
     case nameTaken = 101

@@ -17,8 +17,11 @@ public struct PendingDelivery: Equatable, Sendable {
     /// The same message went to other devices of the receiver too (their copies are settled when this
     /// one is acknowledged first).
     public var shared = false
-    public init(seq: UInt64, sender: UInt32, messageID: UInt64, frameStart: UInt64, frameEnd: UInt64) {
+    /// Monotonic nanoseconds of the read that brought the SEND in (for the relay latency metric; 0: unknown).
+    public var receivedNs: UInt64
+    public init(seq: UInt64, sender: UInt32, messageID: UInt64, frameStart: UInt64, frameEnd: UInt64, receivedNs: UInt64 = 0) {
         self.seq = seq; self.sender = sender; self.messageID = messageID; self.frameStart = frameStart; self.frameEnd = frameEnd
+        self.receivedNs = receivedNs
     }
 }
 
@@ -48,6 +51,17 @@ public struct DeliveryWindow {
         }
         entries[(head + count) % entries.count] = delivery
         count += 1
+    }
+
+    /// The delivery with sequence number `seq` if it is still in the window: O(1), the window's seqs
+    /// are consecutive.
+    public func pending(seq: UInt64) -> PendingDelivery? {
+        guard count > 0 else { return nil }
+        let first = entries[head].seq
+        guard seq >= first, seq < first + UInt64(count) else { return nil }
+        var index = head + Int(seq - first)
+        if index >= entries.count { index -= entries.count }
+        return entries[index]
     }
 
     /// Removes and passes to `body` every delivery with seq <= `throughSeq`, oldest first.

@@ -32,12 +32,17 @@ public enum ServerError: Error, CustomStringConvertible {
 final class Connection: EventHandler {
     let client: ClientState
     let transport: Transport
+    /// The same transport when it is TLS (handshake accounting); nil for plaintext.
+    let tls: TLSTransport?
+    /// Its handshake was counted in the metrics (full or resumed).
+    var handshakeCounted = false
     var registration: RegistrationID?
     unowned let server: RelayServer
 
     init(client: ClientState, transport: Transport, server: RelayServer) {
         self.client = client
         self.transport = transport
+        self.tls = transport as? TLSTransport
         self.server = server
     }
 
@@ -58,16 +63,24 @@ public final class RelayServer: EventHandler, SessionDriver {
     let store: Store
     /// The session core; set once at the end of init (it needs `self` as its driver).
     private(set) var core: ServerCore!
-    private let workers: Workers
+    let workers: Workers
     private var listenFD: Int32 = -1
     private var listenRegistration: RegistrationID?
     public private(set) var boundAddress: SocketAddress
     private var reserveFD: Int32 = -1
     private var acceptPaused = false
     private static let acceptResumeToken = ServerCore.reservedTokens - 1
+    /// The operator sockets' one-second sweeps (RelayServer+Ops.swift).
+    static let metricsSweepToken = ServerCore.reservedTokens - 2
+    static let adminSweepToken = ServerCore.reservedTokens - 3
     private var rateLimitedLogs: [String: (last: UInt64, suppressed: Int)] = [:]
     /// Closed connections whose last bytes are still being written / whose FIN awaits the peer's.
-    private var lingering: [UInt64: Lingerer] = [:]
+    var lingering: [UInt64: Lingerer] = [:]
+    /// The operator surfaces (RelayServer+Ops.swift): monitoring HTTP listener, admin socket, counters.
+    var metricsHTTP: MetricsHTTP?
+    var admin: AdminSocket?
+    var tlsHandshakes = TLSHandshakeCounts()
+    public let startedAtWallMs = Clock.wallMs()
     /// One read buffer for all connections: frames that arrive whole are handled from here and
     /// never copied into per-connection memory.
     private let readBuffer = ByteBuffer(capacity: 64 << 10)
@@ -114,10 +127,12 @@ public final class RelayServer: EventHandler, SessionDriver {
         loop.onTurnEnd = { [unowned self] in self.endOfTurn() }
         loop.onTimer = { [unowned self] in self.timerFired($0) }
         loop.hasPendingWork = { [unowned self] in self.core.hasPendingWork || !self.bufferedReads.isEmpty }
+        try startOps()
         core.start()
     }
 
     deinit {
+        stopOps()
         Sys.close(reloadFD)
         Sys.close(shutdownFD)
         if reserveFD >= 0 { Sys.close(reserveFD) }
@@ -137,6 +152,7 @@ public final class RelayServer: EventHandler, SessionDriver {
         }
         serviceNotifier?.notify("READY=1\nSTATUS=listening on \(boundAddress)")
         try loop.run()
+        stopOps()
         workers.shutdown()
         // Results that arrived after the loop stopped still carry acknowledgements (best effort now).
         workers.storeResults.drain()
@@ -309,7 +325,10 @@ public final class RelayServer: EventHandler, SessionDriver {
         if events.contains(.writable), !client.isClosing {
             // A TLS read that needed to write first (handshake) can go on now.
             if transport.needsWritable && !client.readingPaused { readAndProcess(connection) }
-            if !client.isClosing { write(connection) }
+            if !client.isClosing {
+                core.writeClockNs = Clock.monotonicNs()
+                write(connection)
+            }
         }
     }
 
@@ -327,6 +346,7 @@ public final class RelayServer: EventHandler, SessionDriver {
             return
         }
         core.stats.reads += 1
+        if connection.tls != nil && !connection.handshakeCounted { countHandshake(connection) }
         switch result {
         case .wouldBlock:
             if connection.transport.needsWritable { updateInterest(connection) }
@@ -336,6 +356,7 @@ public final class RelayServer: EventHandler, SessionDriver {
             return
         case .processed(let count):
             target.didWrite(count)
+            core.receiveClockNs = Clock.monotonicNs()
             core.received(client, from: target)
             if target === readBuffer {
                 if readBuffer.readableBytes > 0 && !client.isClosing {
@@ -409,6 +430,7 @@ public final class RelayServer: EventHandler, SessionDriver {
 
     public func finalize(_ client: ClientState) {
         guard let connection = connection(client) else { return }
+        if connection.tls != nil && !connection.handshakeCounted { tlsHandshakes.failed += 1 }
         client.link = nil
         if let registration = connection.registration { loop.deregister(registration) }
         connection.registration = nil
@@ -525,6 +547,7 @@ public final class RelayServer: EventHandler, SessionDriver {
             resumeAccepting()
             return
         }
+        if opsTimerFired(token) { return }
         if let lingerer = lingering[token], loop.now >= lingerer.deadline {
             endLinger(lingerer)
             if core.isStopped && lingering.isEmpty { loop.stop() }

@@ -190,6 +190,16 @@ public struct ServeSettings: Sendable, Equatable {
                    "Seconds a client has to finish its TLS handshake.") { c, v in c.handshakeTimeoutMs = u64(v) * 1000 },
         SettingKey("plaintext", .boolean, .boolean(false), live: false,
                    "Serve without TLS (for benchmarks against plaintext peers). Logged as a warning.") { c, v in c.plaintext = bool(v) },
+        // Operator surfaces (MetricsHTTP, AdminSocket). `metrics` is a .path key only so it may be unset; its
+        // value is parsed as an address by serverConfiguration().
+        SettingKey("metrics", .path, nil, live: false,
+                   "Serve Prometheus metrics at http://HOST:PORT/metrics and health at /healthz (IPv4:PORT or [IPv6]:PORT; off by default; keep it on loopback or a private network)."),
+        SettingKey("admin", .boolean, .boolean(true), live: false,
+                   "Open the admin socket (switchboard admin, users, top).") { c, v in c.adminSocketEnabled = bool(v) },
+        SettingKey("admin-socket", .path, nil, live: false,
+                   "The admin socket's path. Default: DATA/admin.sock (mode 0600).") { c, v in
+            if case .string(let path) = v { c.adminSocketPath = path }
+        },
     ]
 
     public static let keysByName: [String: SettingKey] = Dictionary(uniqueKeysWithValues: keys.map { ($0.name, $0) })
@@ -312,6 +322,11 @@ public struct ServeSettings: Sendable, Equatable {
             if let apply = key.apply, let value = values[key.name] { apply(&config, value) }
         }
         config.tls = tls
+        if let metrics = string("metrics") {
+            do { config.metricsAddress = try SocketAddress(parsing: metrics) } catch {
+                throw located("metrics", "'\(metrics)' is not an address (IPv4:PORT or [IPv6]:PORT)")
+            }
+        }
         return config
     }
 

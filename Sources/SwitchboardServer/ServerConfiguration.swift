@@ -21,6 +21,16 @@ public struct ServerConfiguration: Sendable {
     /// Everything the session core decides with (limits, caps, auth, mail, dedupe); the properties
     /// below forward to it so each limit has one home.
     public var session = SessionConfiguration()
+    /// The monitoring listener (/metrics, /healthz); nil: none (the default).
+    public var metricsAddress: SocketAddress?
+    /// The admin socket; nil: `DATA/admin.sock`. `adminSocketEnabled = false` opens none.
+    public var adminSocketPath: String?
+    public var adminSocketEnabled = true
+    /// /healthz answers 503 when one store commit has been running longer than this.
+    public var storeStallMs: UInt64 = 30_000
+    public var effectiveAdminSocketPath: String {
+        adminSocketPath ?? (dataDirectory.hasSuffix("/") ? dataDirectory + "admin.sock" : dataDirectory + "/admin.sock")
+    }
 
     public var serverName: String { get { session.serverName } set { session.serverName = newValue } }
     public var limits: ServerLimits { get { session.limits } set { session.limits = newValue } }

@@ -52,6 +52,11 @@ public final class ClientState {
     public let output = ByteBuffer()
     public var window = DeliveryWindow()
     public var isPendingWrite = false
+    /// Deliveries on this connection up to this seq have been timed for the relay latency metric.
+    public var latencyTimedSeq: UInt64 = 0
+    /// SENDs received from this client and DELIVERs queued for it (for `who` and `top`'s top talkers).
+    public var messagesSent: UInt64 = 0
+    public var messagesReceived: UInt64 = 0
     /// A password hash or account commit is in flight for this connection.
     public var parked = false
     /// What its output backlog means (reading paused, congested); updated only by the output path.

@@ -137,6 +137,7 @@ extension ServerCore {
                 finishAttempt(id, ok ? .success : .wrongPassword)
                 guard let connection = connections[id], !connection.isClosing else { continue }
                 guard ok, let account else {
+                    metrics.loginFailures += 1
                     logger.info("login failed", metadata: ["user": "\(name)", "peer": "\(connection.peerText)"])
                     send(connection, .error(requestID: requestID, code: ErrorCode.authenticationFailed.rawValue,
                                             message: "wrong user name or password"))
@@ -144,6 +145,8 @@ extension ServerCore {
                     continue
                 }
                 completeLogin(connection, requestID: requestID, account: account)
+            case .hashedForAdmin(let token, let hash):
+                adminEvents?(.hashed(token: token, hash: hash))
             }
         }
         pumpAuth()
@@ -197,6 +200,7 @@ extension ServerCore {
         for target in outcome.notifyOnline {
             if let other = connections[target.raw] { send(other, .presence(userID: account.userID, online: true)) }
         }
+        metrics.logins += 1
         logger.info("login", metadata: ["user": "\(account.name)", "peer": "\(connection.peerText)",
                                         "device": "\(connection.deviceName.isEmpty ? connection.deviceID : connection.deviceName)",
                                         "devices": "\(outcome.session?.devices.count ?? 1)"])

@@ -57,6 +57,7 @@ extension ServerCore {
                     connections[device.connection.raw]?.window.holdsUnsettled(sender: from, messageID: messageID) == true
                 }) { return }
             }
+            metrics.deliveriesRerouted &+= 1
             let decision = core.rerouteToMailbox(sender: from, recipient: owner, messageID: messageID, bodyBytes: payload.count)
             switch decision {
             case .store(let recipient, let seq):
@@ -83,6 +84,8 @@ extension ServerCore {
         out.truncate(toIndex: out.index(ofStreamPosition: max(cut, partialEnd)))
         out.retain(from: out.readerIndex)
         if let code = connection.closeCode {
+            metrics.framesOut.increment(Int(FrameType.error.rawValue))
+            metrics.closesByCode.increment(Int(code.rawValue))
             FrameEncoder.encode(ServerFrame.error(requestID: 0, code: code.rawValue, message: TextView(connection.closeReason)),
                                 into: out)
         }

@@ -23,6 +23,7 @@ extension ServerCore {
                 return
             case .frame(let (type, body), let consumed):
                 stats.framesIn += 1
+                metrics.framesIn.increment(Int(type))
                 // The two frames of every relayed message, read in place: the same fields and checks as
                 // FrameDecoder.clientFrame (a frame of the wrong size takes the general path below and
                 // gets its error there), without building a ClientFrame (~10 % of the per-message

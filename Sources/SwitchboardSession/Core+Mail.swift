@@ -68,6 +68,7 @@ extension ServerCore {
                                messageID: mail.messageID, sentAtMs: mail.sentAtMs, body: ByteView(mail.body)))
         connection.mailCursor = max(connection.mailCursor, mail.seq)
         connection.mailSentCount &+= 1
+        metrics.mailDelivered &+= 1
         connection.mailInFlight.append((mail.seq, mail.body.count))
     }
 
@@ -87,6 +88,7 @@ extension ServerCore {
             connection.mailInFlight.removeFirst()
         }
         if count > 0 {
+            metrics.mailAcknowledged &+= UInt64(count)
             storeBatch.append(.deleteMail(recipient: connection.userID, throughSeq: throughSeq),
                               .deleteMail(recipient: connection.userID, count: count, bytes: bytes, throughSeq: throughSeq))
             pendingMailDeletes[connection.userID] = max(pendingMailDeletes[connection.userID] ?? 0, throughSeq)

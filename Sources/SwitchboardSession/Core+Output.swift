@@ -18,12 +18,15 @@ extension ServerCore {
     func send(_ connection: ClientState, _ frame: ServerFrame) {
         guard !connection.isClosing else { return }
         FrameEncoder.encode(frame, into: connection.output)
+        metrics.framesOut.increment(Int(frame.frameType.rawValue))
+        if case .sendError(_, let code, _) = frame { metrics.sendsRejected.increment(Int(code)) }
         outputChanged(connection)
     }
 
     func sendAck(_ connection: ClientState, messageID: UInt64, status: SendStatus) {
         guard !connection.isClosing else { return }
         FrameEncoder.writeSendAck(into: connection.output, messageID: messageID, status: status.rawValue)
+        metrics.framesOut.increment(Int(FrameType.sendAck.rawValue))
         outputChanged(connection)
     }
 
@@ -58,6 +61,7 @@ extension ServerCore {
             return
         }
         if let congested = change.congested {
+            if congested { metrics.congestions += 1 }
             core.setCongested(connection.id, congested)
             if !congested { catchUpMail(connection) }
         }

@@ -10,6 +10,7 @@ import SwitchboardStore
 extension ServerCore {
     func relay(from sender: ClientState, to recipient: UInt32, messageID: UInt64, body: ByteView) {
         let bodyBytes = body.count
+        sender.messagesSent &+= 1
         var senderDevices = 1
         let decision = core.route(from: sender.userID, to: recipient, messageID: messageID, bodyBytes: bodyBytes,
                                   senderDevices: &senderDevices)
@@ -137,10 +138,13 @@ extension ServerCore {
             let start = out.streamPosition(ofIndex: out.writerIndex)
             FrameEncoder.writeDeliver(into: out, seq: seq, from: sender, messageID: messageID, sentAtMs: sentAtMs, body: raw)
             var pending = PendingDelivery(seq: seq, sender: sender, messageID: messageID, frameStart: start,
-                                          frameEnd: out.streamPosition(ofIndex: out.writerIndex))
+                                          frameEnd: out.streamPosition(ofIndex: out.writerIndex),
+                                          receivedNs: receiveClockNs)
             pending.shared = shared
             target.window.append(pending)
         }
+        target.messagesReceived &+= 1
+        metrics.framesOut.increment(Int(FrameType.deliver.rawValue))
         outputChanged(target)
     }
 
@@ -148,6 +152,7 @@ extension ServerCore {
         connection.window.acknowledge(throughSeq: throughSeq) { delivery in
             // The first device to acknowledge completes the message; later ones change nothing.
             guard !delivery.settled else { return }
+            metrics.deliveriesAcknowledged &+= 1
             if let sender = core.completed(sender: delivery.sender, messageID: delivery.messageID, status: .delivered) {
                 sendAck(toDevicesOf: sender, messageID: delivery.messageID, status: .delivered)
             }

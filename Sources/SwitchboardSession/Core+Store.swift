@@ -21,11 +21,14 @@ extension ServerCore {
     func handleStoreResults(_ results: [StoreBatchResult]) {
         for result in results {
             storeInFlight = false
+            metrics.commitLatency.record(result.commitNanos)
+            metrics.commitBatchSize.record(UInt64(result.batch.ops.count))
             for case .mail(let mail) in result.batch.contexts { storeBacklogBytes -= mail.body.count }
             switch result.results {
             case .success(let writeResults):
                 for (context, outcome) in zip(result.batch.contexts, writeResults) { complete(context, outcome) }
             case .failure(let error):
+                metrics.commitFailures += 1
                 logger.error("store batch failed", metadata: ["error": "\(error)", "ops": "\(result.batch.ops.count)"])
                 for context in result.batch.contexts { fail(context, error.description) }
             }
@@ -47,6 +50,7 @@ extension ServerCore {
             guard let connection = connections[id], !connection.isClosing else { return }
             switch outcome {
             case .accountCreated:
+                metrics.registrations += 1
                 send(connection, .ok(requestID: requestID))
             case .nameTaken:
                 send(connection, .error(requestID: requestID, code: ErrorCode.nameTaken.rawValue, message: "that name is taken"))
@@ -108,6 +112,10 @@ extension ServerCore {
                 core.mailRemoved(recipient: mail.recipient, count: 1, bytes: mail.body.count)
                 stats.duplicatesDropped += 1
                 ackStored(mail)
+            case .noSuchUser:
+                // The recipient's account was deleted (switchboard users delete) before the mail committed.
+                core.mailRemoved(recipient: mail.recipient, count: 1, bytes: mail.body.count)
+                failMail(mail, code: .noSuchUser, "the recipient's account was deleted: the message was not stored")
             case .storageFull:
                 storageFull("mail")
                 core.mailRemoved(recipient: mail.recipient, count: 1, bytes: mail.body.count)
@@ -121,6 +129,8 @@ extension ServerCore {
             core.mailRemoved(recipient: recipient, count: count, bytes: bytes)
         case .prune:
             break
+        case .admin(let token):
+            adminWriteCompleted(token: token, .success(outcome))
         case .dedupeWindow(let sender, let generation):
             guard pendingWindows[sender]?.generation == generation, let entries = pendingWindows[sender]?.entries else { return }
             pendingWindows[sender] = nil
@@ -217,6 +227,8 @@ extension ServerCore {
             core.mailDeleteFailed(recipient: recipient)
         case .prune:
             break
+        case .admin(let token):
+            adminEvents?(.written(token: token, .failure(StoreErrorBox(description: why))))
         }
     }
 }

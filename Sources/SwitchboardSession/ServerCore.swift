@@ -20,6 +20,17 @@ public final class ServerCore {
     /// Replaced only by `applyLive` (Core+Reload).
     public internal(set) var configuration: SessionConfiguration
     public var stats = ServerStats()
+    /// Counters and histograms beyond `stats` (SessionMetrics.swift).
+    public let metrics = SessionMetrics()
+    /// Monotonic nanoseconds of the read being processed, set by the driver before `received`: the
+    /// start of the relay latency a DELIVER carries.
+    public var receiveClockNs: UInt64 = 0
+    /// Monotonic nanoseconds taken once when the end of a turn starts flushing (and by the driver before
+    /// an EPOLLOUT write): the "DELIVER written" end of the relay latency, one clock read per turn rather
+    /// than per write.
+    public var writeClockNs: UInt64 = 0
+    /// Where the results of administrator requests go (the driver's admin socket; Core+Admin).
+    public var adminEvents: ((AdminEvent) -> Void)?
     public var logger: Logger
     unowned let driver: any SessionDriver
     let store: any StoreReading
@@ -144,6 +155,26 @@ public final class ServerCore {
         }
         updateRetention(connection)
         if connection.budget.readingPaused || connection.budget.congested { applyBudget(connection) }
+        if connection.latencyTimedSeq < connection.window.lastSeq { timeWrittenDeliveries(connection) }
+    }
+
+    /// Relay latency: each DELIVER whose last byte is now written is timed once against `writeClockNs`
+    /// (one histogram add per message; the window's entries are fixed-size, nothing allocates).
+    func timeWrittenDeliveries(_ connection: ClientState) {
+        let out = connection.output
+        let written = out.streamPosition(ofIndex: out.readerIndex)
+        if let oldest = connection.window.oldest, oldest.seq > connection.latencyTimedSeq + 1 {
+            connection.latencyTimedSeq = oldest.seq - 1  // acknowledged before it was timed (cannot be written later)
+        }
+        while let delivery = connection.window.pending(seq: connection.latencyTimedSeq + 1), delivery.frameEnd <= written {
+            if delivery.receivedNs != 0 {
+                // A write outside the end-of-turn flush may find an older writeClockNs: read the clock then.
+                if writeClockNs < delivery.receivedNs { writeClockNs = Clock.monotonicNs() }
+                metrics.relayLatency.record(writeClockNs &- delivery.receivedNs)
+            }
+            connection.latencyTimedSeq += 1
+        }
+        if connection.window.isEmpty { connection.latencyTimedSeq = connection.window.lastSeq }
     }
 
     public func hashCompleted(_ results: [HashResult]) { handleHashResults(results) }
@@ -159,6 +190,7 @@ public final class ServerCore {
             emptyKeepingCapacity(&spareConnections)
         }
         if !pendingWrites.isEmpty {
+            writeClockNs = Clock.monotonicNs()
             swap(&pendingWrites, &spareConnections)
             for connection in spareConnections {
                 connection.isPendingWrite = false

@@ -10,11 +10,14 @@ public enum HashJob: Sendable {
     case hashForRegistration(connection: UInt64, requestID: UInt32, name: String, password: [UInt8], iterations: UInt32)
     case verifyLogin(connection: UInt64, requestID: UInt32, name: String, password: [UInt8], account: AccountRecord?,
                      dummy: PasswordHash)
+    /// A password set by an administrator (`switchboard users add/passwd` on a running server).
+    case hashForAdmin(token: UInt64, password: [UInt8], iterations: UInt32)
 }
 
 public enum HashResult: Sendable {
     case hashed(connection: UInt64, requestID: UInt32, name: String, hash: PasswordHash)
     case verified(connection: UInt64, requestID: UInt32, name: String, account: AccountRecord?, ok: Bool)
+    case hashedForAdmin(token: UInt64, hash: PasswordHash)
 }
 
 /// What the loop must do when a write op completes: one context per op, same order.
@@ -26,6 +29,8 @@ public enum StoreContext: Sendable {
     case prune
     /// A sender's persisted dedupe window; `generation` tells a stale completion from the latest.
     case dedupeWindow(sender: UserID, generation: UInt64)
+    /// An administrator's write (Core+Admin); `token` names the waiting admin request.
+    case admin(token: UInt64)
 }
 
 public struct StoreBatch: Sendable {

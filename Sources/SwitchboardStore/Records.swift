@@ -99,16 +99,22 @@ public enum WriteOp: Sendable {
     /// Replaces `sender`'s whole dedupe window with `entries` (kept in the given order, oldest first); empty
     /// `entries` deletes it. At most `Store.maxDedupeWindowEntries` entries, else `invalidRequest`.
     case putDedupeWindow(sender: UserID, entries: [DedupeWindowEntry])
+    /// Replaces an account's password hash (`passwordChanged` or `noSuchUser`).
+    case setPassword(name: String, password: PasswordHash)
+    /// Removes an account with everything that is its own: both directions of its contacts, its mail, its
+    /// dedupe records and window (`accountDeleted` with the former contacts, or `noSuchUser`). Its user id is
+    /// never given out again.
+    case deleteAccount(name: String)
 
     /// Whether the op can make the database bigger. Under MDB_MAP_FULL / ENOSPC, `Store.apply` retries the batch
     /// with only the ops for which this is false, and answers the others `storageFull`.
     var growsDatabase: Bool {
         switch self {
-        case .createAccount, .contactAdd, .contactAccept, .putMail:
+        case .createAccount, .contactAdd, .contactAccept, .putMail, .setPassword:
             return true
         case .putDedupeWindow(_, let entries):
             return !entries.isEmpty
-        case .contactRemove, .deleteMail, .pruneDedupe:
+        case .contactRemove, .deleteMail, .pruneDedupe, .deleteAccount:
             return false
         }
     }
@@ -132,6 +138,9 @@ public enum WriteResult: Sendable, Equatable {
     /// Dedupe records plus dedupe-window entries removed.
     case pruned(count: Int)
     case dedupeWindowSaved
+    case passwordChanged(UserID)
+    /// The account is gone; `contacts` are the users that had it in their contact list (either direction).
+    case accountDeleted(UserID, contacts: [UserID])
     /// Not applied: the batch hit MDB_MAP_FULL, ENOSPC or EDQUOT and this op could grow the database. The ops
     /// that cannot (deletes, removes, prunes) were applied in a retry and carry their own results.
     case storageFull

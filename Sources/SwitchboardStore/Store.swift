@@ -26,7 +26,7 @@ public final class Store: @unchecked Sendable {
     public static let maxDedupeWindowEntries = DedupeWindowLayout.maxEntries
 
     public let directory: String
-    private let databases: Databases
+    let databases: Databases
     private let lock = ReadWriteLock()
     /// nil once closed. Read under `lock` shared, cleared under `lock` exclusive.
     private var env: OpaquePointer?
@@ -122,7 +122,8 @@ public final class Store: @unchecked Sendable {
             var entries: [ContactEntry] = []
             entries.reserveCapacity(found.count)
             for (contactID, state) in found {
-                // Accounts are never deleted, so a contact without a user means the file is inconsistent.
+                // Deleting an account removes both directions of its contacts, so a contact without a user means
+                // the file is inconsistent.
                 guard let name = try lookUpUserName(contactID, txn) else {
                     throw StoreError.corruptRecord(database: "contacts",
                                                    reason: "user \(userID) lists unknown user \(contactID)")
@@ -311,7 +312,7 @@ public final class Store: @unchecked Sendable {
 
     // MARK: - Transactions
 
-    private func withReadTransaction<R>(_ body: (LMDBTransaction) throws -> R) throws -> R {
+    func withReadTransaction<R>(_ body: (LMDBTransaction) throws -> R) throws -> R {
         try lock.withShared {
             guard let env else { throw StoreError.closed }
             let txn = try LMDBTransaction.begin(env, readOnly: true)
@@ -391,6 +392,10 @@ public final class Store: @unchecked Sendable {
             return try pruneDedupe(olderThanMs: olderThanMs, txn)
         case let .putDedupeWindow(sender, entries):
             return try putDedupeWindow(sender: sender, entries: entries, txn)
+        case let .setPassword(name, password):
+            return try setPassword(name: name, password: password, txn)
+        case let .deleteAccount(name):
+            return try deleteAccount(name: name, txn)
         }
     }
 
@@ -581,11 +586,11 @@ public final class Store: @unchecked Sendable {
 
     // MARK: - Lookups shared by reads and writes
 
-    private func lookUpAccount(named name: String, _ txn: LMDBTransaction) throws -> AccountRecord? {
+    func lookUpAccount(named name: String, _ txn: LMDBTransaction) throws -> AccountRecord? {
         try txn.withValue(databases.accounts, Array(name.utf8)) { try AccountLayout.decode(name: name, $0) }
     }
 
-    private func lookUpUserName(_ userID: UserID, _ txn: LMDBTransaction) throws -> String? {
+    func lookUpUserName(_ userID: UserID, _ txn: LMDBTransaction) throws -> String? {
         guard userID != 0 else { return nil }
         return try txn.withValue(databases.users, RecordKey.user(userID)) {
             try UserNameLayout.decode($0, userID: userID)

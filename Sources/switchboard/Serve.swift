@@ -48,6 +48,9 @@ struct SettingFlags: ParsableArguments {
     @Option(help: h("tls-ca")) var tlsCa: String?
     @Option(help: h("handshake-timeout")) var handshakeTimeout: Int64?
     @Flag(inversion: .prefixedNo, help: h("plaintext")) var plaintext: Bool?
+    @Option(help: h("metrics")) var metrics: String?
+    @Flag(inversion: .prefixedNo, help: h("admin")) var admin: Bool?
+    @Option(help: h("admin-socket")) var adminSocket: String?
 
     /// The flags that were given, as (key, value).
     var overrides: [(String, ConfigValue)] {
@@ -71,6 +74,8 @@ struct SettingFlags: ParsableArguments {
         add("tls-cert", tlsCert); add("tls-key", tlsKey); add("tls-ca", tlsCa)
         add("handshake-timeout", handshakeTimeout)
         if let plaintext { list.append(("plaintext", .boolean(plaintext))) }
+        add("metrics", metrics); add("admin-socket", adminSocket)
+        if let admin { list.append(("admin", .boolean(admin))) }
         return list
     }
 }
@@ -124,6 +129,7 @@ struct Serve: ParsableCommand {
         installSignals(shutdown: server.shutdownEventFD, reload: server.reloadEventFD)
         // One line on stdout that scripts and tests wait for.
         print("switchboard listening on \(server.boundAddress)")
+        if let metricsAddress = server.metricsAddress { print("switchboard metrics on http://\(metricsAddress)/metrics") }
         fflushStdout()
         try server.run()
     }

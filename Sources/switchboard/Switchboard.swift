@@ -1,5 +1,6 @@
-// `switchboard`: the relay server's command line. `serve` runs it; `users` holds admin tasks that
-// write straight into LMDB (for load tests) and must not run while a server uses the same data.
+// `switchboard`: the relay server's command line. `serve` runs it; `users` administers accounts (through
+// a running server's admin socket, or straight in LMDB when it is stopped; Users.swift); `admin` and
+// `top` talk to the running server (Admin.swift, Top.swift).
 import ArgumentParser
 import Glibc
 import Logging
@@ -14,7 +15,8 @@ struct SwitchboardCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchboard",
         abstract: "A single-threaded epoll chat relay with offline mail in LMDB.",
-        subcommands: [Serve.self, Cert.self, Users.self, ConfigCommand.self, Backup.self, DataCommand.self, Service.self],
+        subcommands: [Serve.self, Cert.self, Users.self, Admin.self, Top.self, ConfigCommand.self, Backup.self, DataCommand.self,
+                      Service.self],
         defaultSubcommand: Serve.self)
 }
 
@@ -69,8 +71,8 @@ enum LogLevelParser {
 
 struct Users: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Account administration straight on the data folder (stop the server first).",
-        subcommands: [BulkCreate.self, Count.self])
+        abstract: "Account administration: add, passwd, delete and list work with the server running (admin socket) or stopped; bulk-create and count need it stopped.",
+        subcommands: [UserAdd.self, UserPasswd.self, UserDelete.self, UserList.self, BulkCreate.self, Count.self])
 
     struct BulkCreate: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -88,6 +90,9 @@ struct Users: ParsableCommand {
                 throw ValidationError("give --password or set SWITCHBOARD_PASSWORD")
             }
             guard count > 0, count <= 10_000_000 else { throw ValidationError("--count must be 1...10000000") }
+            if AdminClient.serverRunning(at: AdminSocketOptions.path(forData: data)) {
+                try fail("a server is running on \(data): stop it first (bulk-create writes the store directly)")
+            }
             let store = try Store(directory: data)
             defer { store.close() }
             let hash = PasswordHasher.hash(password: Array(pw.utf8), iterations: pbkdf2Iterations)

@@ -155,6 +155,8 @@ private func printedKeys(_ text: String) -> [String: String?] {
             case "log-level": return (literal("debug"), literal("warning"), ["--log-level", "warning"])
             case "log-format": return (literal("json"), literal("text"), ["--log-format", "text"])
             case "plaintext": return ("true", "false", ["--no-plaintext"])
+            case "admin": return ("false", "true", ["--admin"])
+            case "metrics": return (literal("127.0.0.1:24103"), literal("127.0.0.1:24104"), ["--metrics", "127.0.0.1:24104"])
             default:
                 if let text = defaults[key] ?? nil, let number = Int64(text) {
                     return (String(number * 2), String(number * 3), ["--\(key)", String(number * 3)])

@@ -422,6 +422,8 @@ final class Simulation {
         case .verifyLogin(let connection, let requestID, let name, let password, let account, let dummy):
             let ok = PasswordHasher.verify(password: password, against: account?.password ?? dummy) && account != nil
             core.hashCompleted([.verified(connection: connection, requestID: requestID, name: name, account: account, ok: ok)])
+        case .hashForAdmin(let token, let password, let iterations):
+            core.hashCompleted([.hashedForAdmin(token: token, hash: PasswordHasher.hash(password: password, iterations: iterations))])
         }
     }
 

@@ -20,6 +20,9 @@
 /// accept4(2) with SOCK_NONBLOCK|SOCK_CLOEXEC; returns -1 and sets errno like the syscall.
 int csb_accept4_nonblocking(int fd, struct sockaddr *addr, socklen_t *len);
 
+/// The connected Unix-socket peer's uid (SO_PEERCRED; struct ucred needs _GNU_SOURCE). 0 on success.
+int csb_peer_uid(int fd, uint32_t *uid);
+
 /// CLOCK_MONOTONIC_COARSE in milliseconds: read from the vDSO, no syscall, ~1-4 ms resolution.
 uint64_t csb_monotonic_coarse_ms(void);
 /// CLOCK_MONOTONIC in nanoseconds (vDSO).
