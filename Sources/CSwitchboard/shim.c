@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "CSwitchboard.h"
 #include <time.h>
+#include <malloc.h>
 
 int csb_accept4_nonblocking(int fd, struct sockaddr *addr, socklen_t *len) {
     return accept4(fd, addr, len, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -39,3 +40,9 @@ long csb_SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version) { return SSL_C
 uint64_t csb_SSL_OP_IGNORE_UNEXPECTED_EOF(void) { return SSL_OP_IGNORE_UNEXPECTED_EOF; }
 uint64_t csb_SSL_OP_CIPHER_SERVER_PREFERENCE(void) { return SSL_OP_CIPHER_SERVER_PREFERENCE; }
 int csb_TLS1_1_VERSION(void) { return TLS1_1_VERSION; }
+
+int csb_malloc_trim(size_t pad) { return malloc_trim(pad); }
+size_t csb_malloc_free_bytes(void) {
+    struct mallinfo2 info = mallinfo2();
+    return info.fordblks;
+}

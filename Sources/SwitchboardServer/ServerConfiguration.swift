@@ -21,6 +21,9 @@ public struct ServerConfiguration: Sendable {
     /// Everything the session core decides with (limits, caps, auth, mail, dedupe); the properties
     /// below forward to it so each limit has one home.
     public var session = SessionConfiguration()
+    /// Accepts + closes after which the heap is trimmed once the churn calms down (malloc_trim on a helper
+    /// thread, see HeapTrimmer); 0 turns it off.
+    public var heapTrimChurn = 1024
 
     public var serverName: String { get { session.serverName } set { session.serverName = newValue } }
     public var limits: ServerLimits { get { session.limits } set { session.limits = newValue } }
