@@ -122,12 +122,15 @@ struct Serve: ParsableCommand {
     var handshakeTimeout: UInt64 = 5
     @Flag(help: "Serve without TLS (for benchmarks against plaintext peers). Logged as a warning.")
     var plaintext = false
+    @Option(help: "Accepts + closes after which the server gives freed heap memory back to the system (malloc_trim on a helper thread, once the churn has calmed down: after a storm of TLS handshakes glibc otherwise keeps tens of MB). 0 turns it off.")
+    var heapTrimChurn = 1024
 
     func validate() throws {
         guard LogLevelParser.parse(logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
         guard maxFrame >= 1024, maxFrameBeforeLogin >= 256 else { throw ValidationError("frame limits are too small (min 1024 / 256)") }
         guard outputSoftCap < outputHardCap else { throw ValidationError("--output-soft-cap must be below --output-hard-cap") }
         guard pbkdf2Iterations >= 1 else { throw ValidationError("--pbkdf2-iterations must be at least 1") }
+        guard heapTrimChurn >= 0 else { throw ValidationError("--heap-trim-churn must be 0 (off) or more") }
         guard dedupeWindow >= 1 && dedupeWindow <= 1 << 20 else { throw ValidationError("--dedupe-window must be 1...1048576") }
         guard readPauseAbove >= 4096, readPauseAboveBeforeLogin >= 1024 else {
             throw ValidationError("--read-pause-above must be at least 4096 and --read-pause-above-before-login at least 1024")
@@ -164,6 +167,7 @@ struct Serve: ParsableCommand {
         config.maxRegistrationsPerAddress = maxRegistrationsPerAddress
         config.pbkdf2Iterations = pbkdf2Iterations
         config.dedupeWindow = dedupeWindow
+        config.heapTrimChurn = heapTrimChurn
         config.readPauseAboveBytes = readPauseAbove
         config.preLoginReadPauseAboveBytes = readPauseAboveBeforeLogin
         config.maxPreLoginConnectionsPerAddress = maxPreloginPerAddress
