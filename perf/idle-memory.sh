@@ -26,6 +26,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 WORK=$(mktemp -d /tmp/sb-idlemem.XXXXXX); PID=
 cleanup() { [ -n "$PID" ] && kill -TERM "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
+[ -n "${KEEP_LOG:-}" ] && trap 'cp "$WORK/server.log" "$KEEP_LOG"; cleanup' EXIT
 D=$WORK/data
 "$BIN/switchboard" users bulk-create --data "$D" --prefix load --count "$N" --password loadtest-pw --pbkdf2-iterations 1 >/dev/null || exit 1
 TLSARGS=(--plaintext); CLIENT=()
@@ -38,7 +39,7 @@ if [ $BREAKDOWN = 1 ]; then
   gcc -O2 -shared -fPIC -o "$WORK/malloc-live.so" "$ROOT/perf/malloc-live.c" -ldl -lcrypto -lpthread || exit 1
   PRE=(LD_PRELOAD="$WORK/malloc-live.so" MALLOC_LIVE_FILE="$WORK/live.txt")
 fi
-env ${SERVE_ENV:-} "${PRE[@]}" taskset -c 0 "$BIN/switchboard" serve --data "$D" --listen 127.0.0.1:$PORT --log-level warning \
+env ${SERVE_ENV:-} "${PRE[@]}" taskset -c 0 "$BIN/switchboard" serve --data "$D" --listen 127.0.0.1:$PORT --log-level ${LOG_LEVEL:-warning} \
   "${TLSARGS[@]}" > "$WORK/server.log" 2>&1 &
 PID=$!
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
@@ -67,15 +68,21 @@ for line in open(sys.argv[1]):
     if p[0] == 'snapshot': cur = {}
     elif p[0] == 'end': snaps.append(cur)
     else: cur[(p[0], p[1]) if p[0] in ('ossl', 'size') else (p[0], '')] = (int(p[-2]), int(p[-1]))
-n = int(sys.argv[2]); a, b = snaps[0], snaps[1]
-rows = []
-for k in set(a) | set(b):
-    db = b.get(k, (0, 0))[0] - a.get(k, (0, 0))[0]; dc = b.get(k, (0, 0))[1] - a.get(k, (0, 0))[1]
-    rows.append((db, dc, k))
-rows.sort(reverse=True)
-print(f"live heap per held connection (snapshot 2 - snapshot 1, / {n}):")
-for db, dc, k in rows:
+n = int(sys.argv[2])
+def diff(a, b):
+    rows = []
+    for k in set(a) | set(b):
+        db = b.get(k, (0, 0))[0] - a.get(k, (0, 0))[0]; dc = b.get(k, (0, 0))[1] - a.get(k, (0, 0))[1]
+        rows.append((db, dc, k))
+    return sorted(rows, reverse=True)
+print(f"live heap per held connection (held - baseline, / {n}):")
+for db, dc, k in diff(snaps[0], snaps[1]):
     if abs(db) / n >= 8 or k[0].endswith('total'):
         print(f"  {db/n:9.1f} B  {dc/n:6.2f} blocks  {k[0]} {k[1]}")
+if len(snaps) > 2:
+    print("live heap still held 3 s after all closed (after close - baseline, whole process):")
+    for db, dc, k in diff(snaps[0], snaps[2]):
+        if abs(db) >= 64 << 10 or k[0].endswith('total'):
+            print(f"  {db/1024:9.0f} KiB  {dc:7d} blocks  {k[0]} {k[1]}")
 PY
 fi

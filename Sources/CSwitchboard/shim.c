@@ -46,3 +46,4 @@ size_t csb_malloc_free_bytes(void) {
     struct mallinfo2 info = mallinfo2();
     return info.fordblks;
 }
+void csb_SSL_CTX_set_read_ahead(SSL_CTX *ctx, int yes) { SSL_CTX_set_read_ahead(ctx, yes); }

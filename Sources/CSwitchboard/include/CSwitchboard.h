@@ -53,5 +53,7 @@ uint64_t csb_SSL_OP_IGNORE_UNEXPECTED_EOF(void);
 uint64_t csb_SSL_OP_CIPHER_SERVER_PREFERENCE(void);
 /// Only for tests that prove the server refuses old protocol versions.
 int csb_TLS1_1_VERSION(void);
+/// Read-ahead: OpenSSL fills its record buffer per recv instead of reading header and body separately.
+void csb_SSL_CTX_set_read_ahead(SSL_CTX *ctx, int yes);
 
 #endif
