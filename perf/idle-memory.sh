@@ -67,6 +67,7 @@ for line in open(sys.argv[1]):
     p = line.split()
     if p[0] == 'snapshot': cur = {}
     elif p[0] == 'end': snaps.append(cur)
+    elif p[0] == 'allocs': pass
     else: cur[(p[0], p[1]) if p[0] in ('ossl', 'size') else (p[0], '')] = (int(p[-2]), int(p[-1]))
 n = int(sys.argv[2])
 def diff(a, b):

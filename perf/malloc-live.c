@@ -3,6 +3,8 @@
 //   live bytes and blocks per allocation site (source file:line as OpenSSL passes them).
 // - Everything else (Swift, glibc): live bytes and blocks per malloc_usable_size class.
 // SIGUSR2 appends a snapshot to $MALLOC_LIVE_FILE; diff two snapshots to see what N connections hold.
+// "allocs FILE:LINE N" lines: allocations ever made at that OpenSSL site (diff two snapshots taken during a
+// relay run to see which sites allocate per record).
 // Diagnostic only (a signal handler that formats text), never for production.
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -43,7 +45,7 @@ void *memalign(size_t a, size_t s) { void *p = __libc_memalign(a, s); account(p,
 
 // ---- OpenSSL, by allocation site; a 16-byte header holds the site index and the size ----
 #define SITES 4096
-struct site { const char *file; int line; atomic_long bytes, count; };
+struct site { const char *file; int line; atomic_long bytes, count, total; };
 static struct site sites[SITES];
 static pthread_mutex_t site_lock = PTHREAD_MUTEX_INITIALIZER;
 static int site_index(const char *file, int line) {
@@ -66,6 +68,7 @@ static void *ossl_malloc(size_t n, const char *file, int line) {
   if (!h) return NULL;
   h->site = site_index(file, line); h->size = n;
   atomic_fetch_add(&sites[h->site].bytes, (long)n); atomic_fetch_add(&sites[h->site].count, 1);
+  atomic_fetch_add(&sites[h->site].total, 1);
   return h + 1;
 }
 static void ossl_free(void *p, const char *file, int line) {
@@ -96,6 +99,8 @@ static void dump(int sig) {
   for (int i = 0; i < SITES; i++) {
     if (!sites[i].file) continue;
     long b = atomic_load(&sites[i].bytes), c = atomic_load(&sites[i].count);
+    long t = atomic_load(&sites[i].total);
+    if (o < sizeof out - 256) o += snprintf(out + o, sizeof out - o, "allocs %s:%d %ld 0\n", sites[i].file, sites[i].line, t);
     if (c == 0 && b == 0) continue;
     tb += b; tc += c;
     if (o < sizeof out - 256) o += snprintf(out + o, sizeof out - o, "ossl %s:%d %ld %ld\n", sites[i].file, sites[i].line, b, c);
