@@ -2,14 +2,17 @@
 # System packages are installed only when missing (apt-get needs root; sudo is used if present).
 
 SYSTEM_PACKAGES := libssl-dev liblmdb-dev pkg-config
-# The terminal client's end-to-end test drives two sbchat sessions in tmux.
-TEST_PACKAGES := tmux
+# The terminal client's end-to-end tests drive two sbchat sessions in tmux, and one in a real xterm under
+# Xvfb with xdotool's mouse (screenshot with ImageMagick's import, DejaVu Sans Mono for the symbols); the
+# service unit is checked with systemd-analyze verify (package systemd); the cluster tests start a
+# three-server NATS cluster with JetStream (nats-server 2.9).
+TEST_PACKAGES := tmux xvfb xterm xdotool imagemagick fonts-dejavu-core systemd nats-server valgrind
 SWIFT ?= swift
 DATA ?= ./data
 LISTEN ?= 127.0.0.1:7878
 RUN_FLAGS ?=
 
-.PHONY: all deps test-deps install-packages build release run test soak cert clean bench bench-deps fuzz fuzz-ci fuzz-build
+.PHONY: bench-instructions install all deps test-deps install-packages build release run test soak cert clean bench bench-deps fuzz fuzz-ci fuzz-build
 
 all: build
 
@@ -42,10 +45,47 @@ run: release
 cert: release
 	./.build/release/switchboard cert init --data $(DATA)
 
+# `make install` (PREFIX=/usr/local, DESTDIR= for staging): the three binaries in BINDIR, the systemd unit
+# (`switchboard service unit`) in UNITDIR, a sysusers.d entry for the dedicated user, and the example config
+# in SYSCONFDIR/switchboard (switchboard.toml only if there is none yet; switchboard.toml.example always).
+# BIN_DIR= takes already built binaries (e.g. .build/debug) instead of building a release.
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+STATEDIR ?= /var/lib/switchboard
+SERVICE_USER ?= switchboard
+INSTALL_LISTEN ?= 0.0.0.0:7878
+BIN_DIR ?= .build/release
+CONFIG_DIR = $(DESTDIR)$(SYSCONFDIR)/switchboard
+
+install: $(if $(filter .build/release,$(BIN_DIR)),release)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(CONFIG_DIR)
+	install -m 0755 $(BIN_DIR)/switchboard $(BIN_DIR)/sbchat $(BIN_DIR)/sbload $(DESTDIR)$(BINDIR)/
+	$(BIN_DIR)/switchboard config print --no-origin --data $(STATEDIR) --listen $(INSTALL_LISTEN) > $(CONFIG_DIR)/switchboard.toml.example
+	chmod 0644 $(CONFIG_DIR)/switchboard.toml.example
+	[ -e $(CONFIG_DIR)/switchboard.toml ] || install -m 0644 $(CONFIG_DIR)/switchboard.toml.example $(CONFIG_DIR)/switchboard.toml
+	$(BIN_DIR)/switchboard service unit --binary $(BINDIR)/switchboard --user $(SERVICE_USER) \
+	  --config $(CONFIG_DIR)/switchboard.toml --exec-config $(SYSCONFDIR)/switchboard/switchboard.toml \
+	  > $(DESTDIR)$(UNITDIR)/switchboard.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/switchboard.service
+	printf 'u %s - "Switchboard chat relay" %s\n' $(SERVICE_USER) $(STATEDIR) > $(DESTDIR)$(SYSUSERSDIR)/switchboard.conf
+	@echo "installed; next: systemd-sysusers, switchboard cert init --data $(STATEDIR) (or tls-cert/tls-key in the config),"
+	@echo "  systemctl daemon-reload && systemctl enable --now switchboard"
+
 # Dictionary order is fixed so a failing simulation seed replays exactly (see ServerCoreSimulation.swift).
 test: test-deps
 	SWIFT_DETERMINISTIC_HASHING=1 $(SWIFT) test
 	@$(MAKE) --no-print-directory fuzz-ci
+	@$(MAKE) --no-print-directory bench-instructions SLACK=10
+
+# Instructions per relayed message in the server core, counted by callgrind (deterministic, unlike wall
+# time), against Benchmarks/Thresholds/instructions-per-message.json; `make test` allows 10 % slack.
+SLACK ?= 0
+bench-instructions:
+	perf/instructions-per-message.sh --slack $(SLACK)
 
 # More seeds of the deterministic simulations (server core and auth gate): make soak SEEDS=2000.
 SEEDS ?= 2000

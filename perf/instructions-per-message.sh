@@ -8,20 +8,28 @@
 #   perf/instructions-per-message.sh            # build (release), measure, compare with the thresholds
 #   perf/instructions-per-message.sh --annotate # also the top functions of each shape (callgrind_annotate)
 #   perf/instructions-per-message.sh --update   # write the measured figures (+3 %) as the new thresholds
+#   perf/instructions-per-message.sh --slack 10 # fail only above threshold + 10 % (make test: another CPU's
+#                                               # memcpy variant or glibc build moves the counts a little)
+# The figures move by about 1 % from run to run: the hash tables are salted per process.
 # Exit status 1 when a shape costs more than its threshold in Benchmarks/Thresholds/instructions-per-message.json.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 THRESHOLDS=$ROOT/Benchmarks/Thresholds/instructions-per-message.json
-ANNOTATE=0; UPDATE=0
-for a in "$@"; do
+ANNOTATE=0; UPDATE=0; SLACK=0
+while [ $# -gt 0 ]; do
+  a=$1; shift
   case $a in
     --annotate) ANNOTATE=1 ;;
     --update) UPDATE=1 ;;
-    -h|--help) sed -n 2,12p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "instructions-per-message.sh: unknown option $a (--annotate, --update)" >&2; exit 2 ;;
+    --slack) SLACK=${1:-}; shift || true
+             [[ "$SLACK" =~ ^[0-9]+$ ]] || { echo "instructions-per-message.sh: --slack needs a whole percentage" >&2; exit 2; } ;;
+    -h|--help) sed -n 2,14p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "instructions-per-message.sh: unknown option $a (--annotate, --update, --slack PCT)" >&2; exit 2 ;;
   esac
 done
 command -v valgrind >/dev/null || { echo "instructions-per-message.sh: valgrind is needed (apt-get install valgrind)" >&2; exit 2; }
+# A file added to the parent package is not always seen by an existing build manifest: regenerate it.
+rm -f "$ROOT/Benchmarks/.build/release.yaml"
 (cd "$ROOT/Benchmarks" && swift build -c release --product CoreInstructionProbe 2>&1 | grep -E "error|warning: " ; exit "${PIPESTATUS[0]}") || exit 1
 PROBE=$(cd "$ROOT/Benchmarks" && swift build -c release --show-bin-path)/CoreInstructionProbe
 OUT=$(mktemp -d /tmp/sbinstr.XXXXXX)
@@ -30,14 +38,15 @@ status=0
 results=""
 for shape in bulk light; do
   log=$OUT/$shape.log
-  valgrind --tool=callgrind --collect-atstart=no --callgrind-out-file="$OUT/$shape.out" "$PROBE" ${ARGS[$shape]} >"$OUT/$shape.txt" 2>"$log" \
+  SWIFT_DETERMINISTIC_HASHING=1 valgrind --tool=callgrind --collect-atstart=no --callgrind-out-file="$OUT/$shape.out" "$PROBE" ${ARGS[$shape]} >"$OUT/$shape.txt" 2>"$log" \
     || { echo "probe failed ($shape):"; cat "$log" "$OUT/$shape.txt"; exit 1; }
   collected=$(grep -Eo 'Collected : [0-9]+' "$log" | grep -Eo '[0-9]+$')
   messages=$(grep -Eo '^messages [0-9]+' "$OUT/$shape.txt" | grep -Eo '[0-9]+$')
   per=$(( (collected + messages / 2) / messages ))
   limit=$(python3 -c "import json,sys; print(json.load(open('$THRESHOLDS')).get('$shape', 0))" 2>/dev/null || echo 0)
   verdict="ok"
-  if [ "$limit" -gt 0 ] && [ "$per" -gt "$limit" ]; then verdict="OVER the threshold"; status=1; fi
+  allowed=$(( limit * (100 + SLACK) / 100 ))
+  if [ "$limit" -gt 0 ] && [ "$per" -gt "$allowed" ]; then verdict="OVER the threshold (+$SLACK % slack: $allowed)"; status=1; fi
   [ "$limit" -gt 0 ] || verdict="no threshold"
   printf '%-6s %8d instructions/message  (threshold %d: %s; %d messages, %s)\n' "$shape" "$per" "$limit" "$verdict" "$messages" "${ARGS[$shape]}"
   results="$results \"$shape\": $(( per * 103 / 100 )),"

@@ -49,14 +49,14 @@ public final class Session {
     public let connection: ConnectionID
     public let address: String
     /// How each contact relates to this user (incoming/outgoing requests and accepted contacts).
-    public var contacts: [UserID: ContactState]
+    public var contacts: IDMap<UserID, ContactState>
     public var contactNames: [UserID: String]
     /// Set by the server while this user's output backlog is over its soft cap: new messages
     /// are stored as mail instead of growing the backlog.
     public var congested = false
 
     init(userID: UserID, name: String, connection: ConnectionID, address: String,
-         contacts: [UserID: ContactState], contactNames: [UserID: String]) {
+         contacts: IDMap<UserID, ContactState>, contactNames: [UserID: String]) {
         self.userID = userID; self.name = name; self.connection = connection; self.address = address
         self.contacts = contacts; self.contactNames = contactNames
     }
@@ -72,8 +72,9 @@ public struct LoginOutcome {
 }
 
 public final class RelayCore {
-    public let limits: RelayLimits
-    public private(set) var sessions: [UserID: Session] = [:]
+    /// The mailbox quotas may be changed by a configuration reload (checked at each store).
+    public var limits: RelayLimits
+    public private(set) var sessions = IDMap<UserID, Session>()
     private var connectionUsers: [ConnectionID: UserID] = [:]
     /// Behind a class on purpose: mutating a struct stored in a dictionary goes through nested
     /// `_modify` coroutines whose frames are heap-allocated (3 mallocs per message, measured with
@@ -82,7 +83,7 @@ public final class RelayCore {
         let ids: RecentMessageIDs
         init(capacity: Int) { ids = RecentMessageIDs(capacity: capacity) }
     }
-    private var recentIDs: [UserID: SenderHistory] = [:]
+    private var recentIDs = IDMap<UserID, SenderHistory>()
     private var mailboxes: [UserID: MailboxState] = [:]
     /// Loads a mailbox's persisted usage the first time the core needs it (the store, in production).
     private let loadMailboxUsage: (UserID) -> MailboxUsage
@@ -116,9 +117,8 @@ public final class RelayCore {
             connectionUsers[previous.connection] = nil
             wasOnline = true
         }
-        var contactStates: [UserID: ContactState] = [:]
+        var contactStates = IDMap<UserID, ContactState>()
         var names: [UserID: String] = [:]
-        contactStates.reserveCapacity(stored.count)
         for entry in stored {
             contactStates[entry.userID] = entry.state
             names[entry.userID] = entry.name

@@ -45,13 +45,14 @@ final class Connection: EventHandler {
 }
 
 public final class RelayServer: EventHandler, SessionDriver {
-    public let configuration: ServerConfiguration
+    /// The configuration in effect; a reload (Reload.swift) replaces its live-changeable part.
+    public internal(set) var configuration: ServerConfiguration
     public var stats: ServerStats { core.stats }
     public var logger: Logger {
         get { core.logger }
         set { core.logger = newValue; driverLogger = newValue }
     }
-    private var driverLogger: Logger
+    var driverLogger: Logger
 
     let loop: EventLoop
     let store: Store
@@ -83,12 +84,16 @@ public final class RelayServer: EventHandler, SessionDriver {
     private let shutdownFD: Int32
     private var shutdownRegistration: RegistrationID?
     /// The context new connections get; replaced on reload, kept alive by existing connections.
-    public private(set) var tlsContext: TLSContext?
+    public internal(set) var tlsContext: TLSContext?
     /// TLS connections holding decrypted bytes epoll will not report: read them again this turn.
     private var bufferedReads: [Connection] = []
     private var spareReads: [Connection] = []
     private let reloadFD: Int32
     private var reloadRegistration: RegistrationID?
+    /// Configuration reloads (Reload.swift).
+    let reloadState = ReloadState()
+    /// Tells systemd (NOTIFY_SOCKET) READY=1 when the loop starts and STOPPING=1 when shutdown begins.
+    public var serviceNotifier: ServiceNotifier?
 
     public init(configuration: ServerConfiguration, logger: Logger = Logger(label: "switchboard")) throws {
         self.configuration = configuration
@@ -140,6 +145,7 @@ public final class RelayServer: EventHandler, SessionDriver {
             driverLogger.warning("listening WITHOUT TLS (--plaintext): traffic and passwords travel in clear text",
                                  metadata: ["address": "\(boundAddress)", "data": "\(configuration.dataDirectory)"])
         }
+        serviceNotifier?.notify("READY=1\nSTATUS=listening on \(boundAddress)")
         try loop.run()
         workers.shutdown()
         heapTrimmer.shutdown()
@@ -156,9 +162,9 @@ public final class RelayServer: EventHandler, SessionDriver {
     public func requestShutdown() { Sys.eventfdSignal(shutdownFD) }
     /// The descriptor a signal handler writes to (eventfd, async-signal-safe).
     public var shutdownEventFD: Int32 { shutdownFD }
-    /// Written on SIGHUP: reload the TLS certificate and key.
+    /// Written on SIGHUP: reload the configuration (Reload.swift).
     public var reloadEventFD: Int32 { reloadFD }
-    /// Thread-safe: asks the loop to reload the TLS certificate and key.
+    /// Thread- and signal-safe: asks the loop to reload the configuration (Reload.swift).
     public func requestReload() { Sys.eventfdSignal(reloadFD) }
 
     private final class ReloadHandler: EventHandler {
@@ -166,29 +172,12 @@ public final class RelayServer: EventHandler, SessionDriver {
         init(server: RelayServer) { self.server = server }
         func handle(events: IOEvents, loop: EventLoop) {
             Sys.eventfdDrain(server.reloadFD)
-            server.reloadTLS()
+            server.reloadSignalled()
         }
     }
 
-    /// New connections use the new certificate; existing ones keep theirs. A broken new
-    /// certificate is refused and the old one stays in use. Runs on the loop: loading two PEM
-    /// files is a few hundred microseconds, rare, and keeps the context swap trivially safe.
-    public private(set) var reloads = 0
-    private func reloadTLS() {
-        guard let current = tlsContext, let tls = configuration.tls else {
-            driverLogger.notice("reload requested, but TLS is off (--plaintext): nothing to reload")
-            return
-        }
-        do {
-            let fresh = try TLSContext(server: tls, ticketKeys: current.ticketKeys ?? TicketKeyRing())
-            tlsContext = fresh
-            reloads += 1
-            driverLogger.notice("TLS certificate reloaded", metadata: ["certificate": "\(tls.certificateChainFile)",
-                                                                  "key-sha256": "\(fresh.certificateFingerprint ?? "?")"])
-        } catch {
-            driverLogger.error("TLS reload refused, keeping the certificate in use", metadata: ["error": "\(error)"])
-        }
-    }
+    /// TLS contexts swapped in by reloads.
+    public internal(set) var reloads = 0
 
     private final class ShutdownHandler: EventHandler {
         unowned let server: RelayServer
@@ -201,6 +190,7 @@ public final class RelayServer: EventHandler, SessionDriver {
 
     private func beginShutdown() {
         guard !core.shuttingDown else { return }
+        serviceNotifier?.notify("STOPPING=1")
         if let listenRegistration { loop.deregister(listenRegistration) }
         listenRegistration = nil
         Sys.close(listenFD)

@@ -100,7 +100,8 @@ public struct AuthGate<Payload> {
     private struct UserState { var failures = Window(count: 0, start: 0); var hashing = false; var lastFailureAt: UInt64 = 0 }
     private struct PairKey: Hashable { let user: String; let address: String }
 
-    public let limits: AuthGateLimits
+    /// Replaced by a configuration reload; checked again at each new attempt.
+    public internal(set) var limits: AuthGateLimits
     /// Per-address FIFO queues (only non-empty ones). The address served least recently goes next.
     private struct AddressQueue {
         var attempts: [AuthAttempt<Payload>] = []

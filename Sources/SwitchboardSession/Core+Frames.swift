@@ -23,6 +23,25 @@ extension ServerCore {
                 return
             case .frame(let (type, body), let consumed):
                 stats.framesIn += 1
+                // The two frames of every relayed message, read in place: the same fields and checks as
+                // FrameDecoder.clientFrame (a frame of the wrong size takes the general path below and
+                // gets its error there), without building a ClientFrame (~10 % of the per-message
+                // instructions, perf/instructions-per-message.sh).
+                if connection.phase == .active {
+                    if type == FrameType.send.rawValue && body.count >= 12 {
+                        let to = UInt32(bigEndian: body.loadUnaligned(fromByteOffset: 0, as: UInt32.self))
+                        let messageID = UInt64(bigEndian: body.loadUnaligned(fromByteOffset: 4, as: UInt64.self))
+                        relay(from: connection, to: to, messageID: messageID,
+                              body: ByteView(borrowing: UnsafeRawBufferPointer(rebasing: body[12...])))
+                        buffer.moveReaderIndex(forwardBy: consumed)
+                        continue
+                    }
+                    if type == FrameType.deliveryAck.rawValue && body.count == 8 {
+                        acknowledgeDeliveries(connection, throughSeq: UInt64(bigEndian: body.loadUnaligned(as: UInt64.self)))
+                        buffer.moveReaderIndex(forwardBy: consumed)
+                        continue
+                    }
+                }
                 do {
                     let frame = try FrameDecoder.clientFrame(type: type, body: body)
                     handleFrame(connection, frame)

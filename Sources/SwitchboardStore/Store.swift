@@ -611,7 +611,7 @@ public final class Store: @unchecked Sendable {
 
     // MARK: - Opening
 
-    private static func createDirectory(_ path: String) throws {
+    static func createDirectory(_ path: String) throws {
         guard !path.isEmpty else { throw StoreError.invalidArgument("empty data directory path") }
         var prefix = path.hasPrefix("/") ? "/" : ""
         for component in path.split(separator: "/") {

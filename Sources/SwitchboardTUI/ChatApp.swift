@@ -2,9 +2,11 @@
 // pipe; input and server events go through the ScreenModel, whose effects become requests here;
 // the screen is redrawn (changed rows only) after every change, and deliveries and offline mail
 // are acknowledged only after the frame that shows them was written. A lost connection is retried
-// with exponential backoff (0.5 s doubling to 30 s, with jitter); after the new login, messages the
-// server never acknowledged are sent again with their original ids, which the server and the model
-// both use to drop duplicates.
+// with capped exponential back-off (1 s doubling to at most 5 s, with jitter below the cap), or at
+// once on Ctrl-R / F5; after the new login, messages the server never acknowledged are sent again
+// with their original ids, which the server and the model both use to drop duplicates. A message
+// arriving in a dialog other than the one shown rings the bell once per frame, and the window title
+// counts unread messages. With a history store, conversations and unsent messages survive a restart.
 import Glibc
 import SwitchboardClient
 import SwitchboardIO
@@ -16,6 +18,10 @@ public struct ChatAppConfiguration {
     public var password: String
     /// Opens a new connection (plain or TLS: the caller decides).
     public var connect: () throws -> ChatSession
+    /// Where conversations are kept between runs (nil: not kept).
+    public var history: HistoryStore?
+    /// Ring the terminal bell for messages in other dialogs.
+    public var bell = true
 
     public init(server: String, user: String, password: String, connect: @escaping () throws -> ChatSession) {
         self.server = server; self.user = user; self.password = password; self.connect = connect
@@ -31,12 +37,19 @@ public final class ChatApp {
     private var quitting = false
     private var flashShown: String?
     private var flashSince: UInt64 = 0
+    private var titleShown: String?
+    private var reconnectRequested = false
 
     public init(configuration: ChatAppConfiguration) {
         self.configuration = configuration
         renderer = Renderer(formatTime: ChatApp.localTime, nowMs: { Clock.monotonicMs() })
         model.server = configuration.server
         model.me = configuration.user
+        if let history = configuration.history {
+            model.history = history
+            model.restoreUnsent(history.unsent())
+            for peer in history.openPeers() { model.reopenDialog(peer) }
+        }
     }
 
     /// Creates the account (before `logIn`).
@@ -80,6 +93,10 @@ public final class ChatApp {
         defer {
             terminal.leave()
             session?.connection.close()
+            if let history = configuration.history {
+                history.setOpenPeers(model.dialogs.compactMap { if case .chat(let u) = $0.id { return u } else { return nil } })
+                history.sync()
+            }
         }
         var previous: ScreenBuffer?
         var lastSize = (width: 0, height: 0)
@@ -87,10 +104,17 @@ public final class ChatApp {
         var dirty = true
         while !quitting {
             let now = Clock.monotonicMs()
-            if session == nil, case .waitingToReconnect(_, let retryAt, let attempt) = model.connection, now >= retryAt {
+            if session == nil, case .waitingToReconnect(_, let retryAt, let attempt) = model.connection,
+               now >= retryAt || reconnectRequested {
+                reconnectRequested = false
                 reconnect(attempt: attempt + 1, terminal: terminal, previous: &previous)
                 dirty = true
+            } else if session == nil, reconnectRequested, case .stopped = model.connection {
+                reconnectRequested = false
+                reconnect(attempt: 1, terminal: terminal, previous: &previous)
+                dirty = true
             }
+            if let problem = configuration.history?.takeError() { model.flash = problem }
             if let flash = model.flash {
                 if flash != flashShown { flashShown = flash; flashSince = now } else if now - flashSince > 10_000 {
                     model.flash = nil; flashShown = nil; dirty = true
@@ -102,6 +126,8 @@ public final class ChatApp {
                 hits = draw(terminal, size: size, previous: &previous)
                 dirty = false
                 acknowledgeShown()
+                if model.takeBells() > 0 && configuration.bell { terminal.bell() }
+                if model.windowTitle != titleShown { titleShown = model.windowTitle; terminal.setTitle(model.windowTitle) }
             }
 
             var fds = [pollfd(fd: 0, events: Int16(POLLIN), revents: 0),
@@ -141,6 +167,7 @@ public final class ChatApp {
             model.clampScroll(id, maximum: frame.maxScroll)
             frame = renderer.render(model, width: size.width, height: size.height)
         }
+        model.pageRows = frame.pageRows
         var out = frame.buffer.ansi(from: previous)
         if let cursor = frame.cursor {
             out += "\u{1B}[\(cursor.row + 1);\(cursor.column + 1)H\u{1B}[?25h"
@@ -153,11 +180,8 @@ public final class ChatApp {
     }
 
     private func handle(_ events: [InputEvent], hits: [HitRegion]) {
-        for event in events {
-            let effects = model.handle(event, hits: hits, nowMs: Clock.wallMs())
-            perform(effects)
-            if quitting { return }
-        }
+        // One batch: typed characters and pastes are inserted with one edit each.
+        perform(model.handle(events, hits: hits, nowMs: Clock.wallMs()))
     }
 
     // MARK: effects
@@ -165,6 +189,10 @@ public final class ChatApp {
     private func perform(_ effects: [Effect]) {
         for effect in effects {
             if case .quit = effect { quitting = true; return }
+            if case .reconnectNow = effect {
+                if session == nil { reconnectRequested = true }
+                continue
+            }
             guard let session else {
                 // Sends stay in the outbox and go out after the reconnect; other requests need a connection.
                 if case .send = effect { continue }
@@ -173,7 +201,7 @@ public final class ChatApp {
             }
             do {
                 switch effect {
-                case .quit:
+                case .quit, .reconnectNow:
                     return
                 case .openChat(let user):
                     let status = try session.openChat(with: user)
@@ -214,6 +242,7 @@ public final class ChatApp {
         case .openChat: return "open dialog"
         case .send: return "send"
         case .quit: return "quit"
+        case .reconnectNow: return "reconnect"
         }
     }
 
@@ -266,11 +295,14 @@ public final class ChatApp {
                              attempt: attempt)
     }
 
-    /// Delay before attempt `n` (1-based): 0.5 s doubling to 30 s, with ±20 % jitter.
+    /// The most a reconnect waits.
+    public static let maxBackoffMs: UInt64 = 5_000
+
+    /// Delay before attempt `n` (1-based): 1 s doubling to at most 5 s, each delay drawn from
+    /// 75-100 % of that (jitter spreads clients that lost the same server, and never passes the cap).
     public static func backoffMs(attempt: Int) -> UInt64 {
-        let base = min(30_000, 500 << min(max(attempt - 1, 0), 6))
-        let jitter = Double.random(in: 0.8...1.2)
-        return UInt64(Double(base) * jitter)
+        let base = min(maxBackoffMs, UInt64(1_000) << UInt64(min(max(attempt - 1, 0), 8)))
+        return UInt64(Double(base) * Double.random(in: 0.75...1.0))
     }
 
     private func reconnect(attempt: Int, terminal: Terminal, previous: inout ScreenBuffer?) {

@@ -2,7 +2,12 @@
 // an incomplete one is kept until more bytes come; a lone ESC becomes the Escape key only when
 // the caller says the input went quiet (`flush`). Mouse reports are SGR (`ESC [ < b ; x ; y M/m`,
 // 1-based) or legacy X10 (`ESC [ M b x y`); left presses at the same place within
-// `doubleClickMs` count as a double click.
+// `doubleClickMs` count as a double click. A bracketed paste (`ESC [ 200 ~` ... `ESC [ 201 ~`,
+// mode ?2004) becomes one `.paste` event with its text, however many reads it spans.
+// Invariants: every input byte is looked at a bounded number of times (a paste's bytes once, plus
+// at most five kept for an end marker split across reads), so a paste of N bytes costs O(N); a
+// paste keeps at most `maxPasteBytes` bytes (the rest are counted in `droppedBytes`); a paste whose
+// end marker never comes ends when the input has been quiet for `pasteQuietMs`.
 
 public enum Key: Equatable, Sendable {
     case char(Character)
@@ -31,26 +36,63 @@ public struct MouseEvent: Equatable, Sendable {
     }
 }
 
+public struct Paste: Equatable, Sendable {
+    /// The pasted text as the terminal sent it (invalid UTF-8 replaced by U+FFFD).
+    public var text: String
+    /// Bytes beyond `InputDecoder.maxPasteBytes` that were not kept.
+    public var droppedBytes: Int
+    public init(text: String, droppedBytes: Int = 0) { self.text = text; self.droppedBytes = droppedBytes }
+    /// The size of the whole paste in bytes.
+    public var byteCount: Int { text.utf8.count + droppedBytes }
+}
+
 public enum InputEvent: Equatable, Sendable {
     case key(Key)
     case mouse(MouseEvent)
+    case paste(Paste)
 }
 
 public struct InputDecoder: Sendable {
     public var doubleClickMs: UInt64 = 400
+    /// The most of one paste that is kept (far above any message size: the model refuses it with a
+    /// clear message); bytes beyond are only counted.
+    public var maxPasteBytes = 4 << 20
+    /// A paste whose end marker has not come after this much quiet is taken as ended.
+    public var pasteQuietMs: UInt64 = 1000
     private var pending: [UInt8] = []
     private var lastPress: (column: Int, row: Int, atMs: UInt64, clicks: Int)?
+    /// Inside a bracketed paste: the bytes so far.
+    private var pasting = false
+    private var pasteBytes: [UInt8] = []
+    private var pasteDropped = 0
+    private var lastInputMs: UInt64 = 0
 
     public init() {}
 
-    /// True while an incomplete sequence (or a lone ESC) waits for more bytes.
-    public var hasPending: Bool { !pending.isEmpty }
+    /// True while an incomplete sequence (or a lone ESC, or an unfinished paste) waits for more bytes.
+    public var hasPending: Bool { !pending.isEmpty || pasting }
+
+    private static let pasteEnd: [UInt8] = [0x1B, 0x5B, 0x32, 0x30, 0x31, 0x7E]  // ESC [ 2 0 1 ~
 
     public mutating func feed(_ bytes: some Sequence<UInt8>, nowMs: UInt64 = 0) -> [InputEvent] {
         pending.append(contentsOf: bytes)
+        lastInputMs = nowMs
         var events: [InputEvent] = []
         var index = 0
         while index < pending.count {
+            if pasting {
+                if let end = Self.find(Self.pasteEnd, in: pending, from: index) {
+                    keepPasted(pending[index..<end])
+                    index = end + Self.pasteEnd.count
+                    events.append(.paste(finishPaste()))
+                    continue
+                }
+                // Keep what could be the start of a split end marker.
+                let keep = min(Self.pasteEnd.count - 1, pending.count - index)
+                keepPasted(pending[index..<(pending.count - keep)])
+                pending.removeFirst(pending.count - keep)
+                return events
+            }
             switch decodeOne(at: index, final: false, nowMs: nowMs) {
             case .event(let event, let used):
                 if let event { events.append(event) }
@@ -64,11 +106,24 @@ public struct InputDecoder: Sendable {
         return events
     }
 
-    /// The input went quiet: whatever is pending is taken as it stands (a lone ESC is Escape).
+    /// The input went quiet: whatever is pending is taken as it stands (a lone ESC is Escape). An
+    /// unfinished paste ends only after `pasteQuietMs` of quiet.
     public mutating func flush(nowMs: UInt64 = 0) -> [InputEvent] {
         var events: [InputEvent] = []
+        if pasting {
+            guard nowMs >= lastInputMs + pasteQuietMs else { return [] }
+            keepPasted(pending[...])
+            pending.removeAll(keepingCapacity: true)
+            return [.paste(finishPaste())]
+        }
         var index = 0
         while index < pending.count {
+            if pasting {
+                // A paste started in these last bytes: the rest is its text.
+                keepPasted(pending[index...])
+                pending.removeAll(keepingCapacity: true)
+                return events
+            }
             if case .event(let event, let used) = decodeOne(at: index, final: true, nowMs: nowMs) {
                 if let event { events.append(event) }
                 index += max(1, used)
@@ -81,6 +136,36 @@ public struct InputDecoder: Sendable {
     }
 
     private enum Step { case event(InputEvent?, Int), incomplete }
+
+    private mutating func keepPasted(_ bytes: ArraySlice<UInt8>) {
+        let room = max(0, maxPasteBytes - pasteBytes.count)
+        pasteBytes.append(contentsOf: bytes.prefix(room))
+        pasteDropped += max(0, bytes.count - room)
+    }
+
+    private mutating func finishPaste() -> Paste {
+        let paste = Paste(text: String(decoding: pasteBytes, as: UTF8.self), droppedBytes: pasteDropped)
+        pasting = false
+        pasteBytes = []
+        pasteDropped = 0
+        return paste
+    }
+
+    /// The first index of `needle` in `haystack` at or after `from`.
+    private static func find(_ needle: [UInt8], in haystack: [UInt8], from: Int) -> Int? {
+        guard haystack.count - from >= needle.count else { return nil }
+        var i = from
+        let last = haystack.count - needle.count
+        while i <= last {
+            if haystack[i] == needle[0] {
+                var j = 1
+                while j < needle.count && haystack[i + j] == needle[j] { j += 1 }
+                if j == needle.count { return i }
+            }
+            i += 1
+        }
+        return nil
+    }
 
     private mutating func decodeOne(at start: Int, final: Bool, nowMs: UInt64) -> Step {
         let b = pending[start]
@@ -217,6 +302,13 @@ public struct InputDecoder: Sendable {
             case 4, 8: key = .end
             case 5: key = .pageUp
             case 6: key = .pageDown
+            case 200:
+                // Bracketed paste starts: everything up to ESC [ 201 ~ is text.
+                pasting = true
+                pasteBytes = []
+                pasteDropped = 0
+                key = nil
+            case 201: key = nil  // an end marker without a start
             case 11...15: key = .function(numbers[0] - 10)
             case 17...21: key = .function(numbers[0] - 11)
             case 23, 24: key = .function(numbers[0] - 12)

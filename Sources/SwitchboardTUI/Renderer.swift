@@ -4,6 +4,12 @@
 //   row h-3       key help for the current focus
 //   row h-2       input line with a clickable [Send] button
 //   row h-1       status line: connection state and the latest notice
+// The pane with the keyboard focus has its heading highlighted (contacts: the "Contacts" row;
+// dialog and input: the dialog's header and the input prompt). While not connected, contacts and
+// the dialog header are grey and say so. A dialog longer than its pane keeps its last row for a
+// "more" marker (newer above / older below, with PgUp/PgDn). Text wraps at spaces; only a word
+// longer than a whole row is cut. The input line, key help and status line parts are in
+// RendererLines.swift; every text they draw is fitted to the width at word boundaries.
 import SwitchboardProtocol
 
 public struct RenderedFrame: Sendable {
@@ -13,6 +19,8 @@ public struct RenderedFrame: Sendable {
     public var cursor: (row: Int, column: Int)?
     /// The most the active dialog can scroll.
     public var maxScroll: Int
+    /// Rows of messages one page of the active dialog shows.
+    public var pageRows: Int = 1
 }
 
 public struct Renderer {
@@ -33,6 +41,9 @@ public struct Renderer {
         public static let help = CellStyle(foreground: .grey)
         public static let error = CellStyle(foreground: .red, bold: true)
         public static let button = CellStyle(foreground: .black, background: .green, bold: true)
+        /// The heading of the pane that has the keyboard focus.
+        public static let focused = CellStyle(foreground: .cyan, bold: true, reverse: true)
+        public static let more = CellStyle(foreground: .cyan, bold: true)
     }
 
     /// Formats a wall-clock time in milliseconds for display ("HH:MM:SS").
@@ -65,11 +76,11 @@ public struct Renderer {
         let left = contactsWidth(forWidth: width)
         for row in bodyTop..<bodyBottom { buffer.put("│", row: row, column: left, style: Styles.help) }
         drawContacts(model, &buffer, &hits, top: bodyTop, bottom: bodyBottom, width: left)
-        let maxScroll = drawDialog(model, &buffer, &hits, top: bodyTop, bottom: bodyBottom, left: left + 1, right: width)
-        buffer.put(TextWidth.prefix(of: model.keyHelp, fitting: width), row: height - 3, column: 0, style: Styles.help)
+        let (maxScroll, pageRows) = drawDialog(model, &buffer, &hits, top: bodyTop, bottom: bodyBottom, left: left + 1, right: width)
+        buffer.put(TextWidth.fitItems(model.keyHelp, cells: width), row: height - 3, column: 0, style: Styles.help)
         let cursor = drawInput(model, &buffer, &hits, row: height - 2)
         drawStatus(model, &buffer, row: height - 1)
-        return RenderedFrame(buffer: buffer, hits: hits, cursor: cursor, maxScroll: maxScroll)
+        return RenderedFrame(buffer: buffer, hits: hits, cursor: cursor, maxScroll: maxScroll, pageRows: pageRows)
     }
 
     // MARK: parts
@@ -92,15 +103,19 @@ public struct Renderer {
 
     private func drawContacts(_ model: ScreenModel, _ buffer: inout ScreenBuffer, _ hits: inout [HitRegion],
                               top: Int, bottom: Int, width: Int) {
+        let connected = model.isConnected
         let online = model.contacts.filter { $0.relation == .accepted && $0.online }.count
-        buffer.put(TextWidth.prefix(of: "Contacts \(online)/\(model.contacts.count) online", fitting: width),
-                   row: top, column: 0, style: Styles.heading)
+        let focused = model.focus == .contacts && model.prompt == nil
+        let heading = connected ? "Contacts \(online)/\(model.contacts.count) online" : "Contacts (offline)"
+        if focused { buffer.fill(row: top, from: 0, to: width, style: Styles.focused) }
+        buffer.put(TextWidth.fit(heading, cells: width), row: top, column: 0,
+                   style: focused ? Styles.focused : (connected ? Styles.heading : Styles.offline))
         let firstRow = top + 1
         let rows = bottom - firstRow
         guard rows > 0 else { return }
         if model.contacts.isEmpty {
-            buffer.put("(no contacts)", row: firstRow, column: 1, style: Styles.help, limit: width)
-            buffer.put("press + to add", row: firstRow + 1, column: 1, style: Styles.help, limit: width)
+            buffer.put(TextWidth.fit("(no contacts)", cells: width - 1), row: firstRow, column: 1, style: Styles.help, limit: width)
+            buffer.put(TextWidth.fit("press + to add", cells: width - 1), row: firstRow + 1, column: 1, style: Styles.help, limit: width)
             return
         }
         let selectedIndex = model.selectedContact.flatMap { id in model.contacts.firstIndex { $0.userID == id } } ?? 0
@@ -112,8 +127,10 @@ public struct Renderer {
             var suffix = ""
             switch contact.relation {
             case .accepted:
-                style = contact.online ? Styles.online : Styles.offline
-                marker = contact.online ? "●" : "○"
+                // Presence is unknown while disconnected: everyone is drawn offline.
+                let online = contact.online && connected
+                style = online ? Styles.online : Styles.offline
+                marker = online ? "●" : "○"
             case .incomingRequest:
                 style = Styles.request
                 marker = "?"
@@ -123,6 +140,7 @@ public struct Renderer {
                 marker = "…"
                 suffix = " (asked)"
             }
+            if !connected && contact.relation != .accepted { style = Styles.asked }
             if let unread = model.dialog(.chat(contact.userID))?.unread, unread > 0 { suffix = " (\(unread))" + suffix }
             if contact.userID == model.selectedContact {
                 if model.focus == .contacts && model.prompt == nil { style.reverse = true } else { style.underline = true }
@@ -136,47 +154,72 @@ public struct Renderer {
         }
     }
 
-    /// Returns the largest useful scroll offset.
+    /// Returns the largest useful scroll offset and the rows of a page.
     private func drawDialog(_ model: ScreenModel, _ buffer: inout ScreenBuffer, _ hits: inout [HitRegion],
-                            top: Int, bottom: Int, left: Int, right: Int) -> Int {
+                            top: Int, bottom: Int, left: Int, right: Int) -> (Int, Int) {
         let x = left + 1
         let width = right - x
         for row in top..<bottom { hits.append(HitRegion(row: row, columns: left..<right, target: .messages)) }
         if model.showHelp {
-            for (i, line) in ScreenModel.helpText.enumerated() where top + i < bottom {
-                buffer.put(line, row: top + i, column: x, style: i == 0 ? Styles.heading : .plain, limit: right)
+            // Narrow panes wrap each help line at spaces, continuation rows indented.
+            var row = top
+            for (i, line) in ScreenModel.helpText.enumerated() {
+                let parts = TextWidth.wrap(line, cells: max(1, width - 4), firstCells: width)
+                for (j, part) in parts.enumerated() where row < bottom {
+                    let text = j == 0 ? part : "    " + part.drop { $0 == " " }
+                    buffer.put(text, row: row, column: x, style: i == 0 ? Styles.heading : .plain, limit: right)
+                    row += 1
+                }
             }
-            return 0
+            return (0, 1)
         }
         guard let id = model.activeDialog, let dialog = model.dialog(id) else {
             buffer.put("Select a contact: Enter or a double-click opens a dialog.", row: top + 1, column: x, style: Styles.help, limit: right)
             buffer.put("F1 or ? shows the keys.", row: top + 2, column: x, style: Styles.help, limit: right)
-            return 0
+            return (0, 1)
         }
+        let focused = model.focus == .input && model.prompt == nil
+        if focused { buffer.fill(row: top, from: x, to: right, style: Styles.focused) }
         var row = top
         var lines: [[(String, CellStyle)]] = []
+        // The row where each message (each mail row) starts, and messages not wrapped at all because
+        // they lie beyond what this frame can show: a long history costs only the rows drawn.
+        var starts: [Int] = []
+        var notWrapped = 0
         switch id {
         case .chat(let user):
             let contact = model.contact(user)
             let name = model.title(of: id)
-            var header: [(String, CellStyle)] = [("Chat with ", Styles.heading)]
-            let isOnline = contact?.online ?? false
-            header.append((name, isOnline ? Styles.online : Styles.offline))
-            header.append((isOnline ? "  online" : "  offline", isOnline ? Styles.online : Styles.offline))
+            let isOnline = (contact?.online ?? false) && model.isConnected
+            let state = contact == nil ? "  (not a contact)" : !model.isConnected ? "  (disconnected)" : isOnline ? "  online" : "  offline"
+            // Narrow panes drop "Chat with " before shortening the name; the state is always whole.
+            let intro = TextWidth.width(of: "Chat with " + name + state) <= width ? "Chat with " : ""
+            let shownName = TextWidth.fit(name, cells: max(1, width - TextWidth.width(of: intro + state)))
+            var header: [(String, CellStyle)] = [(intro, focused ? Styles.focused : Styles.heading)]
+            var nameStyle = isOnline ? Styles.online : Styles.offline
+            if focused { nameStyle.reverse = true }
+            header.append((shownName, nameStyle))
+            header.append((TextWidth.width(of: shownName + state) <= width ? state : "", nameStyle))
             draw(header, &buffer, row: row, column: x, limit: right)
             row += 1
             if let notice = dialog.notice {
-                buffer.put(notice, row: row, column: x, style: Styles.notice, limit: right)
-                row += 1
+                for part in TextWidth.wrap(notice, cells: max(1, width)).prefix(3) where row < bottom - 1 {
+                    buffer.put(part, row: row, column: x, style: Styles.notice, limit: right)
+                    row += 1
+                }
             }
-            for line in dialog.lines.reversed() {
+            let needed = dialog.scroll + max(0, bottom - row) + 1
+            for (i, line) in dialog.lines.reversed().enumerated() {
+                if lines.count >= needed { notWrapped = dialog.lines.count - i; break }
+                starts.append(lines.count)
                 lines.append(contentsOf: messageRows(line, contactName: name, width: width))
             }
             if dialog.lines.isEmpty {
                 lines.append([("No messages yet: type below and press Enter.", Styles.help)])
             }
         case .mail:
-            buffer.put("Offline messages received at login, by sender", row: row, column: x, style: Styles.heading, limit: right)
+            buffer.put(TextWidth.fit("Offline messages received at login, by sender", cells: width), row: row, column: x,
+                       style: focused ? Styles.focused : Styles.heading, limit: right)
             row += 1
             for group in model.mailGroups {
                 let count = group.items.count
@@ -193,14 +236,30 @@ public struct Renderer {
             }
             if model.mailGroups.isEmpty { lines.append([("No offline messages.", Styles.help)]) }
         }
+        if starts.isEmpty { starts = Array(lines.indices) }
         let available = max(0, bottom - row)
-        let maxScroll = max(0, lines.count - available)
+        guard lines.count > available || notWrapped > 0 else {
+            for line in lines { draw(line, &buffer, row: row, column: x, limit: right); row += 1 }
+            return (0, max(1, available))
+        }
+        // Longer than the pane: the last row is the "more" marker.
+        let content = max(1, available - 1)
+        // With messages left unwrapped there is more below than this frame knows: no upper clamp yet.
+        let maxScroll = notWrapped > 0 ? Int.max / 2 : max(0, lines.count - content)
         let scroll = min(dialog.scroll, maxScroll)
-        for line in lines.dropFirst(scroll).prefix(available) {
+        for line in lines.dropFirst(scroll).prefix(content) {
             draw(line, &buffer, row: row, column: x, limit: right)
             row += 1
         }
-        return maxScroll
+        // Counted in messages: those starting above the page, and those starting below it.
+        let newer = starts.filter { $0 < scroll }.count
+        let older = starts.filter { $0 >= scroll + content }.count + notWrapped
+        var parts: [String] = []
+        if newer > 0 { parts.append("▲ \(newer) newer (PgUp)") }
+        if older > 0 { parts.append("▼ \(older) more (PgDn)") }
+        buffer.put(TextWidth.fitItems(parts.joined(separator: "  "), cells: width), row: bottom - 1, column: x,
+                   style: Styles.more, limit: right)
+        return (maxScroll, content)
     }
 
     private func messageRows(_ line: ChatLine, contactName: String, width: Int) -> [[(String, CellStyle)]] {
@@ -224,17 +283,15 @@ public struct Renderer {
         if case .failed(let reason) = line.mark { text += "  (not sent: \(reason))" }
         let prefixWidth = prefix.reduce(0) { $0 + TextWidth.width(of: $1.0) }
         let indent = prefixWidth <= width / 2 ? prefixWidth : 2
-        let firstWidth = max(1, width - prefixWidth)
-        let first = TextWidth.wrap(text, cells: firstWidth)
+        let firstWidth = max(0, width - prefixWidth)
+        // Word boundaries: a word that does not fit after the prefix starts on the next row.
+        let wrapped = TextWidth.wrap(text, cells: max(1, width - indent), firstCells: firstWidth)
         var rows: [[(String, CellStyle)]] = []
         let textStyle: CellStyle = { if case .failed = line.mark { return Styles.error } else { return .plain } }()
-        guard let head = first.first else { return [prefix] }
+        guard let head = wrapped.first else { return [prefix] }
         rows.append(prefix + [(head, textStyle)])
-        let rest = first.dropFirst().joined(separator: " ")
-        if !rest.isEmpty {
-            for part in TextWidth.wrap(rest, cells: max(1, width - indent)) {
-                rows.append([(String(repeating: " ", count: indent), .plain), (part, textStyle)])
-            }
+        for part in wrapped.dropFirst() {
+            rows.append([(String(repeating: " ", count: indent), .plain), (part, textStyle)])
         }
         return rows
     }
@@ -242,86 +299,5 @@ public struct Renderer {
     private func draw(_ segments: [(String, CellStyle)], _ buffer: inout ScreenBuffer, row: Int, column: Int, limit: Int) {
         var c = column
         for (text, style) in segments { c = buffer.put(text, row: row, column: c, style: style, limit: limit) }
-    }
-
-    private func drawInput(_ model: ScreenModel, _ buffer: inout ScreenBuffer, _ hits: inout [HitRegion],
-                           row: Int) -> (row: Int, column: Int)? {
-        let width = buffer.width
-        let button = "[Send]"
-        let buttonStart = width - TextWidth.width(of: button)
-        let label: String
-        var labelStyle = Styles.me
-        switch model.prompt {
-        case .addContact: label = "Add contact: "
-        case .confirmRemove(let name):
-            buffer.put("Remove \(name) from your contacts? (y/n) ", row: row, column: 0, style: Styles.notice)
-            return nil
-        case nil:
-            if case .chat(let user)? = model.activeDialog {
-                let online = model.contact(user)?.online ?? false
-                label = online ? "> " : "offline> "
-                if !online { labelStyle = Styles.notice }
-            } else {
-                let hint = model.activeDialog == .mail ? "(offline messages: select a contact to reply)" : "(no dialog open)"
-                buffer.put(hint, row: row, column: 0, style: Styles.help, limit: buttonStart - 1)
-                hits.append(HitRegion(row: row, columns: 0..<buttonStart, target: .input))
-                return nil
-            }
-        }
-        var column = buffer.put(label, row: row, column: 0, style: labelStyle)
-        let room = max(1, buttonStart - 1 - column)
-        // Show the part of the input around the cursor.
-        let characters = Array(model.input)
-        let cursor = min(model.cursor, characters.count)
-        var start = 0
-        var widthToCursor = characters[0..<cursor].reduce(0) { $0 + TextWidth.width(of: $1) }
-        while widthToCursor >= room && start < cursor {
-            widthToCursor -= TextWidth.width(of: characters[start])
-            start += 1
-        }
-        let cursorColumn = column + widthToCursor
-        for character in characters[start...] {
-            let w = TextWidth.width(of: character)
-            if column + w > buttonStart - 1 { break }
-            column += buffer.set(row: row, column: column, character: character, style: .plain, limit: buttonStart - 1)
-        }
-        hits.append(HitRegion(row: row, columns: 0..<buttonStart, target: .input))
-        if model.prompt == nil {
-            buffer.put(button, row: row, column: buttonStart, style: Styles.button)
-            hits.append(HitRegion(row: row, columns: buttonStart..<width, target: .sendButton))
-        }
-        return model.focus == .input || model.prompt != nil ? (row, cursorColumn) : nil
-    }
-
-    private func drawStatus(_ model: ScreenModel, _ buffer: inout ScreenBuffer, row: Int) {
-        buffer.fill(row: row, style: Styles.bar)
-        let state: String
-        var style = Styles.bar
-        switch model.connection {
-        case .online:
-            state = " ● online as \(model.me) at \(model.server) "
-            style = CellStyle(foreground: .green, bold: true, reverse: true)
-        case .connecting(let attempt):
-            state = attempt > 1 ? " ○ connecting to \(model.server) (attempt \(attempt))… " : " ○ connecting to \(model.server)… "
-            style = CellStyle(foreground: .yellow, bold: true, reverse: true)
-        case .waitingToReconnect(let reason, let retryAt, _):
-            let now = nowMs()
-            let seconds = retryAt > now ? (retryAt - now + 999) / 1000 : 0
-            state = " ○ offline: \(reason); retrying in \(seconds)s "
-            style = CellStyle(foreground: .red, bold: true, reverse: true)
-        case .stopped(let reason):
-            state = " ✗ disconnected: \(reason) "
-            style = CellStyle(foreground: .red, bold: true, reverse: true)
-        }
-        var column = buffer.put(state, row: row, column: 0, style: style)
-        if let flash = model.flash {
-            column = buffer.put("│ " + flash, row: row, column: column, style: Styles.bar)
-        }
-        let pending = model.outbox.count
-        if pending > 0 && model.connection != .online {
-            let text = " \(pending) unsent "
-            let start = buffer.width - TextWidth.width(of: text)
-            if start > column { buffer.put(text, row: row, column: start, style: Styles.bar) }
-        }
     }
 }

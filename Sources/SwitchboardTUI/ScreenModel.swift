@@ -4,7 +4,10 @@
 // Invariants: a message (sender, message id) is shown at most once, whether it came live or as
 // offline mail; an outgoing message stays in `outbox` until the server acknowledges or refuses it,
 // and is resent with the same id after a reconnect; dialog messages are kept oldest first and
-// drawn newest on top.
+// drawn newest on top; a dialog's title never falls back to a number while any name for that user
+// was ever seen (contact list, mail, history); the typed input never holds more than one message's
+// bytes after a paste (a paste that would pass the limit is refused whole, with a notice).
+// Input editing (typing, paste) is in ScreenModel+Input.swift, keys and clicks in ScreenModel+Keys.swift.
 import SwitchboardClient
 import SwitchboardProtocol
 
@@ -84,6 +87,8 @@ public enum Focus: Equatable, Sendable { case contacts, input }
 public enum Prompt: Equatable, Sendable {
     case addContact
     case confirmRemove(name: String)
+    /// Quit while messages wait for the server (kept for the next start) or text is typed but not sent.
+    case confirmQuit(unsent: Int, typed: Bool)
 }
 
 /// What the app must do for the model.
@@ -93,6 +98,8 @@ public enum Effect: Equatable, Sendable {
     case addContact(String)
     case acceptContact(String)
     case removeContact(String)
+    /// Reconnect now instead of waiting for the back-off.
+    case reconnectNow
     case quit
 }
 
@@ -125,7 +132,7 @@ public struct ScreenModel {
     /// Sorted for display: requests to answer first, then online, offline, and requests sent.
     public private(set) var contacts: [Contact] = []
     public var selectedContact: UInt32?
-    public private(set) var dialogs: [Dialog] = []
+    public internal(set) var dialogs: [Dialog] = []
     public var activeDialog: DialogID?
     public private(set) var mailGroups: [MailGroup] = []
     public var focus: Focus = .contacts
@@ -137,15 +144,23 @@ public struct ScreenModel {
     /// A one-line notice in the status line (errors, "request sent", ...).
     public var flash: String?
     public var maxBodyBytes = 65_536 - ProtocolConstants.envelopeOverhead
-    public private(set) var outbox: [OutgoingMessage] = []
+    public internal(set) var outbox: [OutgoingMessage] = []
     /// Highest delivery / mail sequence shown but not yet acknowledged.
     public private(set) var deliveryAckDue: UInt64?
     public private(set) var mailAckDue: UInt64?
     public private(set) var mailExpected: UInt32 = 0
-    private var seen = Set<SeenKey>()
+    /// Rows one page of the active dialog shows (the app sets it from the last frame); PgUp/PgDn move by a page.
+    public var pageRows = 10
+    /// Bells to ring: messages that arrived in a dialog other than the one shown.
+    public private(set) var bellsDue = 0
+    /// Every name seen for a user id, so a dialog keeps its title after the contact is removed.
+    public private(set) var knownNames: [UInt32: String] = [:]
+    /// Local history (nil: none): loaded when a dialog opens, told about every change.
+    public var history: (any ConversationHistory)?
+    var seen = Set<SeenKey>()
     private var makeMessageID: () -> UInt64
 
-    private struct SeenKey: Hashable { let from: UInt32; let id: UInt64 }
+    struct SeenKey: Hashable { let from: UInt32; let id: UInt64 }
 
     public init(makeMessageID: @escaping () -> UInt64 = { UInt64.random(in: 1...UInt64.max) }) {
         self.makeMessageID = makeMessageID
@@ -160,8 +175,23 @@ public struct ScreenModel {
     public func title(of id: DialogID) -> String {
         switch id {
         case .mail: return "Offline messages"
-        case .chat(let user): return contact(user)?.name ?? "user \(user)"
+        case .chat(let user): return contact(user)?.name ?? knownNames[user] ?? "user \(user)"
         }
+    }
+
+    /// Unread messages in all dialogs.
+    public var unreadCount: Int { dialogs.reduce(0) { $0 + $1.unread } }
+
+    /// The terminal window's title: who is logged in, and unread messages.
+    public var windowTitle: String {
+        let unread = unreadCount
+        return "Switchboard: \(me.isEmpty ? "…" : me)" + (unread > 0 ? " (\(unread) unread)" : "")
+    }
+
+    public mutating func takeBells() -> Int { defer { bellsDue = 0 }; return bellsDue }
+
+    private mutating func learnNames() {
+        for c in contacts { knownNames[c.userID] = c.name }
     }
 
     // MARK: server side
@@ -172,6 +202,7 @@ public struct ScreenModel {
         connection = .online
         contacts = list.filter { $0.relation != .removed }.map(Contact.init)
         sortContacts()
+        learnNames()
         if selectedContact == nil || contact(selectedContact!) == nil { selectedContact = contacts.first?.userID }
         mailExpected = pendingMail
         for index in dialogs.indices {
@@ -187,6 +218,7 @@ public struct ScreenModel {
     public mutating func replaceContacts(_ list: [ContactInfo]) {
         contacts = list.filter { $0.relation != .removed }.map(Contact.init)
         sortContacts()
+        learnNames()
         if selectedContact == nil || contact(selectedContact!) == nil { selectedContact = contacts.first?.userID }
     }
 
@@ -205,17 +237,27 @@ public struct ScreenModel {
         switch event {
         case .message(let seq, let from, let messageID, let sentAtMs, let body):
             deliveryAckDue = max(deliveryAckDue ?? 0, seq)
-            guard seen.insert(SeenKey(from: from, id: messageID)).inserted else { return }
+            // The dialog (and its history) first, so a message already in the history is not shown twice.
+            guard !seen.contains(SeenKey(from: from, id: messageID)) else { return }
+            let index = ensureDialog(.chat(from))
+            guard seen.insert(SeenKey(from: from, id: messageID)).inserted,
+                  history?.contains(from: from, messageID: messageID) != true else { return }
             let line = ChatLine(messageID: messageID, outgoing: false, atMs: sentAtMs, text: Self.text(body),
                                 mark: .received, offline: false)
-            let index = ensureDialog(.chat(from))
             dialogs[index].lines.append(line)
+            history?.record(peer: from, name: title(of: .chat(from)), line: line)
             if activeDialog == nil { activeDialog = .chat(from) }
-            if activeDialog != .chat(from) { dialogs[index].unread += 1 } else { dialogs[index].scroll = 0 }
+            if activeDialog != .chat(from) { dialogs[index].unread += 1; bellsDue += 1 } else { dialogs[index].scroll = 0 }
         case .mail(let seq, let from, let fromName, let messageID, let sentAtMs, let body):
             mailAckDue = max(mailAckDue ?? 0, seq)
-            guard seen.insert(SeenKey(from: from, id: messageID)).inserted else { return }
+            if knownNames[from] == nil || contact(from) == nil { knownNames[from] = fromName }
+            guard seen.insert(SeenKey(from: from, id: messageID)).inserted,
+                  history?.contains(from: from, messageID: messageID) != true else { return }
             let item = MailItem(messageID: messageID, atMs: sentAtMs, text: Self.text(body))
+            // Offline mail is part of the conversation too (history shows it; the mail dialog groups it).
+            history?.record(peer: from, name: fromName,
+                            line: ChatLine(messageID: messageID, outgoing: false, atMs: sentAtMs, text: item.text,
+                                           mark: .received, offline: true))
             if let g = mailGroups.firstIndex(where: { $0.senderID == from }) {
                 mailGroups[g].items.append(item)
             } else {
@@ -223,7 +265,7 @@ public struct ScreenModel {
             }
             let index = ensureDialog(.mail)
             if activeDialog == nil { activeDialog = .mail }
-            if activeDialog != .mail { dialogs[index].unread += 1 }
+            if activeDialog != .mail { dialogs[index].unread += 1; bellsDue += 1 }
         case .mailEnd(let count):
             if count > 0 { flash = "\(count) offline message(s) received" }
             mailExpected = 0
@@ -235,6 +277,7 @@ public struct ScreenModel {
                 dialogs[d].notice = online ? nil : ProtocolConstants.offlineNotice
             }
         case .contactUpdate(let info):
+            knownNames[info.userID] = info.name
             if let index = contacts.firstIndex(where: { $0.userID == info.userID }) {
                 if info.relation == .removed { contacts.remove(at: index) } else { contacts[index] = Contact(info) }
             } else if info.relation != .removed {
@@ -261,13 +304,16 @@ public struct ScreenModel {
     }
 
     private mutating func settle(_ messageID: UInt64, mark: MessageMark) {
+        let peer = outbox.first { $0.messageID == messageID }?.to
         outbox.removeAll { $0.messageID == messageID }
         for d in dialogs.indices {
             if let l = dialogs[d].lines.lastIndex(where: { $0.outgoing && $0.messageID == messageID }) {
                 dialogs[d].lines[l].mark = mark
+                if case .chat(let user) = dialogs[d].id { history?.settle(peer: user, messageID: messageID, mark: mark) }
                 return
             }
         }
+        if let peer { history?.settle(peer: peer, messageID: messageID, mark: mark) }
     }
 
     /// Message text safe to draw: invalid UTF-8 replaced; controls are replaced when drawn.
@@ -315,7 +361,10 @@ public struct ScreenModel {
     /// Sends the input line in the active chat dialog; it shows at once, marked as sending.
     public mutating func sendInput(nowMs: UInt64) -> [Effect] {
         let text = input.trimmingSpaces()
-        guard !text.isEmpty else { return [] }
+        guard !text.isEmpty else {
+            if !input.isEmpty { flash = "nothing to send: the message is blank" }
+            return []
+        }
         guard case .chat(let user)? = activeDialog, let c = contact(user) else {
             flash = "open a dialog first: select a contact and press Enter"
             return []
@@ -325,201 +374,17 @@ public struct ScreenModel {
         guard body.count <= maxBodyBytes else { flash = "message too long (\(body.count) bytes, at most \(maxBodyBytes))"; return [] }
         let id = makeMessageID()
         let index = ensureDialog(.chat(user))
-        dialogs[index].lines.append(ChatLine(messageID: id, outgoing: true, atMs: nowMs, text: text, mark: .sending,
-                                             offline: !c.online))
+        let line = ChatLine(messageID: id, outgoing: true, atMs: nowMs, text: text, mark: .sending, offline: !c.online)
+        dialogs[index].lines.append(line)
         dialogs[index].scroll = 0
-        outbox.append(OutgoingMessage(to: user, messageID: id, body: body))
+        let message = OutgoingMessage(to: user, messageID: id, body: body)
+        outbox.append(message)
+        // Recorded with its body as unsent: a quit before the server's answer sends it at the next start.
+        history?.record(peer: user, name: c.name, line: line)
+        history?.keepUnsent(message)
         input = ""
         cursor = 0
         return [.send(to: user, messageID: id, body: body)]
-    }
-
-    public var keyHelp: String {
-        if prompt != nil { return "Enter confirm  Esc cancel" }
-        switch focus {
-        case .contacts:
-            return "↑↓ Enter open  a accept  + add  - remove  Tab type  ^N^P dialog  ? help  ^C quit"
-        case .input:
-            return "Enter send  Tab list  ^N/^P dialog  ^W close  PgUp/PgDn scroll  F1 help  ^C quit"
-        }
-    }
-
-    public static let helpText: [String] = [
-        "Keys",
-        "  ↑/↓ Enter      open the selected contact's dialog",
-        "  double-click   open a contact's dialog",
-        "  a              accept the selected contact request",
-        "  +              add a contact (asks for the name)",
-        "  - / Delete     remove the selected contact",
-        "  Tab            switch between the list and typing",
-        "  Enter, [Send]  send the typed message",
-        "  ^N / ^P        next / previous dialog (or click a tab)",
-        "  ^W             close the dialog",
-        "  PgUp / PgDn    scroll (the newest message is on top)",
-        "  F1 or ?        show or hide this help",
-        "  ^C or q        quit",
-        "",
-        "Marks: … sending ✓ delivered ✉ stored offline ✗ not sent",
-        "Online contacts are in colour, offline ones grey.",
-    ]
-
-    // MARK: input
-
-    public mutating func handle(_ event: InputEvent, hits: [HitRegion] = [], nowMs: UInt64 = 0) -> [Effect] {
-        switch event {
-        case .key(let key): return handle(key: key, nowMs: nowMs)
-        case .mouse(let mouse): return handle(mouse: mouse, hits: hits, nowMs: nowMs)
-        }
-    }
-
-    private mutating func handle(key: Key, nowMs: UInt64) -> [Effect] {
-        // Keys that work everywhere.
-        switch key {
-        case .ctrl("c"), .ctrl("q"): return [.quit]
-        case .function(1): showHelp.toggle(); return []
-        case .ctrl("n"): cycleDialog(by: 1); return []
-        case .ctrl("p"): cycleDialog(by: -1); return []
-        case .ctrl("w"): closeActiveDialog(); return []
-        case .ctrl("l"): return []
-        case .pageUp: scrollActive(by: -5); return []
-        case .pageDown: scrollActive(by: 5); return []
-        default: break
-        }
-        if let prompt { return handlePrompt(prompt, key: key) }
-        if key == .escape && showHelp { showHelp = false; return [] }
-        switch focus {
-        case .contacts: return handleContactsKey(key)
-        case .input: return handleInputKey(key, nowMs: nowMs)
-        }
-    }
-
-    private mutating func handlePrompt(_ current: Prompt, key: Key) -> [Effect] {
-        switch current {
-        case .confirmRemove(let name):
-            prompt = nil
-            if key == .char("y") || key == .char("Y") || key == .enter { return [.removeContact(name)] }
-            flash = "kept \(name)"
-            return []
-        case .addContact:
-            switch key {
-            case .escape:
-                prompt = nil; input = ""; cursor = 0
-                return []
-            case .enter:
-                let name = input.trimmingSpaces()
-                prompt = nil; input = ""; cursor = 0
-                return name.isEmpty ? [] : [.addContact(name)]
-            default:
-                editInput(key)
-                return []
-            }
-        }
-    }
-
-    private mutating func handleContactsKey(_ key: Key) -> [Effect] {
-        switch key {
-        case .up: moveSelection(by: -1)
-        case .down: moveSelection(by: 1)
-        case .home: selectedContact = contacts.first?.userID
-        case .end: selectedContact = contacts.last?.userID
-        case .enter, .right:
-            if let user = selectedContact { return openDialog(with: user) }
-        case .tab, .backTab:
-            focus = .input
-        case .char("?"): showHelp.toggle()
-        case .char("q"): return [.quit]
-        case .char("a"), .char("A"):
-            guard let user = selectedContact, let c = contact(user) else { return [] }
-            guard c.relation == .incomingRequest else { flash = "no request from \(c.name) to accept"; return [] }
-            return [.acceptContact(c.name)]
-        case .char("+"):
-            prompt = .addContact
-            input = ""
-            cursor = 0
-        case .char("-"), .delete:
-            guard let user = selectedContact, let c = contact(user) else { return [] }
-            prompt = .confirmRemove(name: c.name)
-        case .char(let ch) where !TextWidth.isControl(ch):
-            // Typing starts a message in the open dialog.
-            if activeDialog != nil { focus = .input; editInput(key) }
-        default: break
-        }
-        return []
-    }
-
-    private mutating func handleInputKey(_ key: Key, nowMs: UInt64) -> [Effect] {
-        switch key {
-        case .enter: return sendInput(nowMs: nowMs)
-        case .tab, .backTab, .escape: focus = .contacts
-        default: editInput(key)
-        }
-        return []
-    }
-
-    private mutating func editInput(_ key: Key) {
-        cursor = min(cursor, input.count)
-        switch key {
-        case .char(let ch) where !TextWidth.isControl(ch):
-            let at = input.index(input.startIndex, offsetBy: cursor)
-            let before = input.count
-            input.insert(ch, at: at)
-            // A combining mark merges with the character before it.
-            cursor += input.count - before
-        case .backspace:
-            guard cursor > 0 else { return }
-            let at = input.index(input.startIndex, offsetBy: cursor - 1)
-            input.remove(at: at)
-            cursor -= 1
-        case .delete:
-            guard cursor < input.count else { return }
-            input.remove(at: input.index(input.startIndex, offsetBy: cursor))
-        case .left: cursor = max(0, cursor - 1)
-        case .right: cursor = min(input.count, cursor + 1)
-        case .home, .ctrl("a"): cursor = 0
-        case .end, .ctrl("e"): cursor = input.count
-        case .ctrl("u"): input.removeFirst(cursor); cursor = 0
-        default: break
-        }
-    }
-
-    private mutating func handle(mouse: MouseEvent, hits: [HitRegion], nowMs: UInt64) -> [Effect] {
-        guard mouse.kind == .press else { return [] }
-        let target = hits.first { $0.row == mouse.row && $0.columns.contains(mouse.column) }?.target
-        switch mouse.button {
-        case .wheelUp: scrollActive(by: -3); return []
-        case .wheelDown: scrollActive(by: 3); return []
-        case .left: break
-        default: return []
-        }
-        guard let target else { return [] }
-        switch target {
-        case .contact(let user):
-            selectedContact = user
-            if mouse.clicks >= 2 { return openDialog(with: user) }
-            focus = .contacts
-        case .tab(let id):
-            activate(id)
-        case .sendButton:
-            focus = .input
-            return sendInput(nowMs: nowMs)
-        case .input:
-            if activeDialog != nil || prompt != nil { focus = .input }
-        case .messages:
-            break
-        }
-        return []
-    }
-
-    private mutating func moveSelection(by step: Int) {
-        guard !contacts.isEmpty else { return }
-        let current = selectedContact.flatMap { id in contacts.firstIndex { $0.userID == id } } ?? (step > 0 ? -1 : contacts.count)
-        let next = min(max(current + step, 0), contacts.count - 1)
-        selectedContact = contacts[next].userID
-    }
-
-    private mutating func scrollActive(by rows: Int) {
-        guard let id = activeDialog, let index = dialogs.firstIndex(where: { $0.id == id }) else { return }
-        dialogs[index].scroll = max(0, dialogs[index].scroll + rows)
     }
 
     /// Keeps a dialog's scroll offset within what there is to show (the renderer knows the rows).
@@ -528,9 +393,17 @@ public struct ScreenModel {
         dialogs[index].scroll = min(dialogs[index].scroll, max(0, maximum))
     }
 
-    private mutating func ensureDialog(_ id: DialogID) -> Int {
+    mutating func ensureDialog(_ id: DialogID) -> Int {
         if let index = dialogs.firstIndex(where: { $0.id == id }) { return index }
-        dialogs.append(Dialog(id: id))
+        var dialog = Dialog(id: id)
+        if case .chat(let user) = id, let history {
+            // Earlier conversations; messages still unsent (from the outbox) show as such.
+            let earlier = history.lines(peer: user)
+            if knownNames[user] == nil, let name = history.name(peer: user) { knownNames[user] = name }
+            for line in earlier where !line.outgoing { seen.insert(SeenKey(from: user, id: line.messageID)) }
+            dialog.lines = earlier
+        }
+        dialogs.append(dialog)
         let index = dialogs.count - 1
         if case .chat(let user) = id, let c = contact(user), !c.online {
             dialogs[index].notice = ProtocolConstants.offlineNotice
@@ -554,8 +427,9 @@ public struct ScreenModel {
 extension String {
     func trimmingSpaces() -> String {
         var s = Substring(self)
-        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
-        while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
+        func blank(_ c: Character) -> Bool { c == " " || c == "\t" || c == "\n" || c == "\r" || c == "\r\n" }
+        while let f = s.first, blank(f) { s = s.dropFirst() }
+        while let l = s.last, blank(l) { s = s.dropLast() }
         return String(s)
     }
 }

@@ -1,7 +1,10 @@
-// The real terminal: raw mode through termios, the alternate screen, SGR mouse reporting, window
-// size, and restoring all of it on exit, on SIGTERM/SIGHUP/SIGINT/SIGQUIT and on crash signals
-// (the handlers only call async-signal-safe functions: write, tcsetattr, signal, raise).
-// SIGWINCH writes a byte to a self-pipe the run loop polls.
+// The real terminal: raw mode through termios, the alternate screen, mouse reporting, bracketed
+// paste, the window title, window size, and restoring all of it on exit, on SIGTERM/SIGHUP/SIGINT/
+// SIGQUIT and on crash signals (the handlers only call async-signal-safe functions: write,
+// tcsetattr, signal, raise). SIGWINCH writes a byte to a self-pipe the run loop polls.
+// Invariants: `enterSequence` never resets a mouse mode (a `?1002l` after `?1000h` is what
+// terminals like tmux took as "mouse off"), and `leaveSequence` turns off every mode it turned on,
+// in reverse order, and pops the window title pushed at start.
 import Glibc
 
 /// Signal-handler state: plain globals, set up before any handler is installed.
@@ -11,8 +14,15 @@ nonisolated(unsafe) private var restoreBytes: UnsafeMutablePointer<UInt8>?
 nonisolated(unsafe) private var restoreCount = 0
 nonisolated(unsafe) private var winchWriteFD: Int32 = -1
 
-private let enterSequence = "\u{1B}[?1049h\u{1B}[?1000h\u{1B}[?1002l\u{1B}[?1006h\u{1B}[?7l\u{1B}[?25l\u{1B}[2J"
-private let leaveSequence = "\u{1B}[0m\u{1B}[?1006l\u{1B}[?1000l\u{1B}[?7h\u{1B}[?25h\u{1B}[?1049l"
+/// Modes the client turns on: alternate screen (1049), mouse button tracking (1000: press and
+/// release, wheel; 1002: also motion while a button is held), SGR mouse encoding (1006: no 223-column
+/// limit), bracketed paste (2004), no auto-wrap (7l), hidden cursor; the window title is pushed
+/// (22;0t) so that leaving can restore it.
+public let terminalEnterSequence = "\u{1B}[22;0t\u{1B}[?1049h\u{1B}[?1000h\u{1B}[?1002h\u{1B}[?1006h\u{1B}[?2004h\u{1B}[?7l\u{1B}[?25l\u{1B}[2J"
+/// Every mode of `terminalEnterSequence` back off, in reverse order, then the title popped.
+public let terminalLeaveSequence = "\u{1B}[0m\u{1B}[?2004l\u{1B}[?1006l\u{1B}[?1002l\u{1B}[?1000l\u{1B}[?7h\u{1B}[?25h\u{1B}[?1049l\u{1B}[23;0t"
+private let enterSequence = terminalEnterSequence
+private let leaveSequence = terminalLeaveSequence
 
 private func restoreFromSignal() {
     guard terminalActive != 0 else { return }
@@ -111,6 +121,14 @@ public final class Terminal {
         winch.sa_flags = Int32(SA_RESTART)
         sigaction(SIGWINCH, &winch, nil)
     }
+
+    /// Sets the window title (OSC 2); controls in `title` are dropped.
+    public func setTitle(_ title: String) {
+        write("\u{1B}]2;" + String(title.filter { !TextWidth.isControl($0) }) + "\u{07}")
+    }
+
+    /// Rings the terminal bell.
+    public func bell() { write("\u{07}") }
 
     public func drainResize() {
         var scratch = [UInt8](repeating: 0, count: 64)

@@ -43,6 +43,29 @@ public enum TextWidth {
         character.unicodeScalars.contains { $0.value < 0x20 || ($0.value >= 0x7F && $0.value < 0xA0) }
     }
 
+    /// Text from other users made safe to print on a terminal line by line: C0 controls in caret
+    /// notation (ESC as ^[, BEL as ^G, a newline as ^J unless `keepNewlines`), DEL as ^?, C1
+    /// controls (which some terminals obey like ESC sequences) as U+FFFD; tabs stay.
+    public static func visible(_ text: String, keepNewlines: Bool = false) -> String {
+        var out = ""
+        out.unicodeScalars.reserveCapacity(text.unicodeScalars.count)
+        for scalar in text.unicodeScalars {
+            let v = scalar.value
+            if scalar == "\t" || (keepNewlines && scalar == "\n") {
+                out.unicodeScalars.append(scalar)
+            } else if v < 0x20 {
+                out += "^" + String(Unicode.Scalar(UInt8(v) + 0x40))
+            } else if v == 0x7F {
+                out += "^?"
+            } else if v >= 0x80 && v < 0xA0 {
+                out += "\u{FFFD}"
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
+    }
+
     /// The longest prefix of `text` that fits in `cells`.
     public static func prefix(of text: String, fitting cells: Int) -> String {
         var used = 0
@@ -56,37 +79,92 @@ public enum TextWidth {
         return out
     }
 
-    /// Breaks `text` into lines of at most `cells` cells, at spaces where possible.
-    public static func wrap(_ text: String, cells: Int) -> [String] {
+    /// `text` if it fits in `cells`; otherwise its longest prefix ending at a word boundary, followed by
+    /// "…" (a single word longer than `cells` is cut inside, as nothing else fits). With `keepingEnd`,
+    /// that suffix of `text` is always kept whole and the part before it is shortened.
+    public static func fit(_ text: String, cells: Int, keepingEnd end: String? = nil) -> String {
+        guard cells > 0 else { return "" }
+        if width(of: text) <= cells { return text }
+        if let end, text.hasSuffix(end), width(of: end) + 2 <= cells {
+            let front = String(text.dropLast(end.count))
+            return fit(front, cells: cells - width(of: end) - 1) + " " + end
+        }
+        var used = 0
+        var out = ""
+        var lastBreak: String.Index?
+        for character in text {
+            let w = width(of: character)
+            if used + w + 1 > cells { break }
+            if character == " " { lastBreak = out.endIndex }
+            used += w
+            out.append(character)
+        }
+        if let lastBreak {
+            var cut = String(out[..<lastBreak])
+            while cut.hasSuffix(" ") || cut.hasSuffix(":") || cut.hasSuffix(";") || cut.hasSuffix(",") || cut.hasSuffix("·") { cut.removeLast() }
+            // Only punctuation before the first space: no whole word fits.
+            return cut.isEmpty ? "…" : cut + "…"
+        }
+        return out + "…"
+    }
+
+    /// The items of `text` (separated by two spaces, as in the key help) that fit in `cells`, in order.
+    public static func fitItems(_ text: String, cells: Int) -> String {
+        if width(of: text) <= cells { return text }
+        var out = ""
+        for item in text.split(separator: "  ", omittingEmptySubsequences: true) {
+            let next = out.isEmpty ? String(item) : out + "  " + item
+            if width(of: next) > cells { break }
+            out = next
+        }
+        return out
+    }
+
+    /// Breaks `text` into lines of at most `cells` cells at spaces (and at newlines). The first line
+    /// may be narrower (`firstCells`, e.g. after a prefix): a word that does not fit there starts the
+    /// second line instead, leaving the first empty. Only a word longer than `cells` is cut.
+    public static func wrap(_ text: String, cells: Int, firstCells: Int? = nil) -> [String] {
         guard cells > 0 else { return [] }
         var lines: [String] = []
+        var line = ""
+        var lineWidth = 0
+        var started = false  // the line holds at least one word (possibly empty, from repeated spaces)
+        func limit() -> Int { lines.isEmpty ? min(cells, firstCells ?? cells) : cells }
         for paragraph in text.split(separator: "\n", omittingEmptySubsequences: false) {
-            var line = ""
-            var lineWidth = 0
-            var words = paragraph.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
-            var index = 0
-            while index < words.count {
-                let word = words[index]
-                let w = width(of: word)
-                let needed = lineWidth == 0 ? w : lineWidth + 1 + w
-                if needed <= cells {
-                    line += (lineWidth == 0 && line.isEmpty ? "" : " ") + word
-                    lineWidth = needed
-                    index += 1
-                } else if lineWidth == 0 {
-                    // A word longer than the line: cut it.
-                    let head = prefix(of: word, fitting: cells)
-                    let cut = head.isEmpty ? String(word.prefix(1)) : head
-                    lines.append(cut)
-                    words[index] = String(word.dropFirst(cut.count))
-                    if words[index].isEmpty { index += 1 }
-                } else {
-                    lines.append(line)
-                    line = ""
-                    lineWidth = 0
+            for piece in paragraph.split(separator: " ", omittingEmptySubsequences: false) {
+                var word = String(piece)
+                var w = width(of: word)
+                while true {
+                    let room = limit()
+                    let needed = started ? lineWidth + 1 + w : w
+                    if needed <= room {
+                        if started { line += " " }
+                        line += word
+                        lineWidth = needed
+                        started = true
+                        break
+                    }
+                    if started || (lines.isEmpty && room < cells && w <= cells) {
+                        // Next line (also: the first line is too narrow for a word the others can hold).
+                        lines.append(line)
+                        line = ""
+                        lineWidth = 0
+                        started = false
+                        continue
+                    }
+                    // A word longer than a whole line: cut it.
+                    var head = prefix(of: word, fitting: room)
+                    if head.isEmpty { head = String(word.prefix(1)) }
+                    lines.append(head)
+                    word = String(word.dropFirst(head.count))
+                    w = width(of: word)
+                    if word.isEmpty { break }
                 }
             }
             lines.append(line)
+            line = ""
+            lineWidth = 0
+            started = false
         }
         return lines
     }

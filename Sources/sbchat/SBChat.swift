@@ -6,6 +6,7 @@ import Glibc
 import SwitchboardClient
 import SwitchboardIO
 import SwitchboardProtocol
+import SwitchboardTUI
 
 @main
 struct SBChat: ParsableCommand {
@@ -13,11 +14,29 @@ struct SBChat: ParsableCommand {
         commandName: "sbchat",
         abstract: "Chat through a Switchboard server.",
         discussion: """
-            The password is read from SWITCHBOARD_PASSWORD, or else from the first line of standard input.
-            Exit codes: 0 success, 1 refused by the server or failed, 2 usage error, 3 cannot reach the server.
+            The password is read from SWITCHBOARD_PASSWORD, or else from the first line of standard input \
+            (asked for without echo on a terminal; Ctrl-C there cancels).
+            Other users' text is printed with control characters made visible (ESC as ^[, a newline as ^J).
+            Exit codes: 0 success, 1 refused by the server or failed, 2 usage error (also a malformed --server), \
+            3 cannot reach the server, 130 cancelled at the password prompt.
             """,
-        subcommands: [Tui.self, Register.self, Contacts.self, Add.self, Accept.self, Remove.self, Send.self, Inbox.self, Listen.self],
+        subcommands: [Tui.self, Register.self, Contacts.self, Add.self, Accept.self, Remove.self, Send.self, Inbox.self, Listen.self,
+                      History.self],
         defaultSubcommand: Tui.self)
+
+    /// As ArgumentParser's main, but usage errors exit with 2 (as documented), not EX_USAGE (64).
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            if exitCode(for: error).rawValue == 64 {
+                printError(fullMessage(for: error))
+                Glibc.exit(2)
+            }
+            exit(withError: error)
+        }
+    }
 }
 
 struct Common: ParsableArguments {
@@ -34,6 +53,13 @@ struct Common: ParsableArguments {
 
     var serverAddress: String { server ?? env("SWITCHBOARD_SERVER") ?? "127.0.0.1:7878" }
 
+    /// A malformed server address is a usage error (2), not "cannot reach" (3).
+    func validate() throws {
+        if let problem = serverAddressProblem(serverAddress) {
+            throw ValidationError("--server (or SWITCHBOARD_SERVER): \(problem)")
+        }
+    }
+
     func userName() throws -> String {
         guard let name = user ?? env("SWITCHBOARD_USER"), !name.isEmpty else {
             throw Failure(code: 2, "no user: give --user or set SWITCHBOARD_USER")
@@ -45,8 +71,7 @@ struct Common: ParsableArguments {
         if let pw = env("SWITCHBOARD_PASSWORD") { return pw }
         if isatty(0) != 0 {
             // Prompt without echo.
-            guard let raw = getpass("password: ") else { throw Failure(code: 2, "no password given") }
-            return String(cString: raw)
+            return try promptPassword("password: ")
         }
         guard let line = readLine(strippingNewline: true), !line.isEmpty else {
             throw Failure(code: 2, "no password: set SWITCHBOARD_PASSWORD or pipe it on standard input")
@@ -113,9 +138,10 @@ func runReporting(_ body: () throws -> Void) throws {
 }
 
 /// Writes straight to fd 2 (Swift 6 rejects C's `stderr` global), after flushing stdout so lines stay in order.
+/// Controls in the text (a server's or another user's words quoted in an error) are made visible.
 func printError(_ line: String) {
     fflush(nil)
-    let bytes = Array((line + "\n").utf8)
+    let bytes = Array((TextWidth.visible(line, keepNewlines: true) + "\n").utf8)
     _ = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
 }
 
@@ -176,7 +202,7 @@ struct Contacts: ParsableCommand {
                 case .outgoingRequest: state = "request sent"
                 case .removed: state = "removed"
                 }
-                out("\(c.name)\t\(state)")
+                out("\(TextWidth.visible(c.name))\t\(state)")
             }
         }
     }
@@ -222,6 +248,27 @@ struct Remove: ParsableCommand {
     }
 }
 
+/// Why `address` is not HOST:PORT (or [IPv6]:PORT) with a port 1-65535, or nil when it is.
+func serverAddressProblem(_ address: String) -> String? {
+    let host: Substring, port: Substring
+    if address.hasPrefix("[") {
+        guard let close = address.firstIndex(of: "]"), address[address.index(after: close)...].hasPrefix(":") else {
+            return "expected [IPv6]:PORT, got '\(address)'"
+        }
+        host = address[address.index(after: address.startIndex)..<close]
+        port = address[address.index(close, offsetBy: 2)...]
+    } else {
+        guard let colon = address.lastIndex(of: ":") else { return "expected HOST:PORT, got '\(address)'" }
+        host = address[..<colon]
+        port = address[address.index(after: colon)...]
+        if host.contains(":") { return "an IPv6 address needs brackets: [\(host)]:\(port)" }
+    }
+    if host.isEmpty { return "no host in '\(address)'" }
+    if host.contains(where: { $0 == " " || $0 == "/" || $0 == "\t" }) { return "'\(host)' is not a host name" }
+    guard let number = UInt16(port), number > 0 else { return "the port must be 1-65535, got '\(port)'" }
+    return nil
+}
+
 struct Send: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Send TEXT to USER: prints 'delivered', or the offline notice and 'stored offline'.")
@@ -231,6 +278,12 @@ struct Send: ParsableCommand {
     @Option(help: "Seconds to wait for the acknowledgement.") var timeout: Int32 = 15
     @Option(help: "Message id (default random): resending with the same id never shows the message twice.")
     var id: UInt64?
+
+    func validate() throws {
+        if text.allSatisfy({ $0.isWhitespace }) {
+            throw ValidationError("refusing to send a blank message (TEXT is empty or only spaces)")
+        }
+    }
 
     func run() throws {
         try runReporting {
@@ -272,8 +325,12 @@ struct Inbox: ParsableCommand {
                     groups[m.from, default: []].append((m.at, m.text))
                 }
                 for sender in order {
-                    out("from \(sender):")
-                    for (at, text) in groups[sender]! { out("  [\(formatTime(at))] \(text)") }
+                    out("from \(TextWidth.visible(sender)):")
+                    for (at, text) in groups[sender]! {
+                        // Other users' text: controls visible; a multi-line message continues indented.
+                        let shown = TextWidth.visible(text, keepNewlines: true).split(separator: "\n", omittingEmptySubsequences: false)
+                        out("  [\(formatTime(at))] " + shown.joined(separator: "\n             "))
+                    }
                 }
                 // Acknowledge only after printing: a crash before this shows them again, never loses them.
                 try session.acknowledgeMail(through: page.map(\.seq).max()!)
@@ -331,15 +388,17 @@ struct Listen: ParsableCommand {
                 guard let event = try session.nextEvent(timeoutMs: wait) else { continue }
                 switch event {
                 case .message(let seq, let from, _, let at, let body):
-                    out("[\(formatTime(at))] \(names[from] ?? "user\(from)"): \(String(decoding: body, as: UTF8.self))")
+                    out("[\(formatTime(at))] \(TextWidth.visible(names[from] ?? "user\(from)")): "
+                        + TextWidth.visible(String(decoding: body, as: UTF8.self)))
                     try session.acknowledgeDeliveries(through: seq)
                     received += 1
                 case .mail(let seq, _, let fromName, _, let at, let body):
-                    out("[\(formatTime(at))] \(fromName) (offline): \(String(decoding: body, as: UTF8.self))")
+                    out("[\(formatTime(at))] \(TextWidth.visible(fromName)) (offline): "
+                        + TextWidth.visible(String(decoding: body, as: UTF8.self)))
                     try session.acknowledgeMail(through: seq)
                     received += 1
                 case .presence(let user, let online):
-                    out("* \(names[user] ?? "user\(user)") is \(online ? "online" : "offline")")
+                    out("* \(TextWidth.visible(names[user] ?? "user\(user)")) is \(online ? "online" : "offline")")
                 case .contactUpdate(let c):
                     names[c.userID] = c.name
                 case .serverError(_, let message):

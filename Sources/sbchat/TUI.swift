@@ -15,14 +15,20 @@ struct Tui: ParsableCommand {
             dialog is on the right with the newest message on top; offline messages received at login have \
             their own dialog, grouped by sender.
             Keys: Up/Down + Enter (or double-click) open a dialog; type and press Enter (or click [Send]) to \
-            send; a accepts a request; + adds a contact; - removes one; Tab switches between the list and \
-            typing; Ctrl-N/Ctrl-P switch dialogs; Ctrl-W closes one; F1 or ? shows help; Ctrl-C or q quits.
+            send; a paste is inserted (never sent) and may hold several lines; a accepts a request; + adds a \
+            contact; - removes one; Tab switches between the list and typing; Ctrl-N/Ctrl-P switch dialogs; \
+            Ctrl-W closes one; PgUp/PgDn scroll a page; Ctrl-R or F5 reconnects now; F1 or ? shows help; \
+            Ctrl-C or q quits (asking first while messages are unsent: those are kept and sent at the next start).
             Marks: … sending, ✓ delivered, ✉ stored offline, ✗ not sent.
+            Conversations are kept locally (see sbchat history --help) unless --no-history is given. A message \
+            in another dialog rings the bell (--no-bell to stop) and shows in the window title.
             The password comes from SWITCHBOARD_PASSWORD or is asked for without echo.
             """)
 
     @OptionGroup var common: Common
     @Flag(help: "Create the account first, then log in.") var register = false
+    @Flag(help: "Do not keep conversations in the local history.") var noHistory = false
+    @Flag(help: "Do not ring the terminal bell for messages in other dialogs.") var noBell = false
 
     func run() throws {
         try runReporting {
@@ -32,9 +38,18 @@ struct Tui: ParsableCommand {
             let name = try common.userName()
             let pw = try common.password()
             let common = self.common
-            let app = ChatApp(configuration: ChatAppConfiguration(
+            var history: HistoryStore?
+            if !noHistory, let directory = HistoryStore.directory(server: common.serverAddress, user: name) {
+                do { history = try HistoryStore(directory: directory) } catch {
+                    printError("sbchat: local history off: \(error)")
+                }
+            }
+            var configuration = ChatAppConfiguration(
                 server: common.serverAddress, user: name, password: pw,
-                connect: { try connectForTUI(common) }))
+                connect: { try connectForTUI(common) })
+            configuration.history = history
+            configuration.bell = !noBell
+            let app = ChatApp(configuration: configuration)
             if register {
                 do { try app.register() } catch let failure as Failure { throw failure } catch {
                     throw Failure(code: 1, "register \(name): \(error)")

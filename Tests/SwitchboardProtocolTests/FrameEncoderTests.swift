@@ -155,6 +155,14 @@ import Testing
         let out = ByteBuffer()
         body.withUnsafeBytes { FrameEncoder.writeDeliver(into: out, seq: 5, from: 6, messageID: 7, sentAtMs: 8, body: $0) }
         #expect(out.readableArray() == generic)
+        // An empty body, and a buffer that must grow mid-way through the frames.
+        let small = ByteBuffer(capacity: 16)
+        small.writeBytes(Array(repeating: 0xEE, count: 10))
+        small.readerIndex = 10
+        FrameEncoder.writeDeliver(into: small, seq: 1, from: 2, messageID: 3, sentAtMs: 4, body: UnsafeRawBufferPointer(start: nil, count: 0))
+        body.withUnsafeBytes { FrameEncoder.writeDeliver(into: small, seq: 5, from: 6, messageID: 7, sentAtMs: 8, body: $0) }
+        #expect(small.readableArray() == encode([ServerFrame.deliver(seq: 1, from: 2, messageID: 3, sentAtMs: 4, body: ByteView([])),
+                                                 ServerFrame.deliver(seq: 5, from: 6, messageID: 7, sentAtMs: 8, body: ByteView(body))]))
 
         let ack = ByteBuffer()
         FrameEncoder.writeSendAck(into: ack, messageID: 9, status: SendStatus.storedOffline.rawValue)

@@ -447,3 +447,71 @@ final class Simulation {
         #expect(messages > seeds * 20, "only \(messages) messages acknowledged over \(seeds) seeds")
     }
 }
+
+/// The in-place fast path for SEND and DELIVERY_ACK (Core+Frames `process`) must refuse what the general
+/// decoder refuses: a frame one byte short or one byte long closes the connection with the decoder's error.
+@Suite struct HotPathFrameTests {
+    static func loggedIn() throws -> (Simulation, SimConnection) {
+        let simulation = try Simulation(seed: 7, users: 2)
+        simulation.connect(0)
+        let connection = simulation.connections[0]
+        for _ in 0..<4 {
+            simulation.feed(connection, upTo: Int.max)
+            simulation.endOfTurn()
+            simulation.completeHash()
+            simulation.endOfTurn()
+            simulation.clientReads(connection, all: true)
+        }
+        #expect(connection.loggedIn)
+        return (simulation, connection)
+    }
+
+    static func raw(_ type: FrameType, _ body: [UInt8]) -> [UInt8] {
+        let length = UInt32(body.count + 1)
+        return [UInt8(length >> 24), UInt8(length >> 16 & 255), UInt8(length >> 8 & 255), UInt8(length & 255), type.rawValue] + body
+    }
+
+    @Test(arguments: [(FrameType.send, 11), (FrameType.deliveryAck, 7), (FrameType.deliveryAck, 9)])
+    func malformedHotFramesAreRefused(type: FrameType, size: Int) throws {
+        let (simulation, connection) = try Self.loggedIn()
+        connection.outbound.append(contentsOf: Self.raw(type, [UInt8](repeating: 0, count: size)))
+        simulation.feed(connection, upTo: Int.max)
+        simulation.endOfTurn()
+        #expect(connection.closedByServer)
+        #expect(connection.client?.closeCode == .malformedFrame)
+    }
+
+    @Test func wellFormedHotFramesAreHandled() throws {
+        let (simulation, connection) = try Self.loggedIn()
+        // A SEND with an empty body to an accepted contact who is offline: stored, acknowledged after the commit.
+        let to = simulation.userIDs[1]
+        let body: [UInt8] = [UInt8(to >> 24), UInt8(to >> 16 & 255), UInt8(to >> 8 & 255), UInt8(to & 255)]
+            + [0, 0, 0, 0, 0, 0, 0, 42]
+        connection.outbound.append(contentsOf: Self.raw(.send, body))
+        connection.outbound.append(contentsOf: Self.raw(.deliveryAck, [UInt8](repeating: 0, count: 8)))
+        simulation.feed(connection, upTo: Int.max)
+        simulation.endOfTurn()
+        simulation.completeCommit()
+        simulation.endOfTurn()
+        #expect(!connection.closedByServer)
+        let out = connection.client!.output
+        var sawAck = false
+        connection.inbound.withUnsafeBytes { raw in
+            var offset = 0
+            while case .frame(let frame, let used) = FrameDecoder.decodeServer(UnsafeRawBufferPointer(rebasing: raw[offset...]), maxFrameBytes: 1 << 24) {
+                offset += used
+                if case .sendAck(42, let status) = frame { sawAck = status == SendStatus.storedOffline.rawValue }
+            }
+        }
+        if !sawAck {
+            // Not written out yet: look at what the core queued.
+            var offset = 0
+            let view = out.readableView
+            while case .frame(let frame, let used) = FrameDecoder.decodeServer(UnsafeRawBufferPointer(rebasing: view[offset...]), maxFrameBytes: 1 << 24) {
+                offset += used
+                if case .sendAck(42, let status) = frame { sawAck = status == SendStatus.storedOffline.rawValue }
+            }
+        }
+        #expect(sawAck, "SEND id 42 to an offline contact was not acknowledged as stored")
+    }
+}

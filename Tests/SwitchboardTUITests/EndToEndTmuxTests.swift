@@ -1,4 +1,5 @@
-// Runs e2e-tmux.sh (next to this file): the real server and two `sbchat tui` sessions in tmux.
+// Runs e2e-tmux.sh (next to this file): the real server and two `sbchat tui` sessions in tmux;
+// and e2e-xterm.sh: `sbchat tui` in a real xterm under Xvfb, driven by xdotool's mouse and keyboard.
 // The binaries are taken from the folder of this test executable (where SwiftPM puts `sbchat`
 // and `switchboard`), or from SWITCHBOARD_BIN_DIR. Set SWITCHBOARD_SKIP_E2E=1 to skip, and
 // SWITCHBOARD_E2E_OUT=DIR to keep the screen captures (alice.txt, bob.txt, *.ansi).
@@ -8,19 +9,28 @@ import Testing
 @Suite struct EndToEndTmuxTests {
     @Test(.timeLimit(.minutes(5)))
     func twoTerminalClientsChatThroughTheServer() throws {
+        try runScript("e2e-tmux.sh", missing: "tmux is missing and could not be installed")
+    }
+
+    @Test(.timeLimit(.minutes(5)))
+    func realMouseInARealXterm() throws {
+        try runScript("e2e-xterm.sh", missing: "Xvfb, xterm, xdotool, ImageMagick or tmux is missing and could not be installed")
+    }
+
+    private func runScript(_ name: String, missing: String) throws {
         if environment("SWITCHBOARD_SKIP_E2E") == "1" { try Test.cancel("SWITCHBOARD_SKIP_E2E=1") }
-        let script = String(#filePath.dropLast("EndToEndTmuxTests.swift".count)) + "e2e-tmux.sh"
+        let script = String(#filePath.dropLast("EndToEndTmuxTests.swift".count)) + name
         let binDir = environment("SWITCHBOARD_BIN_DIR") ?? executableDirectory()
-        let log = "/tmp/sb-e2e-log-\(getpid()).txt"
+        let log = "/tmp/sb-e2e-log-\(getpid())-\(name).txt"
         defer { unlink(log) }
         var args = ["/usr/bin/timeout", "300", "/bin/bash", script, binDir]
         if let out = environment("SWITCHBOARD_E2E_OUT") { args.append(out) }
         let status = try run(args, outputTo: log)
         let output = readFile(log)
         print(output)
-        if status == 77 { try Test.cancel("tmux is missing and could not be installed") }
-        #expect(status == 0, "e2e-tmux.sh exited with \(status):\n\(output)")
-        #expect(output.contains("e2e-tmux: PASS"))
+        if status == 77 { try Test.cancel(Comment(rawValue: missing)) }
+        #expect(status == 0, "\(name) exited with \(status):\n\(output)")
+        #expect(output.contains(String(name.dropLast(3)) + ": PASS"))
     }
 }
 

@@ -171,7 +171,13 @@ func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }
         #expect(model.showHelp)
         _ = model.handle(.key(.function(1)))
         #expect(!model.showHelp)
-        #expect(model.handle(.key(.ctrl("c"))) == [.quit])
+        // "hi" was never acknowledged: quitting asks first, and only y (or a second ^C) quits.
+        #expect(model.handle(.key(.ctrl("c"))) == [])
+        #expect(model.prompt == .confirmQuit(unsent: 1, typed: false))
+        #expect(model.handle(.key(.char("n"))) == [])
+        #expect(model.prompt == nil)
+        _ = model.handle(.key(.ctrl("c")))
+        #expect(model.handle(.key(.char("y"))) == [.quit])
     }
 
     @Test func doubleClickOnAContactOpensIt() {

@@ -13,6 +13,9 @@ OUT=${2:-}
 SB="$BIN/switchboard"
 SBCHAT="$BIN/sbchat"
 TIMEOUT=${E2E_TIMEOUT:-30}   # seconds per wait; generous for slow machines
+# A 100,000-character paste must be handled within this (measured well under 1 s; the old client
+# froze ~45 s for 70,000): generous for slow CI, far below anything quadratic.
+PASTE_LIMIT_MS=${E2E_PASTE_LIMIT_MS:-10000}
 PW='e2e-password-1'
 
 for b in "$SB" "$SBCHAT"; do
@@ -44,7 +47,7 @@ trap cleanup EXIT
 
 fail() {
   echo "e2e-tmux: FAIL: $*"
-  for s in alice bob; do
+  for s in $(T list-sessions -F '#S' 2>/dev/null); do
     if T has-session -t "$s" 2>/dev/null; then
       echo "----- screen of $s -----"; T capture-pane -p -t "$s"; echo "------------------------"
     fi
@@ -77,6 +80,9 @@ wait_for() {
 line_of() { screen "$1" | grep -nF -- "$2" | head -1 | cut -d: -f1; }
 
 sb() { env SWITCHBOARD_SERVER="$ADDR" SWITCHBOARD_PASSWORD="$PW" $CLIENT_ENV "$SBCHAT" "$@" </dev/null; }
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+# Local history of every client in this run goes here (never into the real home).
+export SWITCHBOARD_DATA_HOME="$TMP/home"
 
 # --- server (TLS with a development CA when the server supports it) -------------------------
 CLIENT_ENV="SWITCHBOARD_PLAINTEXT=1"
@@ -99,10 +105,12 @@ done
 echo "e2e-tmux: server at $ADDR"
 
 # --- accounts, contacts, offline mail --------------------------------------------------------
-for u in alice bob carol dave; do sb register --user "$u" >/dev/null || fail "register $u"; done
+for u in alice bob carol dave erin; do sb register --user "$u" >/dev/null || fail "register $u"; done
 sb add --user alice bob >/dev/null && sb accept --user bob alice >/dev/null || fail "befriend alice and bob"
 sb add --user alice carol >/dev/null && sb accept --user carol alice >/dev/null || fail "befriend alice and carol"
 sb add --user dave alice >/dev/null || fail "dave asks alice"
+# erin never runs the terminal client: subcommands as erin disturb no running session.
+sb add --user erin carol >/dev/null && sb accept --user carol erin >/dev/null || fail "befriend erin and carol"
 # alice is offline: these are stored as offline mail.
 [ "$(sb send --user bob alice 'first note from bob' | tail -1)" = "stored offline" ] || fail "bob's offline message"
 [ "$(sb send --user carol alice 'carol was here' | tail -1)" = "stored offline" ] || fail "carol's offline message"
@@ -111,7 +119,7 @@ sb add --user dave alice >/dev/null || fail "dave asks alice"
 # --- two terminal clients -------------------------------------------------------------------
 start_client() {
   T new-session -d -s "$1" -x 80 -y 24 \
-    "env SWITCHBOARD_SERVER=$ADDR SWITCHBOARD_PASSWORD=$PW $CLIENT_ENV SWITCHBOARD_KNOWN_SERVERS=$TMP/known_servers LANG=C.UTF-8 $SBCHAT tui --user $1 2>>$TMP/$1.stderr; echo \"[sbchat exited: \$?]\"; sleep 600" \
+    "env SWITCHBOARD_SERVER=$ADDR SWITCHBOARD_PASSWORD=$PW $CLIENT_ENV SWITCHBOARD_KNOWN_SERVERS=$TMP/known_servers SWITCHBOARD_DATA_HOME=$TMP/home LANG=C.UTF-8 $SBCHAT tui --user ${2:-$1} 2>>$TMP/$1.stderr; echo \"[sbchat exited: \$?]\"; sleep 600" \
     || fail "tmux new-session $1"
 }
 T -f /dev/null start-server 2>/dev/null
@@ -176,6 +184,43 @@ wait_for bob "✓ you: Hi alice, got it"
 [ "$(line_of alice 'Hi alice, got it')" -lt "$(line_of alice 'Hello bob')" ] || fail "alice: newest message is not on top"
 [ "$(line_of bob 'Hi alice, got it')" -lt "$(line_of bob 'Hello bob')" ] || fail "bob: newest message is not on top"
 
+# Bracketed paste (tmux paste-buffer -p): three lines are inserted, not sent; Enter sends one message.
+printf 'pasted line one\npasted line two\npasted line three' >"$TMP/paste3"
+T load-buffer -b p3 "$TMP/paste3"
+T paste-buffer -p -b p3 -t alice
+wait_for alice "> pasted line one↵pasted line two↵pasted line three"
+sleep 0.5
+screen bob | grep -qF "pasted line" && fail "a pasted line was sent without Enter"
+T send-keys -t alice Enter
+wait_for bob "alice: pasted line one"
+r1=$(line_of bob "alice: pasted line one"); r2=$(line_of bob "pasted line two")
+[ "$r2" = $((r1 + 1)) ] || fail "the pasted lines are not one message on consecutive rows (rows $r1, $r2)"
+[ "$(screen bob | grep -c 'alice: pasted line')" = 1 ] || fail "the paste arrived as several messages"
+# 100,000 characters: refused whole with a notice, quickly, and the client still takes keys.
+head -c 100000 /dev/zero | tr '\0' 'x' >"$TMP/paste-big"
+T load-buffer -b big "$TMP/paste-big"
+start=$(now_ms)
+T paste-buffer -p -b big -t alice
+wait_for alice "paste not inserted: 100000 bytes"
+T send-keys -t alice -l 'still responsive'
+wait_for alice "> still responsive"
+elapsed=$(( $(now_ms) - start ))
+echo "e2e-tmux: 100,000-character paste refused and the next keys shown in ${elapsed} ms (limit ${PASTE_LIMIT_MS})"
+[ "$elapsed" -le "$PASTE_LIMIT_MS" ] || fail "a 100,000-character paste took ${elapsed} ms (limit ${PASTE_LIMIT_MS})"
+# 60,000 characters fit in one message: inserted (and drawn) in bounded time too.
+T send-keys -t alice C-u
+yes 'word' | head -c 60000 | tr '\n' ' ' >"$TMP/paste-60k"
+T load-buffer -b w60 "$TMP/paste-60k"
+start=$(now_ms)
+T paste-buffer -p -b w60 -t alice
+wait_for alice "> word word word word"
+T send-keys -t alice -l 'end'
+wait_for alice "word word end"
+elapsed=$(( $(now_ms) - start ))
+echo "e2e-tmux: 60,000-character paste inserted and the next keys shown in ${elapsed} ms"
+[ "$elapsed" -le "$PASTE_LIMIT_MS" ] || fail "a 60,000-character paste took ${elapsed} ms (limit ${PASTE_LIMIT_MS})"
+T send-keys -t alice C-u
+
 if [ -n "$OUT" ]; then
   mkdir -p "$OUT"
   screen alice >"$OUT/alice.txt"; screen bob >"$OUT/bob.txt"
@@ -194,8 +239,28 @@ wait_for alice "Contact offline at the moment, send offline message"
 T send-keys -t alice -l 'see you later'
 T send-keys -t alice Enter
 wait_for alice "✉ you (offline): see you later"
+# Other users' control characters are printed visibly by the subcommands, never raw.
+[ "$(sb send --user erin carol "$(printf 'evil \033[2J\033]2;pwned\007 end')" | tail -1)" = "stored offline" ] || fail "erin's escape-laden message"
+# Usage errors exit 2, and a blank message is refused.
+sb send --user erin carol "" >/dev/null 2>&1; [ $? = 2 ] || fail "send of an empty message did not exit 2"
+sb send --user erin carol "   " >/dev/null 2>&1; [ $? = 2 ] || fail "send of a blank message did not exit 2"
+sb contacts --user erin --server nonsense >/dev/null 2>&1; [ $? = 2 ] || fail "a malformed --server did not exit 2"
+sb contacts --user erin --no-such-flag >/dev/null 2>&1; [ $? = 2 ] || fail "an unknown flag did not exit 2"
+# Ctrl-C at the password prompt cancels (130); it never becomes part of the password.
+T new-session -d -s pw -x 80 -y 5 "env SWITCHBOARD_SERVER=$ADDR $CLIENT_ENV $SBCHAT contacts --user erin; echo \"[exited: \$?]\"; sleep 600"
+wait_for pw "password:"
+T send-keys -t pw -l "$PW"; T send-keys -t pw C-c
+wait_for pw "[exited: 130]"
+T kill-session -t pw
+T new-session -d -s pw -x 80 -y 5 "env SWITCHBOARD_SERVER=$ADDR $CLIENT_ENV $SBCHAT contacts --user erin; echo \"[exited: \$?]\"; sleep 600"
+wait_for pw "password:"
+T send-keys -t pw -l "x"; T send-keys -t pw BSpace; T send-keys -t pw -l "$PW"; T send-keys -t pw Enter
+wait_for pw "[exited: 0]"
+T kill-session -t pw
 inbox=$(sb inbox --user carol)
 echo "$inbox" | grep -qF "from alice:" && echo "$inbox" | grep -qF "see you later" || fail "carol's mailbox lacks alice's message: $inbox"
+echo "$inbox" | grep -qF 'evil ^[[2J^[]2;pwned^G end' || fail "inbox does not show the controls visibly: $(echo "$inbox" | cat -v)"
+printf '%s' "$inbox" | grep -q $'\e' && fail "inbox printed a raw ESC"
 
 # Several dialogs: bob writes while alice looks at carol's dialog: an unread count on bob's tab.
 T send-keys -t bob -l 'are you there?'
@@ -205,13 +270,32 @@ wait_for alice "bob (1)"
 # Reconnect: the server restarts; bob's message typed meanwhile waits (…), is resent after the
 # reconnect with the same id, and alice sees it exactly once.
 kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
-wait_for bob "offline: "
-wait_for alice "offline: "
+wait_for bob "disconnected: "
+wait_for alice "disconnected: "
 T send-keys -t bob -l 'typed while the server was down'
 T send-keys -t bob Enter
 wait_for bob "… you: typed while the server was down"
+# The back-off is capped at 5 s; wait until bob's next try is more than 3 s away, then Ctrl-R must
+# reconnect him sooner (within 3 s, ~0.05-0.3 s measured) once the server is back.
+deadline=$(( $(date +%s) + TIMEOUT ))
+until screen bob | grep -qE "retry in [45]s"; do
+  [ "$(date +%s)" -le "$deadline" ] || fail "bob's retry countdown never reached 4 s"
+  screen bob | grep -qE "retry in ([6-9]|[1-9][0-9]+)s" && fail "bob's back-off passed 5 s: $(screen bob | tail -1)"
+  sleep 0.1
+done
 "$SB" serve --listen "$ADDR" --data "$TMP/data" --pbkdf2-iterations 1000 $SERVE_FLAGS >"$TMP/server2.out" 2>>"$TMP/server.log" &
 SERVER_PID=$!
+for _ in $(seq 1 $((TIMEOUT * 10))); do grep -q "^switchboard listening on" "$TMP/server2.out" && break; sleep 0.1; done
+if screen bob | grep -qE "retry in [45]s"; then
+  T send-keys -t bob C-r
+  start=$(now_ms)
+  wait_for bob "online as bob"
+  elapsed=$(( $(now_ms) - start ))
+  echo "e2e-tmux: Ctrl-R reconnected in ${elapsed} ms"
+  [ "$elapsed" -le 3000 ] || fail "Ctrl-R did not reconnect at once (${elapsed} ms)"
+else
+  echo "e2e-tmux: note: bob retried on his own while the server started; Ctrl-R not measured"
+fi
 wait_for bob "online as bob"
 wait_for alice "online as alice"
 deadline=$(( $(date +%s) + TIMEOUT ))
@@ -247,6 +331,68 @@ wait_for alice "show or hide this help"
 T send-keys -t alice C-c
 wait_for alice "[sbchat exited: 0]"
 screen alice | grep -qF "Switchboard: alice" && fail "the alternate screen was not left on exit"
+
+# Local history: alice starts again; the dialogs she had open come back with their messages, and
+# `sbchat history` prints them. carol never ran the terminal client: she has no history.
+start_client alice2 alice
+wait_for alice2 "online as alice"
+wait_for alice2 "Chat with"
+T send-keys -t alice2 C-p; T send-keys -t alice2 C-p
+for _ in 1 2 3; do screen alice2 | grep -qF "Chat with bob" && break; T send-keys -t alice2 C-n; sleep 0.3; done
+wait_for alice2 "Chat with bob"
+wait_for alice2 "you: Hello bob, 你好!"
+wait_for alice2 "bob: Hi alice, got it"
+hist=$(sb history --user alice bob) || fail "sbchat history failed: $hist"
+echo "$hist" | grep -qE '^\[[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9:]{8}\] you ✓: Hello bob, 你好!$' || fail "history lacks alice's message: $hist"
+echo "$hist" | grep -qF "bob: Hi alice, got it" || fail "history lacks bob's answer: $hist"
+echo "$hist" | grep -qF "pasted line one^Jpasted line two" || fail "history lacks the pasted message: $hist"
+[ "$(echo "$hist" | grep -c 'typed while the server was down')" = 1 ] || fail "history shows the resent message other than once: $hist"
+sb history --user alice carol | grep -qF "you ✉: see you later" || fail "alice's history with carol lacks the offline message"
+sb history --user alice carol | grep -qF "Hello bob" && fail "alice's conversations are mixed"
+sb history --user bob alice | grep -qF "alice: Hello bob, 你好!" || fail "bob's own history lacks alice's message"
+sb history --user carol alice >/dev/null 2>&1 && fail "carol has a history though she never ran the terminal client"
+# Quitting with an unsent message asks first; the message is kept and sent at the next start.
+kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null; SERVER_PID=""
+wait_for alice2 "disconnected: "
+T send-keys -t alice2 -l 'kept across a restart'
+T send-keys -t alice2 Enter
+wait_for alice2 "… you: kept across a restart"
+T send-keys -t alice2 C-c
+wait_for alice2 "1 unsent message is kept and sent at the next start. Quit? (y/n)"
+T send-keys -t alice2 -l n
+wait_for alice2 "not quitting"
+T send-keys -t alice2 C-c
+wait_for alice2 "Quit? (y/n)"
+T send-keys -t alice2 -l y
+wait_for alice2 "[sbchat exited: 0]"
+"$SB" serve --listen "$ADDR" --data "$TMP/data" --pbkdf2-iterations 1000 $SERVE_FLAGS >"$TMP/server3.out" 2>>"$TMP/server.log" &
+SERVER_PID=$!
+wait_for bob "online as bob"
+start_client alice3 alice
+wait_for alice3 "online as alice"
+wait_for bob "alice: kept across a restart"
+deadline=$(( $(date +%s) + TIMEOUT ))
+until sb history --user alice bob | grep -qF "you ✓: kept across a restart"; do
+  [ "$(date +%s)" -le "$deadline" ] || fail "the kept message was not delivered after the restart: $(sb history --user alice bob | tail -3)"
+  sleep 0.3
+done
+[ "$(screen bob | grep -cF 'kept across a restart')" = 1 ] || fail "the kept message is shown twice"
+
+# A signal ends the client: the terminal modes it turned on are turned off again.
+T kill-session -t alice2
+T rename-session -t alice3 alice2
+[ "$(T display -p -t alice2 '#{mouse_any_flag}')" = 1 ] || fail "mouse mode is off while sbchat runs"
+pane_pid=$(T display -p -t alice2 '#{pane_pid}')
+client_pid=""
+for stat in /proc/[0-9]*/stat; do   # the pane shell's child (no procps needed)
+  read -r pid _ _ ppid _ <"$stat" 2>/dev/null || continue
+  [ "$ppid" = "$pane_pid" ] && { client_pid=$pid; break; }
+done
+[ -n "$client_pid" ] || fail "no sbchat process under the pane"
+kill -TERM "$client_pid"
+wait_for alice2 "[sbchat exited: 143]"
+[ "$(T display -p -t alice2 '#{mouse_any_flag}')" = 0 ] || fail "mouse mode still on after SIGTERM"
+[ "$(T display -p -t alice2 '#{alternate_on}')" = 0 ] || fail "alternate screen still on after SIGTERM"
 
 echo "e2e-tmux: PASS"
 exit 0

@@ -4,9 +4,10 @@
 // number on every run whatever else the machine does. perf/instructions-per-message.sh runs it and
 // compares against Benchmarks/Thresholds/instructions-per-message.json.
 //
-// What is counted: only the server's side (ServerCore.received / endOfTurn / wrote, and so the decoder,
-// RelayCore, DeliveryWindow, dedupe, output budget, encoder and ByteBuffer), between
-// sb_callgrind_start/stop. The harness's client side (encoding SENDs, parsing DELIVERs) and the
+// What is counted: only the server core's side (each call of ServerCore.received / endOfTurn / wrote /
+// hashCompleted / commitCompleted, and so the decoder, RelayCore, DeliveryWindow, dedupe, output budget,
+// encoder and ByteBuffer), between sb_callgrind_start/stop. The harness's side (encoding SENDs, copying
+// output as a socket would, parsing DELIVERs) and the
 // kernel's share of a real server (epoll, read, write) are not: the first is not the server's, the
 // second is not instructions callgrind can see (perf/README.md gives syscalls per message).
 //
@@ -121,13 +122,22 @@ final class ProbeClient {
 var clients: [ProbeClient] = []
 var spareRequests: [ClientState] = []
 
+/// While true, only the core's own work is counted: each call into it is bracketed by the callgrind
+/// toggles, so the harness's socket emulation (copying output, parsing, encoding) is left out.
+nonisolated(unsafe) var counting = false
+@inline(__always) func measured<T>(_ body: () -> T) -> T {
+    if counting { sb_callgrind_start() }
+    defer { if counting { sb_callgrind_stop() } }
+    return body()
+}
+
 /// Pending hash jobs and commits run now; then every flush request writes all the client's output.
 @MainActor func settle() {
     var rounds = 0
     repeat {
         rounds += 1
         if rounds > 1_000 { fail("the core does not settle") }
-        core.endOfTurn()
+        measured { core.endOfTurn() }
         // As the real driver: the requests are swapped out (no copy, no allocation) and the client's
         // own object is reached through `link`.
         swap(&driver.flushRequests, &spareRequests)
@@ -136,7 +146,7 @@ var spareRequests: [ClientState] = []
             guard out.readableBytes > 0, let link = client.link else { continue }
             unsafeDowncast(link, to: ProbeClient.self).received.writeBytes(out.readableView)
             out.advanceReaderRetaining(by: out.readableBytes)
-            core.wrote(client)
+            measured { core.wrote(client) }
         }
         spareRequests.removeAll(keepingCapacity: true)
         if !driver.hashJobs.isEmpty {
@@ -149,7 +159,7 @@ var spareRequests: [ClientState] = []
                     results.append(.verified(connection: connection, requestID: requestID, name: name, account: account, ok: ok))
                 }
             }
-            core.hashCompleted(results)
+            measured { core.hashCompleted(results) }
         }
         if !driver.commits.isEmpty {
             let batches = driver.commits
@@ -157,7 +167,7 @@ var spareRequests: [ClientState] = []
             for batch in batches {
                 let result: Result<[WriteResult], StoreErrorBox>
                 do { result = .success(try store.apply(batch.ops)) } catch { result = .failure(StoreErrorBox(description: "\(error)")) }
-                core.commitCompleted([StoreBatchResult(batch: batch, results: result, commitNanos: 0)])
+                measured { core.commitCompleted([StoreBatchResult(batch: batch, results: result, commitNanos: 0)]) }
             }
         }
     } while core.hasPendingWork || !driver.hashJobs.isEmpty || !driver.commits.isEmpty || !driver.flushRequests.isEmpty
@@ -222,18 +232,16 @@ var nextID = [UInt64](repeating: 1, count: pairs)
             }
             nextID[k] += 1
         }
-        if counted { sb_callgrind_start() }
-        core.received(sender.client, from: sender.input)
+        counting = counted
+        measured { core.received(sender.client, from: sender.input) }
         settle()
-        if counted { sb_callgrind_stop() }
         sender.input.clear()
         let receiver = clients[2 * k + 1]
         parse(receiver)
         if !ackEach { FrameEncoder.encode(ClientFrame.deliveryAck(throughSeq: receiver.deliverHigh), into: receiver.input) }
-        if counted { sb_callgrind_start() }
-        core.received(receiver.client, from: receiver.input)
+        measured { core.received(receiver.client, from: receiver.input) }
         settle()
-        if counted { sb_callgrind_stop() }
+        counting = false
         receiver.input.clear()
         parse(sender)
     }
