@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "CSwitchboard.h"
 #include <time.h>
+#include <malloc.h>
 
 int csb_accept4_nonblocking(int fd, struct sockaddr *addr, socklen_t *len) {
     return accept4(fd, addr, len, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -47,3 +48,9 @@ int csb_peer_uid(int fd, uint32_t *uid) {
     *uid = (uint32_t)credentials.uid;
     return 0;
 }
+int csb_malloc_trim(size_t pad) { return malloc_trim(pad); }
+size_t csb_malloc_free_bytes(void) {
+    struct mallinfo2 info = mallinfo2();
+    return info.fordblks;
+}
+void csb_SSL_CTX_set_read_ahead(SSL_CTX *ctx, int yes) { SSL_CTX_set_read_ahead(ctx, yes); }

@@ -73,6 +73,15 @@ public final class RelayServer: EventHandler, SessionDriver {
     /// The operator sockets' one-second sweeps (RelayServer+Ops.swift).
     static let metricsSweepToken = ServerCore.reservedTokens - 2
     static let adminSweepToken = ServerCore.reservedTokens - 3
+    private static let heapTrimToken = ServerCore.reservedTokens - 4
+    /// Accepts + closes since the last heap trim, and the trim timer's state (see HeapTrimmer).
+    private var churnSinceTrim = 0
+    private var churnAtTrimCheck = 0
+    private var trimFirstRequested: UInt64 = 0
+    private var trimScheduled = false
+    private let heapTrimmer: HeapTrimmer
+    /// Heap trims handed to the trimmer thread so far (tests, logs).
+    public private(set) var heapTrimsRequested = 0
     private var rateLimitedLogs: [String: (last: UInt64, suppressed: Int)] = [:]
     /// Closed connections whose last bytes are still being written / whose FIN awaits the peer's.
     var lingering: [UInt64: Lingerer] = [:]
@@ -108,6 +117,7 @@ public final class RelayServer: EventHandler, SessionDriver {
         reserveFD = Sys.openReserveDescriptor()
         let dummyHash = PasswordHasher.hash(password: Array("not a real password".utf8), iterations: configuration.pbkdf2Iterations)
         workers = try Workers(store: store, hashThreads: configuration.hashThreads)
+        heapTrimmer = try HeapTrimmer(logger: logger)
         shutdownFD = try Sys.eventfdCreate()
         reloadFD = try Sys.eventfdCreate()
         if configuration.plaintext {
@@ -154,6 +164,7 @@ public final class RelayServer: EventHandler, SessionDriver {
         try loop.run()
         stopOps()
         workers.shutdown()
+        heapTrimmer.shutdown()
         // Results that arrived after the loop stopped still carry acknowledgements (best effort now).
         workers.storeResults.drain()
         core.finalizeAll()
@@ -247,6 +258,7 @@ public final class RelayServer: EventHandler, SessionDriver {
             }
             client.link = connection
             core.opened(client)
+            countChurn()
             driverLogger.trace("accepted", metadata: ["peer": "\(client.peerText)", "conn": "\(client.id)"])
         }
     }
@@ -431,6 +443,7 @@ public final class RelayServer: EventHandler, SessionDriver {
     public func finalize(_ client: ClientState) {
         guard let connection = connection(client) else { return }
         if connection.tls != nil && !connection.handshakeCounted { tlsHandshakes.failed += 1 }
+        countChurn()
         client.link = nil
         if let registration = connection.registration { loop.deregister(registration) }
         connection.registration = nil
@@ -528,6 +541,37 @@ public final class RelayServer: EventHandler, SessionDriver {
         lingerer.output.releaseIfEmpty()
     }
 
+    // MARK: heap trim after storms
+
+    /// One accept or close. Per connection, never per message: an add and a compare.
+    @inline(__always) private func countChurn() {
+        churnSinceTrim &+= 1
+        if churnSinceTrim >= configuration.heapTrimChurn && !trimScheduled && configuration.heapTrimChurn > 0 {
+            trimScheduled = true
+            trimFirstRequested = loop.now
+            churnAtTrimCheck = churnSinceTrim
+            loop.schedule(at: loop.now + Self.trimSettleMs, token: Self.heapTrimToken)
+        }
+    }
+
+    private static let trimSettleMs: UInt64 = 1000
+    private static let trimMaxDelayMs: UInt64 = 10_000
+
+    /// Trims once the storm has calmed (less than the threshold of churn in the last second), or at the
+    /// latest 10 s after it was first due.
+    private func heapTrimCheck() {
+        let recent = churnSinceTrim - churnAtTrimCheck
+        if recent >= configuration.heapTrimChurn && loop.now - trimFirstRequested < Self.trimMaxDelayMs {
+            churnAtTrimCheck = churnSinceTrim
+            loop.schedule(at: loop.now + Self.trimSettleMs, token: Self.heapTrimToken)
+            return
+        }
+        heapTrimmer.request(churn: churnSinceTrim)
+        heapTrimsRequested += 1
+        churnSinceTrim = 0
+        trimScheduled = false
+    }
+
     // MARK: turns and timers
 
     private func endOfTurn() {
@@ -548,6 +592,10 @@ public final class RelayServer: EventHandler, SessionDriver {
             return
         }
         if opsTimerFired(token) { return }
+        if token == Self.heapTrimToken {
+            heapTrimCheck()
+            return
+        }
         if let lingerer = lingering[token], loop.now >= lingerer.deadline {
             endLinger(lingerer)
             if core.isStopped && lingering.isEmpty { loop.stop() }

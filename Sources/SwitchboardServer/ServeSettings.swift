@@ -200,6 +200,10 @@ public struct ServeSettings: Sendable, Equatable {
                    "The admin socket's path. Default: DATA/admin.sock (mode 0600).") { c, v in
             if case .string(let path) = v { c.adminSocketPath = path }
         },
+        SettingKey("heap-trim-churn", .integer(0...1_000_000_000), .integer(1024), live: false,
+                   "Accepts + closes after which the server gives freed heap memory back to the system (malloc_trim on a helper thread, once the churn has calmed down: after a storm of TLS handshakes glibc otherwise keeps tens of MB). 0 turns it off.") { c, v in
+            c.heapTrimChurn = int(v)
+        },
     ]
 
     public static let keysByName: [String: SettingKey] = Dictionary(uniqueKeysWithValues: keys.map { ($0.name, $0) })

@@ -31,6 +31,9 @@ public struct ServerConfiguration: Sendable {
     public var effectiveAdminSocketPath: String {
         adminSocketPath ?? (dataDirectory.hasSuffix("/") ? dataDirectory + "admin.sock" : dataDirectory + "/admin.sock")
     }
+    /// Accepts + closes after which the heap is trimmed once the churn calms down (malloc_trim on a helper
+    /// thread, see HeapTrimmer); 0 turns it off.
+    public var heapTrimChurn = 1024
 
     public var serverName: String { get { session.serverName } set { session.serverName = newValue } }
     public var limits: ServerLimits { get { session.limits } set { session.limits = newValue } }

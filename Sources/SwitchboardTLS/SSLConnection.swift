@@ -43,9 +43,13 @@ struct SSLConnection: ~Copyable {
     }
     /// Decrypted bytes held inside OpenSSL. Deliberately not SSL_has_pending: that also counts a
     /// partial record, which only more bytes from the socket can complete; treating it as
-    /// readable would spin the loop. Without read-ahead (OpenSSL's default, kept) OpenSSL never
-    /// holds a complete undecrypted record, so SSL_pending is the whole answer.
+    /// readable would spin the loop. Without read-ahead (OpenSSL's default, kept on client contexts)
+    /// OpenSSL never holds a complete undecrypted record, so SSL_pending is the whole answer.
     var pendingPlaintext: Int { ssl.map { Int(SSL_pending($0)) } ?? 0 }
+    /// With read-ahead (server contexts): decrypted bytes or whole/partial records OpenSSL read from the
+    /// socket ahead. A partial record costs the caller one read that answers `.wouldBlock` (one recv
+    /// returning EAGAIN), after which it is not reported again until more bytes arrive; no spin.
+    var hasPendingInput: Bool { ssl.map { SSL_has_pending($0) == 1 } ?? false }
 
     var peerPublicKeyFingerprint: String? {
         guard let ssl, let certificate = SSL_get1_peer_certificate(ssl) else { return nil }

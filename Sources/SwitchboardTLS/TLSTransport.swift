@@ -10,8 +10,10 @@
 // memory-BIO pair would keep its own buffers per connection. Memory BIOs would let the loop batch
 // syscalls; the loop does not need that (it already writes each connection once per turn), and
 // the one-byte-at-a-time tests drive this transport over a socket relay instead.
-// Without read-ahead OpenSSL reads a record's 5-byte header and its body with two recv calls;
-// that is the price of never holding undecrypted records that epoll would not report again.
+// Read-ahead (server contexts, see TLSContext.readAhead): OpenSSL reads up to its 16 KiB+ buffer per
+// recv and decrypts record by record from it, where without it each record cost two recv calls (header,
+// then body). The records it holds undecrypted are what `hasBufferedPlaintext` reports (SSL_has_pending),
+// so the loop reads again this turn instead of waiting for an epoll event that will not come.
 //
 // Contract for the loop:
 // - `read` returning `.wouldBlock` with `needsWritable` set: watch EPOLLOUT and call `read`
@@ -20,7 +22,8 @@
 //   readable event (only possible during the handshake).
 // - After `.wouldBlock` from `write`, retry with the same bytes (at the same or a moved address,
 //   at least as many): OpenSSL has already sealed the record and will send those bytes.
-// - `hasBufferedPlaintext`: read again this turn; epoll will not report those bytes.
+// - `hasBufferedPlaintext`: read again this turn; epoll will not report those bytes. With read-ahead it
+//   is also true for a partial record; that extra read answers `.wouldBlock` and the flag clears.
 // - `isHandshakeComplete` false after the handshake timeout: close the connection.
 import COpenSSL
 import Glibc
@@ -51,7 +54,9 @@ public final class TLSTransport: Transport {
         try connection.write(from: buffer)
     }
 
-    public var hasBufferedPlaintext: Bool { connection.pendingPlaintext > 0 }
+    public var hasBufferedPlaintext: Bool {
+        context.readAhead ? connection.hasPendingInput : connection.pendingPlaintext > 0
+    }
     public var needsWritable: Bool { connection.readWantsWrite }
     public var needsReadable: Bool { connection.writeWantsRead }
 

@@ -51,6 +51,7 @@ struct SettingFlags: ParsableArguments {
     @Option(help: h("metrics")) var metrics: String?
     @Flag(inversion: .prefixedNo, help: h("admin")) var admin: Bool?
     @Option(help: h("admin-socket")) var adminSocket: String?
+    @Option(help: h("heap-trim-churn")) var heapTrimChurn: Int64?
 
     /// The flags that were given, as (key, value).
     var overrides: [(String, ConfigValue)] {
@@ -72,7 +73,7 @@ struct SettingFlags: ParsableArguments {
         add("pbkdf2-iterations", pbkdf2Iterations); add("dedupe-window", dedupeWindow)
         add("max-devices", maxDevices)
         add("tls-cert", tlsCert); add("tls-key", tlsKey); add("tls-ca", tlsCa)
-        add("handshake-timeout", handshakeTimeout)
+        add("handshake-timeout", handshakeTimeout); add("heap-trim-churn", heapTrimChurn)
         if let plaintext { list.append(("plaintext", .boolean(plaintext))) }
         add("metrics", metrics); add("admin-socket", adminSocket)
         if let admin { list.append(("admin", .boolean(admin))) }

@@ -91,6 +91,34 @@ import Testing
         #expect(try one.withUnsafeMutableBytes { try pair.server.read(into: $0) } == .wouldBlock)
     }
 
+    /// Read-ahead: one recv takes all three records; the two not yet decrypted must still be reported, or the
+    /// loop would wait for an epoll event that never comes (the client sends nothing more).
+    @Test func recordsReadAheadButNotDecryptedAreReported() throws {
+        let certificates = try Certificates()
+        let context = try certificates.serverContext()
+        #expect(context.readAhead)
+        let pair = try TLSPair(server: context, client: try certificates.verifyingClientContext())
+        try pair.handshakeOrThrow()
+
+        let records = [randomBytes(700), randomBytes(900), randomBytes(1_100)]
+        for record in records { try send(record, to: pair.client) }
+        usleep(50_000)
+        var buffer = [UInt8](repeating: 0, count: 64 << 10)
+        var received: [UInt8] = []
+        var reads = 0
+        repeat {
+            let result = try buffer.withUnsafeMutableBytes { try pair.server.read(into: $0) }
+            guard case .processed(let n) = result, n > 0 else { Issue.record("expected buffered records, got \(result)"); break }
+            received.append(contentsOf: buffer.prefix(n))
+            reads += 1
+        } while pair.server.hasBufferedPlaintext && reads < 10
+        let expected = records.flatMap { $0 }
+        let allThree = received == expected
+        #expect(allThree, "read \(received.count) of \(expected.count) bytes in \(reads) reads")
+        #expect(!pair.server.hasBufferedPlaintext)
+        #expect(try buffer.withUnsafeMutableBytes { try pair.server.read(into: $0) } == .wouldBlock)
+    }
+
     @Test func aReadThatMustWriteAsksForWritable() throws {
         let certificates = try Certificates()
         // A certificate of several KiB and a small send buffer: the server's first flight cannot

@@ -30,6 +30,12 @@ uint64_t csb_monotonic_ns(void);
 /// CLOCK_REALTIME in milliseconds since the Unix epoch.
 uint64_t csb_realtime_ms(void);
 
+/// glibc malloc_trim(3): gives free heap pages of every arena back to the kernel (madvise), not only
+/// the top of the heap. Takes each arena's lock in turn: call it on a helper thread.
+int csb_malloc_trim(size_t pad);
+/// Bytes glibc holds free in its arenas (mallinfo2().fordblks); walks the free lists.
+size_t csb_malloc_free_bytes(void);
+
 // OpenSSL macros.
 long csb_SSL_CTX_set_mode(SSL_CTX *ctx, long mode);
 long csb_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version);
@@ -50,5 +56,7 @@ uint64_t csb_SSL_OP_IGNORE_UNEXPECTED_EOF(void);
 uint64_t csb_SSL_OP_CIPHER_SERVER_PREFERENCE(void);
 /// Only for tests that prove the server refuses old protocol versions.
 int csb_TLS1_1_VERSION(void);
+/// Read-ahead: OpenSSL fills its record buffer per recv instead of reading header and body separately.
+void csb_SSL_CTX_set_read_ahead(SSL_CTX *ctx, int yes);
 
 #endif
