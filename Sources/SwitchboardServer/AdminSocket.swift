@@ -199,8 +199,10 @@ final class AdminSocket: OpsProtocol {
             if let connection = client.link.map({ unsafeDowncast($0, to: Connection.self) }), let tls = connection.tls {
                 transport = tls.protocolVersion.isEmpty ? "tls" : tls.protocolVersion
             }
-            // DEVICE: sessions have no device name today; the column is kept for when they do.
-            text += client.userName; text += "\t-\t"; text += client.peerText; text += "\t"; text += lastISO
+            // DEVICE: the readable name the client gave at LOGIN_DEVICE, else its id, else "-" (a plain LOGIN).
+            // Device names and ids hold no control characters (the server refuses them), so no tab or newline.
+            let device = !client.deviceName.isEmpty ? client.deviceName : (!client.deviceID.isEmpty ? client.deviceID : "-")
+            text += client.userName; text += "\t"; text += device; text += "\t"; text += client.peerText; text += "\t"; text += lastISO
             text += "\t"; text += transport; text += "\t"; text += String(client.output.readableBytes)
             text += "\t"; text += String(client.window.count); text += "\t"; text += String(client.messagesSent)
             text += "\t"; text += String(client.messagesReceived); text += "\t"; text += String(client.id.raw); text += "\n"

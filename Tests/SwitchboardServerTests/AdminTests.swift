@@ -42,6 +42,26 @@ import SwitchboardProtocol
         #expect(users["alice"]?[4].hasPrefix("TLSv1.") == true)
         #expect(users["bob"]?[5] == "0")
         #expect(users["bob"]?[3].hasSuffix("Z") == true)
+        #expect(users["alice"]?[1] == "-", "a plain LOGIN has no device")
+    }
+
+    @Test func whoNamesEachDeviceOfAUser() throws {
+        let server = try InProcessServer()
+        defer { server.stop() }
+        guard let path = server.server.adminSocketPath else { Issue.record("no admin socket"); return }
+        let plain = try server.user("carol")
+        let laptop = try server.session()
+        try laptop.logIn(name: "carol", password: testPassword, device: DeviceIdentity(id: "lap1", name: "carol's laptop"))
+        let phone = try server.session()
+        try phone.logIn(name: "carol", password: testPassword, device: DeviceIdentity(id: "ph1", name: ""))
+        let (ok, text) = try adminRequest(path, "who")
+        #expect(ok)
+        let devices = text.split(separator: "\n").dropFirst()
+            .map { $0.split(separator: "\t", omittingEmptySubsequences: false).map(String.init) }
+            .filter { $0.first == "carol" }.map { $0[1] }.sorted()
+        // The readable name when given, else the device id; the plain login of server.user("carol") shows "-".
+        #expect(devices == ["-", "carol's laptop", "ph1"])
+        withExtendedLifetime((plain, laptop, phone)) {}
     }
 
     @Test func kickClosesTheSessionAndItsUnacknowledgedDeliveriesGoToItsMailbox() throws {
