@@ -94,43 +94,54 @@ snapshot() {
   echo "$(date +%s.%N) $vol $invol $stat $io" >>"$2"
 }
 redis_info() {
-  { redis-cli -p "$REDIS_PORT" info stats; redis-cli -p "$REDIS_PORT" info commandstats; } 2>/dev/null |
+  redis-cli -p "$REDIS_PORT" info all 2>/dev/null |
     tr -d '\r' | grep -E '^(total_reads_processed|total_writes_processed|cmdstat_publish):' >"$1" || true
 }
 
+# The counting window: from 0.25 s into sbload's measured window to 0.75 s before its end (python once here:
+# process start-up costs up to a second on a loaded machine, so nothing slow runs between the marks).
+read -r PRE WIN < <(python3 -c "import sys; print(float(sys.argv[1]) - 1 + 0.25, max(0.5, float(sys.argv[2]) - 1))" "$WARMUP" "$DURATION")
 STATUS=0
 DONE=()
 IFS=, read -r -a LIST <<<"$TARGETS"
 for name in "${LIST[@]}"; do
-  base=$name
-  envs=()
   case "$name" in
-    sb|redis) ;;
-    sb-*) [ -n "${VARENV[$name]:-}" ] || { echo "unknown target $name (no --variant ${name#sb-}:...)" >&2; STATUS=2; continue; }
-          base=sb; IFS=: read -r -a envs <<<"${VARENV[$name]}" ;;
-    *) echo "unknown target $name (sb, redis, sb-NAME of a --variant)" >&2; STATUS=2; continue ;;
+    sb|redis) DONE+=("$name") ;;
+    sb-*) if [ -n "${VARENV[$name]:-}" ]; then DONE+=("$name")
+          else echo "unknown target $name (no --variant ${name#sb-}:...)" >&2; STATUS=2; fi ;;
+    *) echo "unknown target $name (sb, redis, sb-NAME of a --variant)" >&2; STATUS=2 ;;
   esac
-  if [ ${#envs[@]} -gt 0 ]; then export "${envs[@]}"; fi
-  start_server "$base" || { STATUS=3; for e in "${envs[@]}"; do unset "${e%%=*}"; done; continue; }
-  for e in "${envs[@]}"; do unset "${e%%=*}"; done
-  [ "$base" = redis ] && mv "$OUT/server-redis.log" "$OUT/server-$name.log" 2>/dev/null || true
-  echo "== $name: server pid $SERVER_PID on CPU $SERVER_CPU ${envs[*]:-}, sbload on CPU $LOAD_CPU" >&2
-  # Idle: server up, no clients.
-  sleep 0.5; snapshot "$SERVER_PID" "$OUT/$name-idle.snap"; sleep 2; snapshot "$SERVER_PID" "$OUT/$name-idle.snap"
-  for i in $(seq "$RUNS"); do
-    echo "== $name run $i of $RUNS: --rate $RATE --pairs $PAIRS --duration $DURATION --warmup $WARMUP" >&2
+done
+# Runs are interleaved (run 1 of every target, then run 2, ...) with a fresh server each, so a change in the
+# machine's other load spreads over all targets instead of biasing one.
+for i in $(seq "$RUNS"); do
+  for name in "${DONE[@]}"; do
+    base=sb
+    envs=()
+    case "$name" in
+      redis) base=redis ;;
+      sb-*) IFS=: read -r -a envs <<<"${VARENV[$name]}" ;;
+    esac
+    if [ ${#envs[@]} -gt 0 ]; then export "${envs[@]}"; fi
+    start_server "$base" || STATUS=3
+    for e in "${envs[@]}"; do unset "${e%%=*}"; done
+    [ -n "$SERVER_PID" ] || continue
+    [ "$base" = redis ] && mv "$OUT/server-redis.log" "$OUT/server-$name-$i.log" 2>/dev/null || true
+    echo "== $name run $i of $RUNS: server pid $SERVER_PID on CPU $SERVER_CPU ${envs[*]:-}, sbload on CPU $LOAD_CPU:" \
+         "--rate $RATE --pairs $PAIRS --duration $DURATION --warmup $WARMUP" >&2
+    # Idle: server up, no clients.
+    sleep 0.5; snapshot "$SERVER_PID" "$OUT/$name-$i.idle"; sleep 2; snapshot "$SERVER_PID" "$OUT/$name-$i.idle"
     taskset -c "$LOAD_CPU" "$BIN/sbload" relay --target "$TARGET" "${EXTRA[@]}" --pairs "$PAIRS" --rate "$RATE" \
       --server-pid "$SERVER_PID" --duration "$DURATION" --warmup "$WARMUP" --json >"$OUT/$name-$i.json" 2>"$OUT/$name-$i.txt" &
     LOAD_PID=$!
     # The first progress line comes 1 s after sending starts; the measured window starts WARMUP s after that start.
     for _ in $(seq 1200); do grep -q '^\[' "$OUT/$name-$i.txt" 2>/dev/null && break; kill -0 "$LOAD_PID" 2>/dev/null || break; sleep 0.05; done
     if grep -q '^\[' "$OUT/$name-$i.txt"; then
-      WIN=$(python3 -c "print(max(0.5, float('$DURATION') - 0.5))")
-      sleep "$(python3 -c "print(float('$WARMUP') - 1 + 0.25)")"
+      sleep "$PRE"
       [ "$base" = redis ] && redis_info "$OUT/$name-$i.info0"
       snapshot "$SERVER_PID" "$OUT/$name-$i.snap"
       if [ "$PERF_OK" = 1 ]; then
-        perf stat -x, -e raw_syscalls:sys_enter,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait \
+        perf stat -e raw_syscalls:sys_enter,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait \
           -p "$SERVER_PID" -o "$OUT/$name-$i.perf" -- sleep "$WIN" 2>/dev/null || sleep "$WIN"
       else
         sleep "$WIN"
@@ -140,10 +151,9 @@ for name in "${LIST[@]}"; do
     fi
     wait "$LOAD_PID" || STATUS=$?
     LOAD_PID=
-    grep -E '^(throughput|latency|verdict|  !)' "$OUT/$name-$i.txt" >&2 || true
+    grep -E '^(throughput|latency|cpu|verdict|  !)' "$OUT/$name-$i.txt" >&2 || true
+    stop_server
   done
-  stop_server
-  DONE+=("$name")
 done
 
 python3 - "$OUT" "$RUNS" "$(getconf CLK_TCK)" "${DONE[@]}" <<'PY'
@@ -167,12 +177,17 @@ def kv(path):
         pass
     return d
 def perf(path):
+    # perf stat's plain output: "  167,849      raw_syscalls:sys_enter" and "  4.0071 seconds time elapsed"
+    # (its CSV duration_time event is summed over the threads, so the elapsed line is the interval).
     d = {}
     try:
         for l in open(path):
-            f = l.strip().split(",")
-            if len(f) > 2 and f[0].replace(".", "").isdigit():
-                d[f[2]] = float(f[0])
+            f = l.split()
+            if len(f) >= 2 and f[0].replace(",", "").replace(".", "").isdigit():
+                if f[1:4] == ["seconds", "time", "elapsed"]:
+                    d["elapsed"] = float(f[0])
+                elif ":" in f[1]:
+                    d[f[1]] = float(f[0].replace(",", ""))
     except OSError:
         pass
     return d
@@ -194,20 +209,23 @@ for n in names:
                "cpu_ns": (u1 + k1 - u0 - k0) / hz * 1e9 / msgs, "rw": (sum(io1) - sum(io0)) / msgs,
                "p99": (r.get("latencyNs") or {}).get("p99"), "tp": r["throughputPerSecond"]}
         p = perf(f"{out}/{n}-{i}.perf")
-        if "raw_syscalls:sys_enter" in p:
-            row["sys"] = p["raw_syscalls:sys_enter"] / msgs
-            row["epoll"] = (p.get("syscalls:sys_enter_epoll_wait", 0) + p.get("syscalls:sys_enter_epoll_pwait", 0)) / msgs
+        if "raw_syscalls:sys_enter" in p and p.get("elapsed"):
+            pmsgs = r["throughputPerSecond"] * p["elapsed"]  # perf's own interval
+            row["sys"] = p["raw_syscalls:sys_enter"] / pmsgs
+            row["epoll"] = (p.get("syscalls:sys_enter_epoll_wait", 0) + p.get("syscalls:sys_enter_epoll_pwait", 0)) / pmsgs
         a, b = kv(f"{out}/{n}-{i}.info0"), kv(f"{out}/{n}-{i}.info1")
         if "cmdstat_publish" in a and "cmdstat_publish" in b:
             pub = b["cmdstat_publish"] - a["cmdstat_publish"]
             row["pub_vs_est"] = pub / msgs
             row["redis_rw"] = (b["total_reads_processed"] - a["total_reads_processed"] + b["total_writes_processed"] - a["total_writes_processed"]) / msgs
         rows.append(row)
-    idle = snaps(f"{out}/{n}-idle.snap")
-    idle_cpu = None
-    if idle:
-        (t0, _, _, u0, k0, *_), (t1, _, _, u1, k1, *_) = idle
-        idle_cpu = (u1 + k1 - u0 - k0) / hz / (t1 - t0)
+    idles = []
+    for i in range(1, runs + 1):
+        idle = snaps(f"{out}/{n}-{i}.idle")
+        if idle:
+            (t0, _, _, u0, k0, *_), (t1, _, _, u1, k1, *_) = idle
+            idles.append((u1 + k1 - u0 - k0) / hz / (t1 - t0))
+    idle_cpu = statistics.median(idles) if idles else None
     if rows:
         med = lambda k: statistics.median([x[k] for x in rows if x.get(k) is not None]) if any(x.get(k) is not None for x in rows) else None
         results[n] = {k: med(k) for k in ("wake", "invol", "sys", "epoll", "rw", "cpu_ns", "p99", "tp", "pub_vs_est", "redis_rw")}
@@ -227,11 +245,12 @@ def cell(n, k, fmt):
     if n != "redis" and ref.get(k):
         s += f" ({v / ref[k]:.2f}x)"
     return s
-head = ["target", "wake-ups", "syscalls", "epoll_wait", "read+write", "CPU ns", "invol cs", "p99", "msgs/s", "idle CPU", "runs"]
+perf_ok = any(results[n].get("sys") is not None for n in results)
+head = ["target", "wake-ups", "syscalls" if perf_ok else "read+write", "epoll_wait", "CPU ns", "invol cs", "p99", "msgs/s", "idle CPU", "runs"]
 rows = []
 for n in results:
     p99 = results[n].get("p99")
-    rows.append([n, cell(n, "wake", "{:.3f}"), cell(n, "sys", "{:.2f}"), cell(n, "epoll", "{:.3f}"), cell(n, "rw", "{:.2f}"),
+    rows.append([n, cell(n, "wake", "{:.4f}"), cell(n, "sys" if perf_ok else "rw", "{:.3f}"), cell(n, "epoll", "{:.4f}"),
                  cell(n, "cpu_ns", "{:,.0f}"), cell(n, "invol", "{:.4f}"),
                  "-" if p99 is None else (f"{p99/1e3:.0f} µs" if p99 < 1e6 else f"{p99/1e6:.2f} ms"),
                  f"{results[n]['tp']:,.0f}", "-" if results[n]["idle"] is None else f"{results[n]['idle']*100:.1f} %", results[n]["runs"]])
@@ -242,8 +261,9 @@ for r in rows: print(line(r))
 if ref.get("pub_vs_est") is not None:
     print(f"redis cross-checks: PUBLISH calls / estimated messages = {ref['pub_vs_est']:.3f}; "
           f"INFO reads+writes per message = {ref['redis_rw']:.2f}")
-print("wake-ups = voluntary context switches of the loop thread; syscalls/epoll_wait = perf stat tracepoints on the whole"
-      " process; read+write = /proc/PID/io syscr+syscw; CPU ns = utime+stime; idle CPU = no clients, 2 s.")
+print("wake-ups = voluntary context switches of the loop thread; syscalls, epoll_wait = perf stat tracepoints on the whole"
+      " process (without perf: read+write = /proc/PID/io syscr+syscw, which misses send/recv-family calls);"
+      " CPU ns = utime+stime; invol cs = preemptions (the machine's other load); idle CPU = no clients, 2 s.")
 PY
 echo "results in $OUT" >&2
 exit $STATUS
