@@ -60,8 +60,6 @@ public final class EventLoop {
     public private(set) var wallNow: UInt64 = Clock.wallMs()
     /// Loop statistics for tests and benchmarks.
     public private(set) var turns: UInt64 = 0
-    /// Until when (monotonic ns) to poll with timeout 0 instead of sleeping (WakeupTuning.spinNs; 0: off).
-    private var spinUntilNs: UInt64 = 0
 
     public init(maxEventsPerWait: Int = 1024) throws {
         epollFD = try Sys.checkInt32("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }
@@ -153,11 +151,7 @@ public final class EventLoop {
             timeout = next <= current ? 0 : Int32(clamping: next - current + 1)
         }
         if let cap = maxWaitMs { timeout = timeout < 0 ? cap : min(timeout, cap) }
-        if timeout != 0, spinUntilNs != 0 {
-            if Clock.monotonicNs() < spinUntilNs { timeout = 0 } else { spinUntilNs = 0 }
-        }
         let count = epoll_wait(epollFD, events, maxEventsPerWait, timeout)
-        if count > 0, WakeupTuning.spinNs > 0 { spinUntilNs = Clock.monotonicNs() &+ WakeupTuning.spinNs }
         turns &+= 1
         now = Clock.monotonicMs()
         wallNow = Clock.wallMs()

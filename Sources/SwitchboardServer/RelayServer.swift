@@ -208,7 +208,6 @@ public final class RelayServer: EventHandler, SessionDriver {
                 continue
             }
             try? Sys.setOption(fd, level: Int32(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
-            WakeupTuning.applyAccepted(fd)  // experiments, off by default (perf/wakeups.sh)
             let transport: Transport
             if let tlsContext {
                 do {
