@@ -101,6 +101,8 @@ redis_info() {
 # The counting window: from 0.25 s into sbload's measured window to 0.75 s before its end (python once here:
 # process start-up costs up to a second on a loaded machine, so nothing slow runs between the marks).
 read -r PRE WIN < <(python3 -c "import sys; print(float(sys.argv[1]) - 1 + 0.25, max(0.5, float(sys.argv[2]) - 1))" "$WARMUP" "$DURATION")
+# Per-call counts beside the total (what each server's read and write paths use).
+BREAKDOWN=syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_sendto,syscalls:sys_enter_writev,syscalls:sys_enter_epoll_ctl,syscalls:sys_enter_futex
 STATUS=0
 DONE=()
 IFS=, read -r -a LIST <<<"$TARGETS"
@@ -141,7 +143,7 @@ for i in $(seq "$RUNS"); do
       [ "$base" = redis ] && redis_info "$OUT/$name-$i.info0"
       snapshot "$SERVER_PID" "$OUT/$name-$i.snap"
       if [ "$PERF_OK" = 1 ]; then
-        perf stat -e raw_syscalls:sys_enter,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait \
+        perf stat -e "raw_syscalls:sys_enter,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait,$BREAKDOWN" \
           -p "$SERVER_PID" -o "$OUT/$name-$i.perf" -- sleep "$WIN" 2>/dev/null || sleep "$WIN"
       else
         sleep "$WIN"
@@ -213,6 +215,8 @@ for n in names:
             pmsgs = r["throughputPerSecond"] * p["elapsed"]  # perf's own interval
             row["sys"] = p["raw_syscalls:sys_enter"] / pmsgs
             row["epoll"] = (p.get("syscalls:sys_enter_epoll_wait", 0) + p.get("syscalls:sys_enter_epoll_pwait", 0)) / pmsgs
+            for call in ("read", "write", "sendto", "writev", "epoll_ctl", "futex"):
+                row["c_" + call] = p.get("syscalls:sys_enter_" + call, 0) / pmsgs
         a, b = kv(f"{out}/{n}-{i}.info0"), kv(f"{out}/{n}-{i}.info1")
         if "cmdstat_publish" in a and "cmdstat_publish" in b:
             pub = b["cmdstat_publish"] - a["cmdstat_publish"]
@@ -228,7 +232,8 @@ for n in names:
     idle_cpu = statistics.median(idles) if idles else None
     if rows:
         med = lambda k: statistics.median([x[k] for x in rows if x.get(k) is not None]) if any(x.get(k) is not None for x in rows) else None
-        results[n] = {k: med(k) for k in ("wake", "invol", "sys", "epoll", "rw", "cpu_ns", "p99", "tp", "pub_vs_est", "redis_rw")}
+        results[n] = {k: med(k) for k in ("wake", "invol", "sys", "epoll", "rw", "cpu_ns", "p99", "tp", "pub_vs_est", "redis_rw",
+                                          "c_read", "c_write", "c_sendto", "c_writev", "c_epoll_ctl", "c_futex")}
         results[n]["idle"] = idle_cpu
         results[n]["runs"] = len(rows)
 json.dump(results, open(f"{out}/summary.json", "w"), indent=1)
@@ -258,6 +263,10 @@ widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
 line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
 print(line(head)); print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 for r in rows: print(line(r))
+if perf_ok:
+    print("syscalls per message by call (medians): " + "; ".join(
+        n + " " + ", ".join(f"{c} {results[n]['c_' + c]:.2f}" for c in ("read", "write", "sendto", "writev", "epoll_ctl", "futex")
+                            if (results[n].get("c_" + c) or 0) >= 0.005) for n in results))
 if ref.get("pub_vs_est") is not None:
     print(f"redis cross-checks: PUBLISH calls / estimated messages = {ref['pub_vs_est']:.3f}; "
           f"INFO reads+writes per message = {ref['redis_rw']:.2f}")
