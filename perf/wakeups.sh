@@ -16,12 +16,12 @@
 #
 #   perf/wakeups.sh                                   # sb and redis, 20000 msg/s, 1000 pairs, 3 runs
 #   perf/wakeups.sh --rate 10000 --runs 5
-#   perf/wakeups.sh --variant quickack:SWITCHBOARD_EXPERIMENT_QUICKACK=1 \
-#                   --variant spin50:SWITCHBOARD_EXPERIMENT_SPIN_US=50    # adds targets sb-quickack, sb-spin50
+#   perf/wakeups.sh --variant arena1:MALLOC_ARENA_MAX=1                # adds target sb-arena1
 #
 # Options: --rate N, --pairs N, --runs N, --duration S (measured, default 5), --warmup S (default 2, >= 1.5),
 # --targets LIST (sb, redis and sb-NAME of the variants; default all), --variant NAME:VAR=VALUE[:VAR=VALUE...]
-# (repeatable; a Switchboard run with those environment variables, see Sources/SwitchboardIO/WakeupTuning.swift),
+# (repeatable; a Switchboard run with those environment variables: the TCP_QUICKACK / SO_BUSY_POLL / epoll-spin
+# knobs measured in perf/README.md were SWITCHBOARD_EXPERIMENT_* variables of commit ccd1dd9, removed since),
 # --port N (Switchboard, default 27900; Redis uses 27379). Needs redis-server (apt-get install redis-server) for
 # the redis target; perf (linux-perf) for the syscall columns. Results land in perf/out/wakeups-<timestamp>/.
 # The machine's other load shows in these figures: say beside them what else was running.
@@ -51,7 +51,7 @@ while [ $# -gt 0 ]; do
     --targets) TARGETS=$2; shift 2 ;;
     --variant) VARIANTS+=("$2"); shift 2 ;;
     --port) SB_PORT=$2; shift 2 ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
