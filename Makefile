@@ -120,15 +120,18 @@ bench-deps:
 # The performance comparison of perf/README.md (server pinned to CPU 0, sbload to CPU 1, loopback only):
 # relay throughput and latency, plaintext then TLS (medians of 3 runs); the same scenario against the peers
 # (perf/run-peers.sh, 3 runs each); the open-loop rate sweep for sb, sb-tls, redis, mosquitto QoS 0 and nats
-# (1 run per rate, each target until it saturates); then the micro-benchmarks.
+# (1 run per rate, each target until it saturates); wake-ups, syscalls and CPU per message beside Redis at
+# 20k and 2k msg/s (perf/wakeups.sh, ~1 min each); then the micro-benchmarks.
 # Estimate on the 2-vCPU machine of perf/README.md, release builds already done: relay pair ~1 min, peers
 # ~3.5 min (6 targets x 3 runs x ~11 s), sweep ~4 min (~50 points x ~4.5 s), micro-benchmarks ~3 min:
-# about 12 minutes in all (first builds of the release and Benchmarks packages come on top).
+# about 14 minutes in all (first builds of the release and Benchmarks packages come on top).
 bench: deps bench-deps
 	perf/run-relay.sh
 	perf/run-relay.sh --tls
 	perf/run-peers.sh --runs 3
 	perf/sweep.sh --targets sb,sb-tls,redis,mqtt0,nats
+	perf/wakeups.sh
+	perf/wakeups.sh --rate 2000
 	cd Benchmarks && swift package --allow-writing-to-package-directory benchmark
 
 clean:
