@@ -149,13 +149,15 @@ final class AdminSocket: OpsProtocol {
         case ("kick", 2...):
             let name = String(words[1])
             let reason = words.count > 2 ? words[2...].joined(separator: " ") : "closed by an administrator"
-            guard let client = server.core.session(named: name) else {
+            // Every device of the user: an operator who kicks a user wants the user gone.
+            let clients = server.core.sessions(named: name)
+            guard !clients.isEmpty else {
                 reply(connection, ok: false, "\(name) is not online")
                 return
             }
-            let address = client.peerText
-            server.core.kick(client, reason: reason)
-            reply(connection, ok: true, "kicked \(name) (\(address))")
+            let addresses = clients.map(\.peerText).joined(separator: ", ")
+            for client in clients { server.core.kick(client, reason: reason) }
+            reply(connection, ok: true, "kicked \(name) (\(addresses))")
         case ("reload", 1):
             // The same reload as SIGHUP (Reload.swift: the file is re-read off the loop); the answer is its
             // report, sent when it completes. Requests behind it on this connection wait for it.

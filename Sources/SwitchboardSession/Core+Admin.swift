@@ -22,9 +22,9 @@ extension ServerCore {
     /// Body bytes of mail queued for or in a commit, and whether a commit is running.
     public var storeBacklog: (bytes: Int, commitInFlight: Bool) { (storeBacklogBytes, storeInFlight) }
 
-    /// The logged-in session of `name`, if any.
-    public func session(named name: String) -> ClientState? {
-        connections.values.first { $0.phase == .active && $0.userName == name }
+    /// The logged-in sessions of `name`, one per device (empty when offline).
+    public func sessions(named name: String) -> [ClientState] {
+        connections.values.filter { $0.phase == .active && $0.userName == name && !$0.isClosing }
     }
 
     /// Closes `client` at the end of this turn with ERROR kicked; its unacknowledged live deliveries go to
@@ -45,13 +45,21 @@ extension ServerCore {
     /// Queues `op` for the next group commit; the result comes back as `.written(token:)`.
     /// A deleted account's session is closed first (before its delete commits).
     public func adminWrite(_ op: WriteOp, token: UInt64) {
-        if case .deleteAccount(let name) = op, let client = session(named: name) {
-            kick(client, reason: "your account was deleted by an administrator")
+        if case .deleteAccount(let name) = op {
+            // Every device of the account, and any login of it that finishes before the delete commits.
+            for client in sessions(named: name) { kick(client, reason: "your account was deleted by an administrator") }
+            accountsBeingDeleted[token] = name
         }
         storeBatch.append(op, .admin(token: token))
     }
 
+    /// A login of `name` must not complete: its delete is queued or committing.
+    func isBeingDeleted(_ name: String) -> Bool {
+        !accountsBeingDeleted.isEmpty && accountsBeingDeleted.values.contains(name)
+    }
+
     func adminWriteCompleted(token: UInt64, _ result: Result<WriteResult, StoreErrorBox>) {
+        accountsBeingDeleted[token] = nil
         if case .success(.accountDeleted(let userID, let contacts)) = result {
             // Former contacts that are online see the contact removed, as after CONTACT_REMOVE.
             for other in contacts {

@@ -136,7 +136,11 @@ extension ServerCore {
             case .verified(let id, let requestID, let name, let account, let ok):
                 finishAttempt(id, ok ? .success : .wrongPassword)
                 guard let connection = connections[id], !connection.isClosing else { continue }
-                guard ok, let account else {
+                // The account was checked before the hash; an administrator may have deleted it (or be deleting
+                // it) since: read it again (committed state) so a deleted account never gets a session.
+                let stillThere = ok && !isBeingDeleted(name)
+                    && account.map { checked in ((try? store.account(named: name)) ?? nil)?.userID == checked.userID } == true
+                guard ok, stillThere, let account else {
                     metrics.loginFailures += 1
                     logger.info("login failed", metadata: ["user": "\(name)", "peer": "\(connection.peerText)"])
                     send(connection, .error(requestID: requestID, code: ErrorCode.authenticationFailed.rawValue,

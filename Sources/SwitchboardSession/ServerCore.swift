@@ -64,6 +64,9 @@ public final class ServerCore {
     var pendingMailDeletes: [UserID: UInt64] = [:]
     /// Dedupe windows handed to the store and not yet committed (restored from here at login meanwhile).
     var pendingWindows: [UserID: (generation: UInt64, entries: [(id: UInt64, status: SendStatus)])] = [:]
+    /// Accounts an administrator's delete is queued or committing for (by the write's token): a login
+    /// whose password check finishes meanwhile is refused, so no session of a deleted account survives.
+    var accountsBeingDeleted: [UInt64: String] = [:]
     var windowGeneration: UInt64 = 0
     private var windowsPersistedAtShutdown = false
     public static let maintenanceToken = UInt64.max

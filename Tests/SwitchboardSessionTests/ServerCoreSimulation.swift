@@ -605,3 +605,39 @@ final class Simulation {
         #expect(sawAck, "SEND id 42 to an offline contact was not acknowledged as stored")
     }
 }
+
+/// An administrator's delete and a login whose password check is in flight: the login must not complete,
+/// whether the check finishes before the delete commits or after.
+@Suite struct DeleteDuringLoginTests {
+    func loginFailed(_ connection: SimConnection) -> Bool {
+        var failed = false, ok = false
+        connection.inbound.withUnsafeBytes { raw in
+            var offset = 0
+            while case .frame(let frame, let used) = FrameDecoder.decodeServer(UnsafeRawBufferPointer(rebasing: raw[offset...]), maxFrameBytes: 1 << 24) {
+                offset += used
+                if case .loginOK = frame { ok = true }
+                if case .error(_, let code, _) = frame, code == ErrorCode.authenticationFailed.rawValue { failed = true }
+            }
+        }
+        return failed && !ok
+    }
+
+    @Test(arguments: [false, true])
+    func aLoginCheckedBeforeTheDeleteDoesNotComplete(commitFirst: Bool) throws {
+        let simulation = try Simulation(seed: 11, users: 2)
+        simulation.connect(0)
+        let connection = simulation.connections[0]
+        simulation.feed(connection, upTo: Int.max)
+        simulation.endOfTurn()
+        #expect(simulation.driver.hashJobs.count == 1, "the password check is in flight")
+        simulation.core.adminWrite(.deleteAccount(name: simulation.names[0]), token: 1)
+        simulation.endOfTurn()
+        if commitFirst { simulation.completeCommit(); simulation.endOfTurn() }
+        simulation.completeHash()
+        simulation.endOfTurn()
+        if !commitFirst { simulation.completeCommit(); simulation.endOfTurn() }
+        #expect(loginFailed(connection))
+        #expect(simulation.core.sessions(named: simulation.names[0]).isEmpty)
+        #expect(try simulation.store.account(named: simulation.names[0]) == nil)
+    }
+}
