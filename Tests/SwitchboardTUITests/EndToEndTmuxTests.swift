@@ -1,5 +1,6 @@
 // Runs e2e-tmux.sh (next to this file): the real server and two `sbchat tui` sessions in tmux;
-// and e2e-xterm.sh: `sbchat tui` in a real xterm under Xvfb, driven by xdotool's mouse and keyboard.
+// e2e-xterm.sh: `sbchat tui` in a real xterm under Xvfb, driven by xdotool's mouse and keyboard;
+// and e2e-devices.sh: two devices of one user and another user in tmux.
 // The binaries are taken from the folder of this test executable (where SwiftPM puts `sbchat`
 // and `switchboard`), or from SWITCHBOARD_BIN_DIR. Set SWITCHBOARD_SKIP_E2E=1 to skip, and
 // SWITCHBOARD_E2E_OUT=DIR to keep the screen captures (alice.txt, bob.txt, *.ansi).
@@ -15,6 +16,12 @@ import Testing
     @Test(.timeLimit(.minutes(5)))
     func realMouseInARealXterm() throws {
         try runScript("e2e-xterm.sh", missing: "Xvfb, xterm, xdotool, ImageMagick or tmux is missing and could not be installed")
+    }
+
+    /// Two `sbchat tui` of one user (two devices) and one of another user, plus `sbchat contacts` meanwhile.
+    @Test(.timeLimit(.minutes(5)))
+    func twoDevicesOfOneUserStayConnectedAndShowTheWholeConversation() throws {
+        try runScript("e2e-devices.sh", missing: "tmux is missing and could not be installed")
     }
 
     private func runScript(_ name: String, missing: String) throws {
