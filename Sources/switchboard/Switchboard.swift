@@ -65,10 +65,6 @@ func fail(_ message: String) throws -> Never {
     throw ExitCode.failure
 }
 
-enum LogLevelParser {
-    static func parse(_ text: String) -> Logger.Level? { Logger.Level(rawValue: text.lowercased()) }
-}
-
 struct Users: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Account administration: add, passwd, delete and list work with the server running (admin socket) or stopped; bulk-create and count need it stopped.",
