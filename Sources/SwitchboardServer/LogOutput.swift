@@ -130,26 +130,9 @@ public struct JSONLogHandler: LogHandler {
         }
     }
 
-    static func quote(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return out + "\""
-    }
+    /// A JSON string: the escapes of a TOML basic string (ConfigValue.quote) are exactly JSON's too
+    /// (\" \\ \n \r \t and \uXXXX for other control characters).
+    static func quote(_ text: String) -> String { ConfigValue.quote(text) }
 
     /// RFC 3339 UTC with milliseconds: 2026-12-03T12:00:00.123Z.
     static func timestamp() -> String {

@@ -63,16 +63,7 @@ final class ServeChild {
         _ = FileManager.default.createFile(atPath: stderrPath, contents: nil)
         process.standardError = FileHandle(forWritingAtPath: stderrPath)
         try process.run()
-        var line = ""
-        let handle = output.fileHandleForReading
-        let deadline = Date().addingTimeInterval(30)
-        while !line.contains("\n") && Date() < deadline {
-            let data = handle.availableData
-            if data.isEmpty { break }
-            line += String(decoding: data, as: UTF8.self)
-        }
-        guard let range = line.range(of: "listening on ") else { throw ClientError("server did not start: \(line) \(log)") }
-        address = String(line[range.upperBound...].prefix { !$0.isWhitespace })
+        address = try listeningAddress(from: output, log: self.log)
     }
 
     var log: String { (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "" }

@@ -255,17 +255,7 @@ final class ServerProcess {
             process.standardError = FileHandle.nullDevice
         }
         try process.run()
-        // The server prints "switchboard listening on ADDRESS" once it accepts connections.
-        var line = ""
-        let handle = output.fileHandleForReading
-        let deadline = Date().addingTimeInterval(30)
-        while !line.contains("\n") && Date() < deadline {
-            let data = handle.availableData
-            if data.isEmpty { break }
-            line += String(decoding: data, as: UTF8.self)
-        }
-        guard let range = line.range(of: "listening on ") else { throw ClientError("server did not start: \(line)") }
-        address = String(line[range.upperBound...].prefix { !$0.isWhitespace })
+        address = try listeningAddress(from: output)
     }
 
     func kill9() {
@@ -293,4 +283,19 @@ func remainingMs(until deadline: UInt64) -> Int32 {
 func friendsOn(_ server: InProcessServer) throws -> (alice: ChatSession, bob: ChatSession, bobID: UInt32) {
     let friends = try Friends(server.session)
     return (friends.alice, friends.bob, friends.bobID)
+}
+
+/// The address a starting `switchboard serve` prints on stdout ("switchboard listening on ADDRESS") once it
+/// accepts connections; waits up to 30 s. `log` is added to the error when it did not start.
+func listeningAddress(from output: Pipe, log: @autoclosure () -> String = "") throws -> String {
+    var line = ""
+    let handle = output.fileHandleForReading
+    let deadline = Date().addingTimeInterval(30)
+    while !line.contains("\n") && Date() < deadline {
+        let data = handle.availableData
+        if data.isEmpty { break }
+        line += String(decoding: data, as: UTF8.self)
+    }
+    guard let range = line.range(of: "listening on ") else { throw ClientError("server did not start: \(line) \(log())") }
+    return String(line[range.upperBound...].prefix { !$0.isWhitespace })
 }
