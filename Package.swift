@@ -57,6 +57,7 @@ let package = Package(
                 swiftSettings: strict),
         .target(name: "SwitchboardServer",
                 dependencies: ["SwitchboardSession", "SwitchboardRelay", "SwitchboardProtocol", "SwitchboardStore", "SwitchboardIO", "SwitchboardTLS",
+                               "SwitchboardCluster",
                                .product(name: "Logging", package: "swift-log")],
                 swiftSettings: strict),
         .target(name: "SwitchboardClient",

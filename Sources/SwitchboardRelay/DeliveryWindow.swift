@@ -17,6 +17,9 @@ public struct PendingDelivery: Equatable, Sendable {
     /// The same message went to other devices of the receiver too (their copies are settled when this
     /// one is acknowledged first).
     public var shared = false
+    /// Cluster mode: another node handed this message here (its sender is not a session of this node);
+    /// its acknowledgement or loss is reported to that node.
+    public var inbound = false
     /// Monotonic nanoseconds of the read that brought the SEND in (for the relay latency metric; 0: unknown).
     public var receivedNs: UInt64
     public init(seq: UInt64, sender: UInt32, messageID: UInt64, frameStart: UInt64, frameEnd: UInt64, receivedNs: UInt64 = 0) {

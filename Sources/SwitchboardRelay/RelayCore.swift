@@ -40,6 +40,9 @@ public enum RouteDecision: Equatable, Sendable {
     case deliverToDevices(count: Int)
     /// Store as mail with this mailbox sequence; ack once durable.
     case store(recipient: UserID, mailSeq: UInt64)
+    /// Cluster mode: the recipient is online on another node (its index in the directory): hand the
+    /// message to that node; its outcome completes the send.
+    case forward(node: UInt16)
     /// Same (sender, id) is still in flight: its acknowledgement will come; drop this copy.
     case dropInFlightDuplicate
     /// Same (sender, id) already completed: acknowledge again with the recorded status, do nothing else.
@@ -116,17 +119,22 @@ public struct LoginOutcome {
 public final class RelayCore {
     /// The mailbox quotas may be changed by a configuration reload (checked at each store).
     public var limits: RelayLimits
-    public private(set) var sessions = IDMap<UserID, Session>()
+    public internal(set) var sessions = IDMap<UserID, Session>()
+    /// Cluster mode: users online on other nodes (RelayCore+Cluster.swift). Empty on a single node.
+    public internal(set) var remote = IDMap<UserID, RemoteUser>()
+    /// Cluster mode: recent ids of messages other nodes handed here for local receivers, per sender
+    /// (kept apart from `recentIDs`, which is the sender's own window and is persisted).
+    var inboundIDs = IDMap<UserID, SenderHistory>()
     private var connectionUsers: [ConnectionID: UserID] = [:]
     /// Behind a class on purpose: mutating a struct stored in a dictionary goes through nested
     /// `_modify` coroutines whose frames are heap-allocated (3 mallocs per message, measured with
     /// DHAT); a reference is looked up and mutated in place with none.
-    private final class SenderHistory {
+    final class SenderHistory {
         let ids: RecentMessageIDs
         init(capacity: Int) { ids = RecentMessageIDs(capacity: capacity) }
     }
-    private var recentIDs = IDMap<UserID, SenderHistory>()
-    private var mailboxes: [UserID: MailboxState] = [:]
+    var recentIDs = IDMap<UserID, SenderHistory>()
+    var mailboxes: [UserID: MailboxState] = [:]
     /// Loads a mailbox's persisted usage the first time the core needs it (the store, in production).
     private let loadMailboxUsage: (UserID) -> MailboxUsage
 
@@ -169,7 +177,7 @@ public final class RelayCore {
             contactStates[entry.userID] = entry.state
             names[entry.userID] = entry.name
         }
-        let wasOnline: Bool
+        var wasOnline = remote[user] != nil
         let session: Session
         if let existing = sessions[user] {
             wasOnline = true
@@ -188,7 +196,6 @@ public final class RelayCore {
             existing.contactNames = names
             session = existing
         } else {
-            wasOnline = false
             session = Session(userID: user, name: name, device: device, contacts: contactStates, contactNames: names)
             sessions[user] = session
         }
@@ -198,8 +205,10 @@ public final class RelayCore {
         for entry in stored {
             let contactSession = sessions[entry.userID]
             let mutual = entry.state == .accepted && contactSession?.contacts[user] == .accepted
+            // A contact online on another node: acceptance is mutual in the store (one op sets both views).
+            let remoteOnline = contactSession == nil && entry.state == .accepted && remote[entry.userID] != nil
             infos.append(ContactInfo(userID: entry.userID, name: entry.name, relation: ContactRelation(entry.state),
-                                     online: mutual && contactSession != nil))
+                                     online: (mutual && contactSession != nil) || remoteOnline))
             if mutual, !wasOnline, let contactSession { notify.append(contentsOf: contactSession.devices.map(\.connection)) }
         }
         infos.sort { $0.name < $1.name }
@@ -214,11 +223,13 @@ public final class RelayCore {
         session.devices.remove(at: index)
         guard session.devices.isEmpty else { return [] }
         sessions[user] = nil
+        // Still online on another node: its contacts here go on seeing it online.
+        if remote[user] != nil { return [] }
         return visibleContactConnections(of: session)
     }
 
     /// Connections of online users who see `session`'s presence (accepted both ways), every device.
-    private func visibleContactConnections(of session: Session) -> [ConnectionID] {
+    func visibleContactConnections(of session: Session) -> [ConnectionID] {
         var result: [ConnectionID] = []
         for (contact, state) in session.contacts where state == .accepted {
             if let other = sessions[contact], other.contacts[session.userID] == .accepted {
@@ -246,7 +257,7 @@ public final class RelayCore {
 
     public func openChat(from user: UserID, with contact: UserID) -> ChatStatus {
         guard let session = sessions[user], session.contacts[contact] == .accepted else { return .notAContact }
-        return sessions[contact] == nil ? .offline : .online
+        return sessions[contact] == nil && remote[contact] == nil ? .offline : .online
     }
 
     // MARK: contacts
@@ -281,7 +292,7 @@ public final class RelayCore {
         func push(to user: UserID, about counterpart: UserID, view: ContactEntry?, formerName: String?) {
             guard let session = sessions[user] else { return }
             let name = view?.name ?? formerName ?? ""
-            let online = mutual && sessions[counterpart] != nil
+            let online = mutual && (sessions[counterpart] != nil || remote[counterpart] != nil)
             let info = ContactInfo(userID: counterpart, name: name, relation: view.map { ContactRelation($0.state) } ?? .removed,
                                    online: online)
             for device in session.devices { pushes.append(ContactPush(connection: device.connection, info: info)) }
@@ -296,7 +307,8 @@ public final class RelayCore {
         guard let session = sessions[user] else { return [] }
         var infos: [ContactInfo] = []
         for (contact, state) in session.contacts {
-            let mutual = state == .accepted && sessions[contact]?.contacts[user] == .accepted
+            let mutual = state == .accepted && (sessions[contact]?.contacts[user] == .accepted
+                                                || (sessions[contact] == nil && remote[contact] != nil))
             infos.append(ContactInfo(userID: contact, name: session.contactNames[contact] ?? "", relation: ContactRelation(state),
                                      online: mutual))
         }
@@ -326,7 +338,13 @@ public final class RelayCore {
         switch recentIDs[sender]?.ids.lookup(messageID) {
         case .some(.inFlight): return .dropInFlightDuplicate
         case .some(.completed(let status)): return .acknowledgeDuplicate(status)
-        case .none: break
+        case .none:
+            // Cluster mode: the same message may have come here from the sender's previous node (which
+            // died before it could answer) and the sender now resends it from here.
+            if !inboundIDs.isEmpty, let seen = inboundIDs[sender]?.ids.lookup(messageID) {
+                if case .completed(let status) = seen { return .acknowledgeDuplicate(status) }
+                return .dropInFlightDuplicate
+            }
         }
         if let target = sessions[recipient] {
             if let only = target.soleReachable {
@@ -340,6 +358,9 @@ public final class RelayCore {
                     return .deliverToDevices(count: reachable)
                 }
             }
+        } else if let elsewhere = remote[recipient] {
+            remember(sender: sender, messageID: messageID, pendingCopies: 1)
+            return .forward(node: elsewhere.homeNode)
         }
         return storeDecision(sender: sender, recipient: recipient, messageID: messageID, bodyBytes: bodyBytes)
     }
@@ -359,11 +380,11 @@ public final class RelayCore {
         storeDecision(sender: sender, recipient: recipient, messageID: messageID, bodyBytes: bodyBytes, alreadyRemembered: true)
     }
 
-    private func storeDecision(sender: UserID, recipient: UserID, messageID: UInt64, bodyBytes: Int,
-                               alreadyRemembered: Bool = false) -> RouteDecision {
+    func storeDecision(sender: UserID, recipient: UserID, messageID: UInt64, bodyBytes: Int,
+                               alreadyRemembered: Bool = false, inbound: Bool = false) -> RouteDecision {
         var box = mailbox(of: recipient)
         if box.count + 1 > limits.mailboxMaxMessages || box.bytes + bodyBytes > limits.mailboxMaxBytes {
-            if alreadyRemembered { forget(sender: sender, messageID: messageID) }
+            if inbound { inboundIDs[sender]?.ids.remove(messageID) } else if alreadyRemembered { forget(sender: sender, messageID: messageID) }
             return .reject(.mailboxFull, "the recipient's mailbox is full (\(limits.mailboxMaxMessages) messages or \(limits.mailboxMaxBytes) bytes)")
         }
         box.count += 1
@@ -411,7 +432,7 @@ public final class RelayCore {
         }
     }
 
-    private func devices(of user: UserID) -> SenderDevices? {
+    func devices(of user: UserID) -> SenderDevices? {
         guard let session = sessions[user] else { return nil }
         return session.deviceCount == 1 ? .one(session.devices[0].connection) : .several(session)
     }
@@ -442,7 +463,7 @@ public final class RelayCore {
         mailboxes[recipient] = box
     }
 
-    private func remember(sender: UserID, messageID: UInt64, pendingCopies: Int = 0) {
+    func remember(sender: UserID, messageID: UInt64, pendingCopies: Int = 0) {
         let history: SenderHistory
         if let existing = recentIDs[sender] {
             history = existing
@@ -453,7 +474,7 @@ public final class RelayCore {
         history.ids.insertInFlight(messageID, pendingCopies: UInt16(clamping: pendingCopies))
     }
 
-    private func forget(sender: UserID, messageID: UInt64) {
+    func forget(sender: UserID, messageID: UInt64) {
         recentIDs[sender]?.ids.remove(messageID)
     }
 

@@ -87,6 +87,9 @@ public final class ClientState {
     /// Mail committed after MAIL_END was not pushed (the receiver was congested): it is sent from the
     /// store, after `mailCursor`, once the receiver drains or acknowledges.
     public var mailBehind = false
+    /// Cluster mode: how many more SENDs of this login are checked against the store's mail dedupe
+    /// records (resends of what a previous node stored but never acknowledged).
+    var storedDedupeChecks = 0
 
     public init(id: ConnectionID, host: String, peerText: String, now: UInt64) {
         self.id = id

@@ -205,6 +205,8 @@ extension ServerCore {
             if let other = connections[target.raw] { send(other, .presence(userID: account.userID, online: true)) }
         }
         metrics.logins += 1
+        if cluster != nil { connection.storedDedupeChecks = configuration.dedupeWindow }
+        cluster?.deviceJoined(user: account.userID, deviceID: connection.deviceID, contacts: core.acceptedContacts(of: account.userID))
         logger.info("login", metadata: ["user": "\(account.name)", "peer": "\(connection.peerText)",
                                         "device": "\(connection.deviceName.isEmpty ? connection.deviceID : connection.deviceName)",
                                         "devices": "\(outcome.session?.devices.count ?? 1)"])

@@ -27,9 +27,11 @@ extension ServerCore {
         connections[connection.id.raw] = nil
         stats.closed += 1
         // Presence goes offline only with the user's last device.
+        let wasSession = connection.session != nil && connection.userID != 0
         for target in core.connectionClosed(connection.id) {
             if let other = connections[target.raw] { send(other, .presence(userID: connection.userID, online: false)) }
         }
+        if wasSession { cluster?.deviceLeft(user: connection.userID, deviceID: connection.deviceID) }
         connection.session = nil
         // Live deliveries the receiver never acknowledged move to its mailbox; their frames are
         // still in the retained output bytes.
@@ -48,7 +50,8 @@ extension ServerCore {
             }
             // Another device of the receiver may still hold (or have acknowledged) the same message.
             if delivery.settled { return }
-            switch core.deliveryLost(sender: from, messageID: messageID) {
+            switch delivery.inbound ? core.inboundDeliveryLost(sender: from, messageID: messageID)
+                                    : core.deliveryLost(sender: from, messageID: messageID) {
             case .othersRemain: return
             case .last: break
             case .unknown:
@@ -58,7 +61,9 @@ extension ServerCore {
                 }) { return }
             }
             metrics.deliveriesRerouted &+= 1
-            let decision = core.rerouteToMailbox(sender: from, recipient: owner, messageID: messageID, bodyBytes: payload.count)
+            let decision = delivery.inbound
+                ? core.inboundToMailbox(sender: from, recipient: owner, messageID: messageID, bodyBytes: payload.count)
+                : core.rerouteToMailbox(sender: from, recipient: owner, messageID: messageID, bodyBytes: payload.count)
             switch decision {
             case .store(let recipient, let seq):
                 let mail = StoredMail(recipient: recipient, seq: seq, sender: from, messageID: messageID, sentAtMs: sentAtMs,
@@ -66,7 +71,9 @@ extension ServerCore {
                 storeBatch.append(.putMail(mail), .mail(mail))
                 storeBacklogBytes += mail.body.count
             case .reject(let code, let message):
-                if let sender = core.failed(sender: from, messageID: messageID) {
+                if delivery.inbound {
+                    cluster?.inboundFailed(sender: from, messageID: messageID, code: code, message: message)
+                } else if let sender = core.failed(sender: from, messageID: messageID) {
                     sendError(toDevicesOf: sender, messageID: messageID, code: code, message)
                 }
             default:

@@ -12,6 +12,7 @@ extension ServerCore {
         let bodyBytes = body.count
         sender.messagesSent &+= 1
         var senderDevices = 1
+        if sender.storedDedupeChecks > 0, resendWasStored(sender, messageID: messageID) { return }
         let decision = core.route(from: sender.userID, to: recipient, messageID: messageID, bodyBytes: bodyBytes,
                                   senderDevices: &senderDevices)
         switch decision {
@@ -43,6 +44,14 @@ extension ServerCore {
                 }
             }
             stats.relayedLive += 1
+        case .forward(let node):
+            let sentAtMs = driver.wallNow
+            if senderDevices > 1 {
+                copyToOtherDevices(of: sender, to: recipient, messageID: messageID, sentAtMs: sentAtMs, body: body)
+            }
+            stats.forwarded += 1
+            cluster?.forward(to: node, sender: sender.userID, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs,
+                             body: body)
         case .store:
             if senderDevices > 1 {
                 copyToOtherDevices(of: sender, to: recipient, messageID: messageID, sentAtMs: driver.wallNow, body: body)
@@ -56,6 +65,19 @@ extension ServerCore {
         case .reject(let code, let message):
             send(sender, .sendError(messageID: messageID, code: code.rawValue, message: TextView(message)))
         }
+    }
+
+    /// Cluster mode, the first sends after a login: a client resends what its previous server (maybe a
+    /// node that died) never acknowledged. If that message is in the store as mail, it is acknowledged
+    /// as stored instead of being delivered a second time (this node never saw it, so its memory of
+    /// recent ids cannot tell). One LMDB read per send, for at most `dedupeWindow` sends per login.
+    private func resendWasStored(_ sender: ClientState, messageID: UInt64) -> Bool {
+        sender.storedDedupeChecks -= 1
+        guard !core.remembers(sender: sender.userID, messageID: messageID),
+              (try? store.dedupeRecordExists(sender: sender.userID, messageID: messageID)) == true else { return false }
+        stats.duplicatesDropped += 1
+        sendAck(sender, messageID: messageID, status: .storedOffline)
+        return true
     }
 
     /// A live copy could not be written (its connection is closing): the last such copy sends the
@@ -130,7 +152,7 @@ extension ServerCore {
 
     /// Writes one DELIVER into the receiver's output (the body's only copy) and remembers it until acknowledged.
     func deliver(to target: ClientState, sender: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView,
-                 shared: Bool = false) {
+                 shared: Bool = false, inbound: Bool = false) {
         let seq = target.window.nextSeq()
         let out = target.output
         body.withUnsafeBytes { raw in
@@ -141,6 +163,7 @@ extension ServerCore {
                                           frameEnd: out.streamPosition(ofIndex: out.writerIndex),
                                           receivedNs: receiveClockNs)
             pending.shared = shared
+            pending.inbound = inbound
             target.window.append(pending)
         }
         target.messagesReceived &+= 1
@@ -153,7 +176,11 @@ extension ServerCore {
             // The first device to acknowledge completes the message; later ones change nothing.
             guard !delivery.settled else { return }
             metrics.deliveriesAcknowledged &+= 1
-            if let sender = core.completed(sender: delivery.sender, messageID: delivery.messageID, status: .delivered) {
+            if delivery.inbound {
+                if core.inboundCompleted(sender: delivery.sender, messageID: delivery.messageID, status: .delivered) {
+                    cluster?.inboundSettled(sender: delivery.sender, messageID: delivery.messageID, status: .delivered)
+                }
+            } else if let sender = core.completed(sender: delivery.sender, messageID: delivery.messageID, status: .delivered) {
                 sendAck(toDevicesOf: sender, messageID: delivery.messageID, status: .delivered)
             }
             // The receiver's other devices' copies are settled now, even if the sender's window forgets the id.

@@ -99,7 +99,11 @@ extension ServerCore {
                     for device in session.devices {
                         guard let recipient = connections[device.connection.raw], !recipient.isClosing,
                               recipient.mailPaging == .done else { continue }
-                        if recipient.mailBehind || recipient.budget.congested
+                        if replicatedStore {
+                            // The replica may have renumbered it: read it back (catchUpMail waits while congested).
+                            recipient.mailBehind = true
+                            catchUpMail(recipient)
+                        } else if recipient.mailBehind || recipient.budget.congested
                             || recipient.output.readableBytes >= configuration.mailPageBytes {
                             recipient.mailBehind = true
                         } else {
@@ -143,12 +147,24 @@ extension ServerCore {
     }
 
     func ackStored(_ mail: StoredMail) {
+        if cluster != nil, core.isInboundInFlight(sender: mail.sender, messageID: mail.messageID),
+           core.inboundCompleted(sender: mail.sender, messageID: mail.messageID, status: .storedOffline) {
+            cluster?.inboundSettled(sender: mail.sender, messageID: mail.messageID, status: .storedOffline)
+            return
+        }
         if let sender = core.completed(sender: mail.sender, messageID: mail.messageID, status: .storedOffline) {
             sendAck(toDevicesOf: sender, messageID: mail.messageID, status: .storedOffline)
         }
     }
 
     func failMail(_ mail: StoredMail, code: ErrorCode = .internalError, _ why: String) {
+        if cluster != nil, core.isInboundInFlight(sender: mail.sender, messageID: mail.messageID),
+           core.inboundCompleted(sender: mail.sender, messageID: mail.messageID, status: .storedOffline) {
+            core.inboundFailed(sender: mail.sender, messageID: mail.messageID)
+            let text = code == .internalError ? "could not store the message: \(why)" : why
+            cluster?.inboundFailed(sender: mail.sender, messageID: mail.messageID, code: code, message: text)
+            return
+        }
         if let sender = core.failed(sender: mail.sender, messageID: mail.messageID) {
             let text = code == .internalError ? "could not store the message: \(why)" : why
             sendError(toDevicesOf: sender, messageID: mail.messageID, code: code, text)

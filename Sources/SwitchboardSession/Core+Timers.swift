@@ -80,6 +80,7 @@ extension ServerCore {
         let now = driver.now
         authGate.sweep(now: now)
         persistSenderHistories(all: false)
+        if cluster != nil { core.pruneInbound() }
         // Idle connections give their buffer memory back.
         for connection in connections.values where !connection.isClosing && connection.window.isEmpty {
             connection.output.releaseIfEmpty()

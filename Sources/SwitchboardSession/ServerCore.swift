@@ -31,6 +31,11 @@ public final class ServerCore {
     public var writeClockNs: UInt64 = 0
     /// Where the results of administrator requests go (the driver's admin socket; Core+Admin).
     public var adminEvents: ((AdminEvent) -> Void)?
+    /// Cluster mode: the driver that reaches the other nodes (Core+Cluster.swift); nil on a single node.
+    public weak var cluster: (any ClusterSeam)?
+    /// The store is a replica of the cluster log: a mail's seq is final only once applied (the replica
+    /// may renumber it), so committed mail is pushed to an online receiver by reading it back.
+    public var replicatedStore = false
     public var logger: Logger
     unowned let driver: any SessionDriver
     let store: any StoreReading

@@ -70,6 +70,8 @@ public struct ServerStats: Sendable {
     public var closed: UInt64 = 0
     public var framesIn: UInt64 = 0
     public var relayedLive: UInt64 = 0
+    /// Cluster mode: SENDs handed to the node where the recipient is online.
+    public var forwarded: UInt64 = 0
     public var storedOffline: UInt64 = 0
     public var duplicatesDropped: UInt64 = 0
     public var storeBatches: UInt64 = 0
@@ -111,6 +113,22 @@ public protocol SessionDriver: AnyObject {
     func schedule(at deadline: UInt64, token: UInt64)
 }
 
+/// Cluster mode: what the core asks of the cluster driver (RelayServer's ClusterRouter). A single node
+/// has none. Every call is made on the loop thread and must not block: the driver queues and returns.
+public protocol ClusterSeam: AnyObject {
+    /// A device of `user` logged in here; `contacts` are its accepted contacts (whom the other nodes tell).
+    func deviceJoined(user: UserID, deviceID: String, contacts: [UserID])
+    /// A device of `user` here logged out or dropped (not called for a device taken over).
+    func deviceLeft(user: UserID, deviceID: String)
+    /// Hand a SEND to the node where the recipient is online; the answer comes back through
+    /// `ServerCore.forwardAnswered` / `forwardUndeliverable` (exactly one of them, eventually).
+    func forward(to node: UInt16, sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView)
+    /// A message another node handed here reached its final state (tell that node).
+    func inboundSettled(sender: UserID, messageID: UInt64, status: SendStatus)
+    /// A message another node handed here was refused for good (tell that node: its sender gets SEND_ERROR).
+    func inboundFailed(sender: UserID, messageID: UInt64, code: ErrorCode, message: String)
+}
+
 /// The store reads the core makes on the loop (LMDB reads are memory-mapped and do not block on I/O
 /// in steady state). `Store` conforms; the simulation may use a real store in a temp folder.
 public protocol StoreReading: AnyObject {
@@ -120,6 +138,8 @@ public protocol StoreReading: AnyObject {
     func mail(for recipient: UserID, afterSeq: UInt64, limit: Int) throws -> [StoredMail]
     func mailboxUsage(of recipient: UserID) throws -> MailboxUsage
     func dedupeWindow(of sender: UserID, notBeforeMs: UInt64) throws -> [DedupeWindowEntry]
+    /// A mail of (sender, messageID) was stored (and its dedupe record not pruned yet).
+    func dedupeRecordExists(sender: UserID, messageID: UInt64) throws -> Bool
 }
 
 extension Store: StoreReading {}

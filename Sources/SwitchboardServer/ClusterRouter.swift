@@ -1,0 +1,389 @@
+// Cluster mode: the node's presence directory and cross-node relay over core NATS, on the loop thread.
+// The core decides (Core+Cluster.swift, RelayCore+Cluster.swift); this moves its decisions between
+// nodes and turns what other nodes say into core calls.
+//
+// Subjects (all under `sb.`):
+//   sb.presence       every node: a device joined/left (user, device id, the user's accepted contacts)
+//   sb.hb             every node, every `heartbeatMs`: node name, epoch, online users
+//   sb.node.<name>    one node: forwarded SENDs, their answers, directory snapshot requests and replies
+// A node is known by (name, epoch); the epoch changes at every start and every NATS reconnect, and a new
+// epoch (or a first heartbeat) makes the others drop what they knew of that node and ask it for a
+// snapshot of its online devices. NATS delivers one publisher's messages in order, so the snapshot
+// follows every event the node published before it. A node whose heartbeats stop for `nodeTimeoutMs`
+// is gone: its users read offline, SENDs handed to it and not answered go to the recipient's mailbox
+// from here. Forwards wait for an answer at most `forwardTimeoutMs` (then the same), and at most
+// `maxForwardBytes` of them are pending (beyond it a SEND gets SEND_ERROR busyRetryLater).
+// Invariants: never blocks (publishes go to NATSConnection's bounded queue); each forward completes
+// exactly once (answer, node gone, timeout, or refusal when it could not even be queued).
+import Logging
+import SwitchboardCluster
+import SwitchboardIO
+import SwitchboardProtocol
+import SwitchboardSession
+import SwitchboardStore
+
+public struct ClusterRouterConfiguration: Sendable {
+    public var node: String
+    public var heartbeatMs: UInt64 = 1_000
+    public var nodeTimeoutMs: UInt64 = 3_500
+    public var forwardTimeoutMs: UInt64 = 30_000
+    public var maxForwardBytes = 64 << 20
+    public init(node: String) { self.node = node }
+
+    /// Node names are NATS subject tokens: 1-32 of A-Z a-z 0-9 _ -.
+    public static func validNodeName(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.count <= 32
+            && name.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || $0 == 0x5F || $0 == 0x2D }
+    }
+}
+
+public struct ClusterRouterStatistics: Sendable {
+    public var forwardsSent: UInt64 = 0
+    public var forwardsAnswered: UInt64 = 0
+    public var forwardsToMailbox: UInt64 = 0
+    public var forwardsRefused: UInt64 = 0
+    public var inboundReceived: UInt64 = 0
+    public var presenceEventsIn: UInt64 = 0
+    public var presenceEventsOut: UInt64 = 0
+    public var nodesGone: UInt64 = 0
+    public var publishFailures: UInt64 = 0
+    public var malformed: UInt64 = 0
+}
+
+final class ClusterRouter: ClusterSeam {
+    private struct PendingKey: Hashable { var sender: UserID; var messageID: UInt64 }
+    private struct PendingForward {
+        var node: UInt16
+        var recipient: UserID
+        var sentAtMs: UInt64
+        var body: [UInt8]
+        var deadline: UInt64
+    }
+    private struct NodeInfo {
+        var name: String
+        var epoch: UInt64 = 0
+        var lastHeardMs: UInt64 = 0
+        var alive = false
+        var users = 0
+    }
+
+    let configuration: ClusterRouterConfiguration
+    private let nats: NATSConnection
+    private let loop: EventLoop
+    private unowned let core: ServerCore
+    private var logger: Logger
+    private(set) var epoch: UInt64
+    private var nodes: [NodeInfo] = []
+    private var nodeIndex: [String: UInt16] = [:]
+    private var pending: [PendingKey: PendingForward] = [:]
+    private var pendingBytes = 0
+    /// Inbound messages in flight here: where to send the answer (usually one node; more after a resend
+    /// through another node).
+    private var inboundReplies: [PendingKey: [String]] = [:]
+    private(set) var statistics = ClusterRouterStatistics()
+    let timerToken: UInt64
+    private var subscribed = false
+
+    init(configuration: ClusterRouterConfiguration, nats: NATSConnection, loop: EventLoop, core: ServerCore, logger: Logger,
+         timerToken: UInt64) {
+        self.configuration = configuration
+        self.nats = nats
+        self.loop = loop
+        self.core = core
+        self.logger = logger
+        self.timerToken = timerToken
+        epoch = Clock.wallMs() &* 1_000 &+ (Clock.monotonicNs() % 1_000)
+    }
+
+    private var ownSubject: String { "sb.node.\(configuration.node)" }
+
+    /// Subscribes (replayed by the connection after every reconnect) and starts the heartbeat.
+    func start() throws {
+        try nats.subscribe("sb.presence") { [unowned self] in self.received($0) }
+        try nats.subscribe("sb.hb") { [unowned self] in self.received($0) }
+        try nats.subscribe(ownSubject) { [unowned self] in self.received($0) }
+        subscribed = true
+        loop.schedule(at: loop.now + configuration.heartbeatMs, token: timerToken)
+    }
+
+    /// The NATS link came back after a break: what others know of this node may be stale, and what this
+    /// node knows of them certainly is (events were missed). A new epoch makes every node forget this
+    /// one and ask for a snapshot; here every other node is forgotten until its next heartbeat.
+    func natsReconnected() {
+        epoch &+= 1
+        for index in nodes.indices where nodes[index].alive { nodeGone(UInt16(index), why: "NATS link re-established") }
+        heartbeat()
+    }
+
+    // MARK: ClusterSeam (calls from the core)
+
+    func deviceJoined(user: UserID, deviceID: String, contacts: [UserID]) {
+        var w = Writer(kind: .joined, node: configuration.node, epoch: epoch)
+        w.u32(user); w.string(deviceID); w.u32(UInt32(contacts.count)); for c in contacts { w.u32(c) }
+        publish("sb.presence", w.bytes)
+        statistics.presenceEventsOut += 1
+    }
+
+    func deviceLeft(user: UserID, deviceID: String) {
+        var w = Writer(kind: .left, node: configuration.node, epoch: epoch)
+        w.u32(user); w.string(deviceID)
+        publish("sb.presence", w.bytes)
+        statistics.presenceEventsOut += 1
+    }
+
+    func forward(to node: UInt16, sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView) {
+        let key = PendingKey(sender: sender, messageID: messageID)
+        guard Int(node) < nodes.count, nodes[Int(node)].alive else {
+            core.forwardUndeliverable(sender: sender, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs, body: body.array)
+            statistics.forwardsToMailbox += 1
+            return
+        }
+        guard pendingBytes + body.count <= configuration.maxForwardBytes else {
+            statistics.forwardsRefused += 1
+            core.forwardRefused(sender: sender, messageID: messageID, code: .busyRetryLater,
+                                message: "too many messages waiting for other servers of the cluster; try again later")
+            return
+        }
+        var w = Writer(kind: .forward, node: configuration.node, epoch: epoch)
+        w.u32(sender); w.u32(recipient); w.u64(messageID); w.u64(sentAtMs)
+        body.withUnsafeBytes { w.bytes.append(contentsOf: $0) }
+        let bodyCopy = body.array
+        do {
+            try nats.publish("sb.node.\(nodes[Int(node)].name)", payload: w.bytes)
+        } catch {
+            statistics.publishFailures += 1
+            logger.warning("cluster forward not queued; storing as mail", metadata: ["error": "\(error)"])
+            core.forwardUndeliverable(sender: sender, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs, body: bodyCopy)
+            statistics.forwardsToMailbox += 1
+            return
+        }
+        statistics.forwardsSent += 1
+        pending[key] = PendingForward(node: node, recipient: recipient, sentAtMs: sentAtMs, body: bodyCopy,
+                                      deadline: loop.now + configuration.forwardTimeoutMs)
+        pendingBytes += bodyCopy.count
+    }
+
+    func inboundSettled(sender: UserID, messageID: UInt64, status: SendStatus) {
+        answer(PendingKey(sender: sender, messageID: messageID)) { w in w.u8(0); w.u8(status.rawValue) }
+    }
+
+    func inboundFailed(sender: UserID, messageID: UInt64, code: ErrorCode, message: String) {
+        answer(PendingKey(sender: sender, messageID: messageID)) { w in w.u8(1); w.u16(code.rawValue); w.string(message) }
+    }
+
+    private func answer(_ key: PendingKey, _ fill: (inout Writer) -> Void) {
+        guard let targets = inboundReplies.removeValue(forKey: key) else { return }
+        var w = Writer(kind: .answer, node: configuration.node, epoch: epoch)
+        w.u32(key.sender); w.u64(key.messageID)
+        fill(&w)
+        for target in targets { publish("sb.node.\(target)", w.bytes) }
+    }
+
+    // MARK: timers
+
+    func timerFired() {
+        heartbeat()
+        let now = loop.now
+        for index in nodes.indices where nodes[index].alive && now &- nodes[index].lastHeardMs > configuration.nodeTimeoutMs {
+            nodeGone(UInt16(index), why: "no heartbeat for \(now &- nodes[index].lastHeardMs) ms")
+        }
+        var expired: [PendingKey] = []
+        for (key, forward) in pending where forward.deadline <= now { expired.append(key) }
+        for key in expired {
+            logger.warning("cluster forward unanswered; storing as mail", metadata: ["node": "\(nodes[Int(pending[key]!.node)].name)"])
+            toMailbox(key)
+        }
+        loop.schedule(at: now + configuration.heartbeatMs, token: timerToken)
+    }
+
+    private func heartbeat() {
+        var w = Writer(kind: .heartbeat, node: configuration.node, epoch: epoch)
+        w.u32(UInt32(clamping: core.core.onlineCount))
+        publish("sb.hb", w.bytes)
+    }
+
+    private func nodeGone(_ index: UInt16, why: String) {
+        nodes[Int(index)].alive = false
+        statistics.nodesGone += 1
+        logger.warning("cluster node gone", metadata: ["node": "\(nodes[Int(index)].name)", "why": "\(why)"])
+        core.remoteNodeGone(index)
+        let orphaned = pending.filter { $0.value.node == index }.map(\.key)
+        for key in orphaned { toMailbox(key) }
+    }
+
+    private func toMailbox(_ key: PendingKey) {
+        guard let forward = pending.removeValue(forKey: key) else { return }
+        pendingBytes -= forward.body.count
+        statistics.forwardsToMailbox += 1
+        core.forwardUndeliverable(sender: key.sender, recipient: forward.recipient, messageID: key.messageID,
+                                  sentAtMs: forward.sentAtMs, body: forward.body)
+    }
+
+    // MARK: receiving
+
+    private func received(_ message: NATSMessage) {
+        var r = Reader(message.payload)
+        guard let kindByte = r.u8(), let kind = ClusterWireKind(rawValue: kindByte), let name = r.string(), let epoch = r.u64() else {
+            statistics.malformed += 1
+            return
+        }
+        guard name != configuration.node else { return }  // our own presence and heartbeats
+        guard ClusterRouterConfiguration.validNodeName(name) else { statistics.malformed += 1; return }
+        let index = heard(name, epoch: epoch)
+        switch kind {
+        case .heartbeat:
+            nodes[Int(index)].users = Int(r.u32() ?? 0)
+        case .joined:
+            guard let user = r.u32(), let device = r.string(), let count = r.u32(), count <= 1_000_000 else { return malformed() }
+            var contacts: [UserID] = []
+            contacts.reserveCapacity(Int(count))
+            for _ in 0..<count { guard let c = r.u32() else { return malformed() }; contacts.append(c) }
+            statistics.presenceEventsIn += 1
+            core.remoteDeviceJoined(user: user, node: index, deviceID: device, contacts: contacts)
+        case .left:
+            guard let user = r.u32(), let device = r.string() else { return malformed() }
+            statistics.presenceEventsIn += 1
+            core.remoteDeviceLeft(user: user, node: index, deviceID: device)
+        case .forward:
+            guard let sender = r.u32(), let recipient = r.u32(), let messageID = r.u64(), let sentAtMs = r.u64() else { return malformed() }
+            statistics.inboundReceived += 1
+            let key = PendingKey(sender: sender, messageID: messageID)
+            if !(inboundReplies[key]?.contains(name) ?? false) { inboundReplies[key, default: []].append(name) }
+            message.payload.withUnsafeBytes { raw in
+                let body = UnsafeRawBufferPointer(rebasing: raw[r.offset...])
+                core.inboundMessage(from: sender, to: recipient, messageID: messageID, sentAtMs: sentAtMs,
+                                    body: ByteView(borrowing: body))
+            }
+        case .answer:
+            guard let sender = r.u32(), let messageID = r.u64(), let outcome = r.u8() else { return malformed() }
+            let key = PendingKey(sender: sender, messageID: messageID)
+            guard let forward = pending.removeValue(forKey: key) else { return }  // answered already, or sent to mail
+            pendingBytes -= forward.body.count
+            statistics.forwardsAnswered += 1
+            if outcome == 0, let raw = r.u8(), let status = SendStatus(rawValue: raw) {
+                core.forwardAnswered(sender: sender, messageID: messageID, status: status)
+            } else if outcome == 1, let code = r.u16(), let text = r.string() {
+                core.forwardRefused(sender: sender, messageID: messageID, code: ErrorCode(rawValue: code) ?? .internalError, message: text)
+            } else {
+                malformed()
+            }
+        case .snapshotRequest:
+            sendSnapshot(to: name)
+        case .snapshot:
+            guard let count = r.u32() else { return malformed() }
+            for _ in 0..<count {
+                guard let user = r.u32(), let device = r.string(), let n = r.u32(), n <= 1_000_000 else { return malformed() }
+                var contacts: [UserID] = []
+                for _ in 0..<n { guard let c = r.u32() else { return malformed() }; contacts.append(c) }
+                core.remoteDeviceJoined(user: user, node: index, deviceID: device, contacts: contacts)
+            }
+        }
+    }
+
+    private func malformed() {
+        statistics.malformed += 1
+    }
+
+    /// Records that `name` spoke with `epoch`; a node first heard of, back after it was gone, or with a new
+    /// epoch is (re)learnt: what was known of it is dropped and a snapshot of its devices requested.
+    private func heard(_ name: String, epoch: UInt64) -> UInt16 {
+        let index: UInt16
+        if let known = nodeIndex[name] {
+            index = known
+        } else {
+            index = UInt16(nodes.count)
+            nodes.append(NodeInfo(name: name))
+            nodeIndex[name] = index
+        }
+        let i = Int(index)
+        if !nodes[i].alive || nodes[i].epoch != epoch {
+            if nodes[i].alive { nodeGone(index, why: "restarted or reconnected (new epoch)") }
+            nodes[i].alive = true
+            nodes[i].epoch = epoch
+            logger.info("cluster node joined", metadata: ["node": "\(name)"])
+            let w = Writer(kind: .snapshotRequest, node: configuration.node, epoch: self.epoch)
+            publish("sb.node.\(name)", w.bytes)
+        }
+        nodes[i].lastHeardMs = loop.now
+        return index
+    }
+
+    /// Every device online here, in chunks of at most ~256 KiB.
+    private func sendSnapshot(to node: String) {
+        var entries: [[UInt8]] = []
+        for session in core.core.sessions.values {
+            let contacts = core.core.acceptedContacts(of: session.userID)
+            for device in session.devices {
+                var e = Writer()
+                e.u32(session.userID); e.string(device.deviceID); e.u32(UInt32(contacts.count)); for c in contacts { e.u32(c) }
+                entries.append(e.bytes)
+            }
+        }
+        var start = 0
+        repeat {
+            var size = 0
+            var end = start
+            while end < entries.count && (end == start || size + entries[end].count < 256 << 10) { size += entries[end].count; end += 1 }
+            var w = Writer(kind: .snapshot, node: configuration.node, epoch: epoch)
+            w.u32(UInt32(end - start))
+            for e in entries[start..<end] { w.bytes.append(contentsOf: e) }
+            publish("sb.node.\(node)", w.bytes)
+            start = end
+        } while start < entries.count
+    }
+
+    private func publish(_ subject: String, _ payload: [UInt8]) {
+        do {
+            try nats.publish(subject, payload: payload)
+        } catch {
+            statistics.publishFailures += 1
+        }
+    }
+
+    /// For the metrics and `admin stats`: nodes alive, forwards pending.
+    var aliveNodes: Int { nodes.reduce(0) { $0 + ($1.alive ? 1 : 0) } }
+    var pendingForwards: Int { pending.count }
+}
+
+/// Little-endian fields; strings as u16 length + UTF-8.
+private struct Writer {
+    var bytes: [UInt8] = []
+    init() {}
+    init(kind: ClusterWireKind, node: String, epoch: UInt64) {
+        bytes.reserveCapacity(64)
+        u8(kind.rawValue); string(node); u64(epoch)
+    }
+    mutating func u8(_ v: UInt8) { bytes.append(v) }
+    mutating func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
+    mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
+    mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
+    mutating func string(_ s: String) {
+        let utf8 = Array(s.utf8.prefix(Int(UInt16.max)))
+        u16(UInt16(utf8.count)); bytes.append(contentsOf: utf8)
+    }
+}
+
+/// The first byte of every cluster message.
+private enum ClusterWireKind: UInt8 {
+    case joined = 1, left = 2, heartbeat = 3
+    case forward = 10, answer = 11, snapshotRequest = 12, snapshot = 13
+}
+
+private struct Reader {
+    let bytes: [UInt8]
+    var offset = 0
+    init(_ bytes: [UInt8]) { self.bytes = bytes }
+    mutating func take(_ n: Int) -> ArraySlice<UInt8>? {
+        guard n >= 0, bytes.count - offset >= n else { return nil }
+        defer { offset += n }
+        return bytes[offset..<offset + n]
+    }
+    mutating func u8() -> UInt8? { take(1)?.first }
+    mutating func u16() -> UInt16? { take(2).map { s in s.reversed().reduce(0) { $0 << 8 | UInt16($1) } } }
+    mutating func u32() -> UInt32? { take(4).map { s in s.reversed().reduce(0) { $0 << 8 | UInt32($1) } } }
+    mutating func u64() -> UInt64? { take(8).map { s in s.reversed().reduce(0) { $0 << 8 | UInt64($1) } } }
+    mutating func string() -> String? {
+        guard let n = u16(), let s = take(Int(n)) else { return nil }
+        return String(validating: s, as: UTF8.self)
+    }
+}

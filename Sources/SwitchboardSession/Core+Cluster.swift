@@ -1,0 +1,175 @@
+// Cluster mode: what the cluster driver (RelayServer's ClusterRouter) tells the core. Presence of users
+// on other nodes, messages other nodes hand here for local receivers, the answers to messages this
+// node handed on, and the writes of other nodes applied to the local replica of the store. Every call
+// runs on the loop thread, inside a turn (the driver ends the turn as after any other event).
+import Logging
+import SwitchboardIO
+import SwitchboardProtocol
+import SwitchboardRelay
+import SwitchboardStore
+
+extension ServerCore {
+    // MARK: presence of other nodes' users
+
+    public func remoteDeviceJoined(user: UserID, node: UInt16, deviceID: String, contacts: [UserID]) {
+        let change = core.remoteDeviceJoined(user: user, node: node, deviceID: deviceID, contacts: contacts)
+        for target in change.notifyOnline {
+            if let other = connections[target.raw] { send(other, .presence(userID: user, online: true)) }
+        }
+        if let old = change.takeOver, let oldConnection = connections[old.raw], !oldConnection.isClosing {
+            logger.info("session taken over from another node", metadata: ["user": "\(oldConnection.userName)",
+                                                                           "old": "\(oldConnection.peerText)"])
+            oldConnection.userID = 0  // no longer the session here; its unacknowledged deliveries still go to the mailbox
+            oldConnection.session = nil
+            close(oldConnection, code: .sessionTakenOver, "logged in on another server", keepUserForReroute: user)
+        }
+    }
+
+    public func remoteDeviceLeft(user: UserID, node: UInt16, deviceID: String) {
+        for target in core.remoteDeviceLeft(user: user, node: node, deviceID: deviceID) {
+            if let other = connections[target.raw] { send(other, .presence(userID: user, online: false)) }
+        }
+    }
+
+    /// The node stopped answering (or restarted): its users read offline here.
+    public func remoteNodeGone(_ node: UInt16) {
+        for (user, notify) in core.remoteNodeGone(node) {
+            for target in notify {
+                if let other = connections[target.raw] { send(other, .presence(userID: user, online: false)) }
+            }
+        }
+    }
+
+    // MARK: messages other nodes hand here
+
+    /// A SEND another node accepted for `recipient` here. Delivered like a local one; its acknowledgement
+    /// (or its mail commit, if the receiver is gone) is reported back through `cluster.inboundSettled`.
+    public func inboundMessage(from sender: UserID, to recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView) {
+        switch core.routeInbound(from: sender, to: recipient, messageID: messageID, bodyBytes: body.count) {
+        case .deliver(let targetID):
+            guard let target = connections[targetID.raw], !target.isClosing else {
+                inboundCopyLost(sender: sender, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs, body: body)
+                return
+            }
+            deliver(to: target, sender: sender, messageID: messageID, sentAtMs: sentAtMs, body: body, inbound: true)
+            stats.relayedLive += 1
+        case .deliverToDevices:
+            guard let session = core.session(of: recipient) else { return }
+            for index in session.devices.indices where !session.devices[index].congested {
+                if let target = connections[session.devices[index].connection.raw], !target.isClosing {
+                    deliver(to: target, sender: sender, messageID: messageID, sentAtMs: sentAtMs, body: body, shared: true,
+                            inbound: true)
+                } else {
+                    inboundCopyLost(sender: sender, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs, body: body)
+                }
+            }
+            stats.relayedLive += 1
+        case .store(let recipientID, let seq):
+            queueMail(StoredMail(recipient: recipientID, seq: seq, sender: sender, messageID: messageID, sentAtMs: sentAtMs,
+                                 body: body.array))
+        case .dropInFlightDuplicate:
+            stats.duplicatesDropped += 1  // the driver answers the resend when the first copy settles
+        case .acknowledgeDuplicate(let status):
+            stats.duplicatesDropped += 1
+            cluster?.inboundSettled(sender: sender, messageID: messageID, status: status)
+        case .reject(let code, let message):
+            cluster?.inboundFailed(sender: sender, messageID: messageID, code: code, message: message)
+        case .forward:
+            break  // routeInbound never forwards again
+        }
+    }
+
+    private func inboundCopyLost(sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView) {
+        guard core.inboundDeliveryLost(sender: sender, messageID: messageID) != .othersRemain else { return }
+        switch core.inboundToMailbox(sender: sender, recipient: recipient, messageID: messageID, bodyBytes: body.count) {
+        case .store(let recipientID, let seq):
+            queueMail(StoredMail(recipient: recipientID, seq: seq, sender: sender, messageID: messageID, sentAtMs: sentAtMs,
+                                 body: body.array))
+        case .reject(let code, let message):
+            cluster?.inboundFailed(sender: sender, messageID: messageID, code: code, message: message)
+        default:
+            break
+        }
+    }
+
+    /// Mail for the next group commit, with no sender connection to pause (an inbound or forwarded
+    /// message: the sender is not read here, or its node already accepted it).
+    func queueMail(_ mail: StoredMail) {
+        storeBatch.append(.putMail(mail), .mail(mail))
+        storeBacklogBytes += mail.body.count
+    }
+
+    // MARK: answers to messages this node handed on
+
+    /// The recipient's node says the message was delivered (acknowledged by its client) or stored.
+    public func forwardAnswered(sender: UserID, messageID: UInt64, status: SendStatus) {
+        if let devices = core.completed(sender: sender, messageID: messageID, status: status) {
+            sendAck(toDevicesOf: devices, messageID: messageID, status: status)
+        }
+    }
+
+    /// The recipient's node refused the message for good (its mailbox is full...).
+    public func forwardRefused(sender: UserID, messageID: UInt64, code: ErrorCode, message: String) {
+        if let devices = core.failed(sender: sender, messageID: messageID) {
+            sendError(toDevicesOf: devices, messageID: messageID, code: code, message)
+        }
+    }
+
+    /// The recipient's node never answered (it died, or the cluster is unreachable): the message goes to
+    /// the recipient's mailbox from here. A node that died after its client acknowledged but before it
+    /// answered makes this a second copy (documented in the cluster README).
+    public func forwardUndeliverable(sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: [UInt8]) {
+        switch core.forwardFailedToMailbox(sender: sender, recipient: recipient, messageID: messageID, bodyBytes: body.count) {
+        case .store(let recipientID, let seq):
+            queueMail(StoredMail(recipient: recipientID, seq: seq, sender: sender, messageID: messageID, sentAtMs: sentAtMs, body: body))
+        case .reject(let code, let message):
+            if let devices = core.failed(sender: sender, messageID: messageID) {
+                sendError(toDevicesOf: devices, messageID: messageID, code: code, message)
+            }
+        default:
+            break
+        }
+    }
+
+    // MARK: other nodes' writes, applied to the local replica
+
+    /// A batch another node committed to the cluster log, now applied here: mail for users online here
+    /// is offered to them, contact changes reach the online parties, mailbox usage stays counted.
+    public func clusterApplied(_ ops: [WriteOp], _ results: [WriteResult]) {
+        for (op, result) in zip(ops, results) {
+            switch (op, result) {
+            case (.putMail(let mail), .mailStored):
+                core.foreignMailStored(recipient: mail.recipient, seq: mail.seq, bytes: mail.body.count)
+                guard let session = core.session(of: mail.recipient) else { continue }
+                for device in session.devices {
+                    guard let recipient = connections[device.connection.raw], !recipient.isClosing,
+                          recipient.mailPaging == .done else { continue }
+                    recipient.mailBehind = true
+                    catchUpMail(recipient)
+                }
+            case (.deleteMail(let recipient, _), .mailDeleted):
+                core.forgetMailboxUsage(of: recipient)
+            case (_, .contactChanged(let ownerView, let otherView, let ownerID, let otherID)):
+                for push in core.applyContactChange(owner: ownerID, other: otherID, ownerView: ownerView, otherView: otherView) {
+                    if let target = connections[push.connection.raw] { send(target, .contactUpdate(contact: push.info)) }
+                }
+            case (.deleteAccount, .accountDeleted(let userID, let contacts)):
+                if let session = core.session(of: userID) {
+                    for device in session.devices {
+                        if let client = connections[device.connection.raw] {
+                            kick(client, reason: "your account was deleted by an administrator")
+                        }
+                    }
+                }
+                for other in contacts {
+                    for push in core.applyContactChange(owner: userID, other: other, ownerView: nil, otherView: nil) {
+                        if let target = connections[push.connection.raw] { send(target, .contactUpdate(contact: push.info)) }
+                    }
+                }
+                userNameCache[userID] = nil
+            default:
+                continue
+            }
+        }
+    }
+}

@@ -1,0 +1,630 @@
+// Cluster mode of the core, sans I/O: several ServerCores ("nodes") over one real LMDB store that plays
+// the replicated store (a commit is applied once; the committing node gets its results, every other
+// node gets `clusterApplied`, as the cluster log does), and a double of the cluster driver that queues
+// what one node says to the others (presence, forwards, answers) until the test delivers it — so each
+// scenario controls the order, and a node can "die" with messages in flight. The real driver
+// (ClusterRouter over NATS) is tested with real processes in SwitchboardServerTests' ClusterTests.
+// A seeded schedule (random sends, acks, drops, logins on random nodes, node deaths) checks that every
+// SEND_ACKed message reaches its recipient and that no device gets one message twice.
+import Foundation
+import Logging
+import SwitchboardIO
+import SwitchboardProtocol
+import SwitchboardRelay
+import SwitchboardSession
+import SwitchboardStore
+import Testing
+
+final class ClusterSim {
+    enum Event {
+        case joined(user: UserID, device: String, contacts: [UserID])
+        case left(user: UserID, device: String)
+        case forward(sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: [UInt8])
+        case settled(sender: UserID, messageID: UInt64, status: SendStatus)
+        case failed(sender: UserID, messageID: UInt64, code: ErrorCode, message: String)
+    }
+    struct Envelope { var from: Int; var to: Int; var event: Event }
+
+    var clock: UInt64 = 1_000
+    let store: Store
+    let directory: String
+    var nodes: [SimNode] = []
+    var queue: [Envelope] = []
+    var userIDs: [String: UserID] = [:]
+    var clients: [SimClient] = []
+    let password = "cluster sim pw"
+    var trace: [String] = []
+
+    init(nodes count: Int, users: [String], contacts: [(String, String)]) throws {
+        directory = "/dev/shm/sbcluster-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
+        store = try Store(directory: directory, mapSizeBytes: 64 << 20)
+        let hash = PasswordHasher.hash(password: Array(password.utf8), iterations: 1)
+        _ = try store.apply(users.map { .createAccount(name: $0, password: hash) })
+        for name in users { userIDs[name] = try store.account(named: name)!.userID }
+        var ops: [WriteOp] = []
+        for (a, b) in contacts { ops.append(.contactAdd(owner: userIDs[a]!, contactName: b)) }
+        for (a, b) in contacts { ops.append(.contactAccept(owner: userIDs[b]!, contactName: a)) }
+        _ = try store.apply(ops)
+        for index in 0..<count { nodes.append(SimNode(index: index, sim: self)) }
+    }
+
+    deinit {
+        store.close()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    func id(_ name: String) -> UserID { userIDs[name]! }
+
+    @discardableResult
+    func connect(_ user: String, node: Int, device: String = "", autoAck: Bool = true) -> SimClient {
+        let n = nodes[node]
+        let state = n.core.newClient(host: "10.1.0.\(clients.count + 1)", peerText: "10.1.0.\(clients.count + 1):4000")
+        let client = SimClient(user: user, node: node, state: state, autoAck: autoAck)
+        state.link = client
+        n.core.opened(state)
+        clients.append(client)
+        client.write(.hello(version: 2, agent: "sim"))
+        if device.isEmpty {
+            client.write(.login(requestID: 1, name: TextView(user), password: TextView(password)))
+        } else {
+            client.write(.loginDevice(requestID: 1, name: TextView(user), password: TextView(password), deviceID: TextView(device),
+                                      deviceName: TextView("dev \(device)")))
+        }
+        return client
+    }
+
+    /// Everything moves until nothing does: reads, hashes, commits, cluster messages, writes.
+    func settle(deliverCluster: Bool = true, maxRounds: Int = 200) {
+        for _ in 0..<maxRounds {
+            var moved = false
+            for node in nodes where node.alive {
+                for client in clients where client.node == node.index && !client.gone && !client.closed {
+                    if client.feed(into: node.core) { moved = true }
+                }
+                node.endOfTurn()
+                while let job = node.hashJobs.first {
+                    node.hashJobs.removeFirst()
+                    node.completeHash(job)
+                    moved = true
+                }
+                node.endOfTurn()
+                while !node.commits.isEmpty {
+                    commit(node.commits.removeFirst(), from: node)
+                    moved = true
+                }
+                node.endOfTurn()
+            }
+            if deliverCluster && !queue.isEmpty {
+                let batch = queue
+                queue.removeAll()
+                for envelope in batch { deliver(envelope); moved = true }
+            }
+            for node in nodes where node.alive { node.endOfTurn() }
+            for client in clients where !client.gone {
+                if client.readAll() { moved = true }
+            }
+            if !moved { return }
+        }
+        Issue.record("the cluster did not settle in \(maxRounds) rounds")
+    }
+
+    func commit(_ batch: StoreBatch, from node: SimNode) {
+        let results: Result<[WriteResult], StoreErrorBox>
+        do { results = .success(try store.apply(batch.ops)) } catch { results = .failure(StoreErrorBox(description: "\(error)")) }
+        node.core.commitCompleted([StoreBatchResult(batch: batch, results: results, commitNanos: 0)])
+        if case .success(let writeResults) = results {
+            for other in nodes where other !== node && other.alive { other.core.clusterApplied(batch.ops, writeResults) }
+        }
+    }
+
+    func deliver(_ envelope: Envelope) {
+        trace.append("deliver \(envelope.from)->\(envelope.to) \(envelope.event)")
+        let target = nodes[envelope.to]
+        guard target.alive, nodes[envelope.from].alive || !envelope.isFromDeadNodeSensitive else { return }
+        let from = UInt16(envelope.from)
+        switch envelope.event {
+        case .joined(let user, let device, let contacts):
+            target.core.remoteDeviceJoined(user: user, node: from, deviceID: device, contacts: contacts)
+        case .left(let user, let device):
+            target.core.remoteDeviceLeft(user: user, node: from, deviceID: device)
+        case .forward(let sender, let recipient, let messageID, let sentAtMs, let body):
+            target.inboundOrigins[ClusterSim.key(sender, messageID), default: []].insert(envelope.from)
+            body.withUnsafeBytes { raw in
+                target.core.inboundMessage(from: sender, to: recipient, messageID: messageID, sentAtMs: sentAtMs,
+                                           body: ByteView(borrowing: raw))
+            }
+        case .settled(let sender, let messageID, let status):
+            guard target.pending.removeValue(forKey: ClusterSim.key(sender, messageID)) != nil else { return }
+            target.core.forwardAnswered(sender: sender, messageID: messageID, status: status)
+        case .failed(let sender, let messageID, let code, let message):
+            guard target.pending.removeValue(forKey: ClusterSim.key(sender, messageID)) != nil else { return }
+            target.core.forwardRefused(sender: sender, messageID: messageID, code: code, message: message)
+        }
+        target.endOfTurn()
+    }
+
+    /// A node dies (kill -9): its clients see their connections drop, its messages in the queue are lost,
+    /// and the others notice it is gone (as the router does when heartbeats stop): their forwards to it
+    /// go to mail.
+    func kill(_ index: Int) {
+        trace.append("kill \(index) dropping \(queue.filter { $0.from == index || $0.to == index }.map { "\($0.from)->\($0.to) \($0.event)" })")
+        let dead = nodes[index]
+        dead.alive = false
+        queue.removeAll { $0.from == index || $0.to == index }
+        for client in clients where client.node == index { client.gone = true }
+        for node in nodes where node.alive {
+            node.core.remoteNodeGone(UInt16(index))
+            for (key, forward) in node.pending where forward.node == index {
+                node.pending[key] = nil
+                node.core.forwardUndeliverable(sender: key.sender, recipient: forward.recipient, messageID: key.messageID,
+                                               sentAtMs: forward.sentAtMs, body: forward.body)
+            }
+            node.endOfTurn()
+        }
+    }
+
+    struct Key: Hashable { var sender: UserID; var messageID: UInt64 }
+    static func key(_ sender: UserID, _ messageID: UInt64) -> Key { Key(sender: sender, messageID: messageID) }
+}
+
+extension ClusterSim.Envelope {
+    /// Answers and forwards from a dead node never arrive (they were dropped with it in `kill`).
+    var isFromDeadNodeSensitive: Bool { true }
+}
+
+final class SimNode: SessionDriver, ClusterSeam {
+    let index: Int
+    unowned let sim: ClusterSim
+    var core: ServerCore!
+    var alive = true
+    var hashJobs: [HashJob] = []
+    var commits: [StoreBatch] = []
+    var flushRequests: [ClientState] = []
+    var finalized: [ClientState] = []
+    var timers: [(UInt64, UInt64)] = []
+    struct Pending { var node: Int; var recipient: UserID; var sentAtMs: UInt64; var body: [UInt8] }
+    var pending: [ClusterSim.Key: Pending] = [:]
+    var inboundOrigins: [ClusterSim.Key: Set<Int>] = [:]
+
+    init(index: Int, sim: ClusterSim) {
+        self.index = index
+        self.sim = sim
+        var config = SessionConfiguration()
+        config.pbkdf2Iterations = 1
+        var logger = Logger(label: "node\(index)")
+        logger.logLevel = .critical
+        core = ServerCore(configuration: config, store: sim.store, driver: self, logger: logger,
+                          dummyHash: PasswordHasher.hash(password: Array("dummy".utf8), iterations: 1))
+        core.cluster = self
+        core.replicatedStore = true
+        core.start()
+    }
+
+    var now: UInt64 { sim.clock }
+    var wallNow: UInt64 { 1_800_000_000_000 + sim.clock }
+    func interestChanged(_ client: ClientState) {}
+    func flush(_ client: ClientState) { flushRequests.append(client) }
+    func finalize(_ client: ClientState) { finalized.append(client) }
+    func hasBufferedInput(_ client: ClientState) -> Bool { false }
+    func readAgain(_ client: ClientState) {}
+    func handshakePending(_ client: ClientState) -> Bool { false }
+    func startHash(_ job: HashJob) { hashJobs.append(job) }
+    func startCommit(_ batch: StoreBatch) { commits.append(batch) }
+    func schedule(at deadline: UInt64, token: UInt64) { timers.append((deadline, token)) }
+
+    func completeHash(_ job: HashJob) {
+        switch job {
+        case .verifyLogin(let connection, let requestID, let name, let password, let account, let dummy):
+            let ok = PasswordHasher.verify(password: password, against: account?.password ?? dummy) && account != nil
+            core.hashCompleted([.verified(connection: connection, requestID: requestID, name: name, account: account, ok: ok)])
+        case .hashForRegistration(let connection, let requestID, let name, let password, let iterations):
+            core.hashCompleted([.hashed(connection: connection, requestID: requestID, name: name,
+                                        hash: PasswordHasher.hash(password: password, iterations: iterations))])
+        case .hashForAdmin(let token, let password, let iterations):
+            core.hashCompleted([.hashedForAdmin(token: token, hash: PasswordHasher.hash(password: password, iterations: iterations))])
+        }
+    }
+
+    func endOfTurn() {
+        guard alive else { return }
+        repeat {
+            core.endOfTurn()
+            let requests = flushRequests
+            flushRequests.removeAll()
+            for client in requests { (client.link as? SimClient)?.takeOutput(core) }
+            for client in finalized {
+                guard let simClient = client.link as? SimClient else { continue }
+                simClient.closed = true
+                simClient.closeCode = client.closeCode
+                simClient.inbound.append(contentsOf: client.output.readableView)
+                client.output.clear()
+            }
+            finalized.removeAll()
+        } while core.hasPendingWork
+    }
+
+    // MARK: ClusterSeam
+
+    private func broadcast(_ event: ClusterSim.Event) {
+        for other in sim.nodes where other !== self { sim.queue.append(.init(from: index, to: other.index, event: event)) }
+    }
+    func deviceJoined(user: UserID, deviceID: String, contacts: [UserID]) { broadcast(.joined(user: user, device: deviceID, contacts: contacts)) }
+    func deviceLeft(user: UserID, deviceID: String) { broadcast(.left(user: user, device: deviceID)) }
+    func forward(to node: UInt16, sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView) {
+        pending[ClusterSim.key(sender, messageID)] = Pending(node: Int(node), recipient: recipient, sentAtMs: sentAtMs, body: body.array)
+        sim.queue.append(.init(from: index, to: Int(node), event: .forward(sender: sender, recipient: recipient, messageID: messageID,
+                                                                        sentAtMs: sentAtMs, body: body.array)))
+    }
+    func inboundSettled(sender: UserID, messageID: UInt64, status: SendStatus) {
+        for origin in inboundOrigins.removeValue(forKey: ClusterSim.key(sender, messageID)) ?? [] {
+            sim.queue.append(.init(from: index, to: origin, event: .settled(sender: sender, messageID: messageID, status: status)))
+        }
+    }
+    func inboundFailed(sender: UserID, messageID: UInt64, code: ErrorCode, message: String) {
+        for origin in inboundOrigins.removeValue(forKey: ClusterSim.key(sender, messageID)) ?? [] {
+            sim.queue.append(.init(from: index, to: origin, event: .failed(sender: sender, messageID: messageID, code: code, message: message)))
+        }
+    }
+}
+
+/// One client connection and what it saw, decoded.
+final class SimClient {
+    let user: String
+    let node: Int
+    let state: ClientState
+    var autoAck: Bool
+    var outbound: [UInt8] = []
+    var inbound: [UInt8] = []
+    var gone = false
+    var closed = false
+    var closeCode: ErrorCode?
+    var loggedIn = false
+    var contacts: [UInt32: Bool] = [:]   // from the contact list and presence
+    var presence: [(UInt32, Bool)] = []
+    var delivered: [(from: UInt32, id: UInt64)] = []
+    var mail: [(from: UInt32, id: UInt64)] = []
+    var acks: [UInt64: SendStatus] = [:]
+    var sendErrors: [UInt64: UInt16] = [:]
+    var chatStatus: [UInt32: Bool] = [:]
+    var pendingDeliveryAck: UInt64?
+    var pendingMailAck: UInt64?
+    private let scratch = ByteBuffer(capacity: 1 << 16)
+
+    init(user: String, node: Int, state: ClientState, autoAck: Bool) {
+        self.user = user; self.node = node; self.state = state; self.autoAck = autoAck
+    }
+
+    func write(_ frame: ClientFrame) {
+        let buffer = ByteBuffer()
+        FrameEncoder.encode(frame, into: buffer)
+        outbound.append(contentsOf: buffer.readableArray())
+    }
+
+    /// The server reads all the client wrote. True if anything was read.
+    func feed(into core: ServerCore) -> Bool {
+        guard !outbound.isEmpty, !state.isClosing, !state.readingPaused else { return false }
+        let target = state.input.isEmpty ? scratch : state.input
+        outbound.withUnsafeBytes { target.writeBytes($0) }
+        outbound.removeAll()
+        core.received(state, from: target)
+        if target === scratch {
+            if scratch.readableBytes > 0 && !state.isClosing { state.input.writeBytes(scratch.readableView) }
+            scratch.clear()
+        }
+        return true
+    }
+
+    func takeOutput(_ core: ServerCore) {
+        guard !gone, !state.isClosing else { return }
+        let out = state.output
+        guard out.readableBytes > 0 else { return }
+        inbound.append(contentsOf: out.readableView)
+        out.advanceReaderRetaining(by: out.readableBytes)
+        core.wrote(state)
+    }
+
+    /// Decodes what arrived; acknowledges deliveries and mail when `autoAck`. True if anything was read.
+    func readAll() -> Bool {
+        guard !inbound.isEmpty else {
+            return flushAcks()
+        }
+        var offset = 0
+        inbound.withUnsafeBytes { raw in
+            while case .frame(let frame, let used) = FrameDecoder.decodeServer(UnsafeRawBufferPointer(rebasing: raw[offset...]),
+                                                                               maxFrameBytes: 1 << 24) {
+                offset += used
+                switch frame {
+                case .loginOK: loggedIn = true
+                case .contactList(_, _, let list): for c in list { contacts[c.userID] = c.online }
+                case .presence(let user, let online): presence.append((user, online)); contacts[user] = online
+                case .contactUpdate(let c): contacts[c.userID] = c.online
+                case .deliver(let seq, let from, let id, _, _): delivered.append((from, id)); pendingDeliveryAck = seq
+                case .mail(let seq, let from, _, let id, _, _): mail.append((from, id)); pendingMailAck = seq
+                case .sendAck(let id, let status): acks[id] = SendStatus(rawValue: status)
+                case .sendError(let id, let code, _): sendErrors[id] = code
+                case .chatStatus(_, let user, let online, _): chatStatus[user] = online
+                case .error(_, let code, _): if code == ErrorCode.sessionTakenOver.rawValue { closeCode = .sessionTakenOver }
+                default: break
+                }
+            }
+        }
+        inbound.removeFirst(offset)
+        _ = flushAcks()
+        return true
+    }
+
+    private func flushAcks() -> Bool {
+        guard autoAck, !gone, !closed else { return false }
+        var wrote = false
+        if let seq = pendingDeliveryAck { write(.deliveryAck(throughSeq: seq)); pendingDeliveryAck = nil; wrote = true }
+        if let seq = pendingMailAck { write(.mailAck(throughSeq: seq)); pendingMailAck = nil; wrote = true }
+        return wrote
+    }
+
+    /// Every copy this client got of messages from `sender` (live and mail).
+    func received(from sender: UInt32) -> [UInt64] {
+        delivered.filter { $0.from == sender }.map(\.id) + mail.filter { $0.from == sender }.map(\.id)
+    }
+}
+
+@Suite(.serialized) struct ClusterCoreTests {
+    func pair() throws -> ClusterSim {
+        try ClusterSim(nodes: 3, users: ["alice", "bob", "carol"], contacts: [("alice", "bob"), ("alice", "carol")])
+    }
+
+    @Test func presenceAndLiveRelayAcrossNodes() throws {
+        let sim = try pair()
+        let bob = sim.connect("bob", node: 1)
+        sim.settle()
+        let alice = sim.connect("alice", node: 0)
+        sim.settle()
+        #expect(alice.loggedIn && bob.loggedIn)
+        // alice's contact list says bob (on node 1) is online; bob was told alice came online.
+        #expect(alice.contacts[sim.id("bob")] == true)
+        #expect(alice.contacts[sim.id("carol")] == false)
+        #expect(bob.presence.contains { $0 == (sim.id("alice"), true) })
+        alice.write(.openChat(requestID: 7, contact: sim.id("bob")))
+        alice.write(.send(to: sim.id("bob"), messageID: 1, body: ByteView(Array("hi bob".utf8))))
+        sim.settle()
+        #expect(alice.chatStatus[sim.id("bob")] == true)
+        #expect(bob.received(from: sim.id("alice")) == [1])
+        #expect(alice.acks[1] == .delivered, "SEND_ACK delivered comes after bob's node reported his DELIVERY_ACK")
+        // The reply goes the other way.
+        bob.write(.send(to: sim.id("alice"), messageID: 1, body: ByteView(Array("hi alice".utf8))))
+        sim.settle()
+        #expect(alice.received(from: sim.id("bob")) == [1])
+        #expect(bob.acks[1] == .delivered)
+        // bob logs out: alice sees him offline; the next message is stored and delivered at his next login.
+        bob.gone = true
+        sim.nodes[1].core.peerGone(bob.state, "bye")
+        sim.nodes[1].endOfTurn()
+        sim.settle()
+        #expect(alice.contacts[sim.id("bob")] == false)
+        alice.write(.send(to: sim.id("bob"), messageID: 2, body: ByteView(Array("later".utf8))))
+        sim.settle()
+        #expect(alice.acks[2] == .storedOffline)
+        let bobAgain = sim.connect("bob", node: 2)
+        sim.settle()
+        #expect(bobAgain.received(from: sim.id("alice")) == [2])
+        #expect(alice.contacts[sim.id("bob")] == true)
+    }
+
+    @Test func sendSeenAsOfflineWhileTheRecipientLogsInElsewhereIsPushedOnceStored() throws {
+        let sim = try pair()
+        let alice = sim.connect("alice", node: 0)
+        sim.settle()
+        // bob logs in on node 1, but node 0 has not heard yet (the presence event is held back).
+        let bob = sim.connect("bob", node: 1)
+        sim.settle(deliverCluster: false)
+        alice.write(.send(to: sim.id("bob"), messageID: 5, body: ByteView(Array("race".utf8))))
+        sim.settle(deliverCluster: false)
+        #expect(alice.acks[5] == .storedOffline)
+        // The mail committed through the shared store reached node 1 as a foreign write: pushed to bob.
+        #expect(bob.received(from: sim.id("alice")) == [5])
+        sim.settle()
+        #expect(bob.received(from: sim.id("alice")) == [5], "delivered once")
+    }
+
+    @Test func receiverDroppingUnacknowledgedStoresOnItsNodeAndAnswersStored() throws {
+        let sim = try pair()
+        let bob = sim.connect("bob", node: 1, autoAck: false)
+        let alice = sim.connect("alice", node: 0)
+        sim.settle()
+        alice.write(.send(to: sim.id("bob"), messageID: 9, body: ByteView(Array("unacked".utf8))))
+        sim.settle()
+        #expect(bob.received(from: sim.id("alice")) == [9])
+        #expect(alice.acks[9] == nil, "no SEND_ACK before bob acknowledged")
+        bob.gone = true
+        sim.nodes[1].core.peerGone(bob.state, "dropped")
+        sim.nodes[1].endOfTurn()
+        sim.settle()
+        #expect(alice.acks[9] == .storedOffline)
+        let bobAgain = sim.connect("bob", node: 0)
+        sim.settle()
+        #expect(bobAgain.mail.map(\.id) == [9])
+    }
+
+    @Test func resendThroughAnotherNodeAfterTheSendersNodeDiedIsNotDeliveredTwice() throws {
+        let sim = try pair()
+        let bob = sim.connect("bob", node: 1)
+        let alice = sim.connect("alice", node: 0)
+        sim.settle()
+        alice.write(.send(to: sim.id("bob"), messageID: 3, body: ByteView(Array("once".utf8))))
+        // Deliver the forward and bob's ack, but node 0 dies before the answer reaches it.
+        sim.settle(deliverCluster: false)
+        let forward = sim.queue
+        sim.queue.removeAll()
+        for envelope in forward { sim.deliver(envelope) }
+        sim.settle(deliverCluster: false)
+        #expect(bob.received(from: sim.id("alice")) == [3])
+        sim.kill(0)
+        sim.settle()
+        #expect(alice.acks[3] == nil)
+        // alice's client reconnects to node 2 and resends what was not acknowledged.
+        let aliceAgain = sim.connect("alice", node: 2)
+        sim.settle()
+        aliceAgain.write(.send(to: sim.id("bob"), messageID: 3, body: ByteView(Array("once".utf8))))
+        sim.settle()
+        #expect(aliceAgain.acks[3] == .delivered, "bob's node remembers it delivered (alice, 3)")
+        #expect(bob.received(from: sim.id("alice")) == [3], "and does not deliver it again")
+    }
+
+    @Test func forwardsToANodeThatDiedGoToTheMailbox() throws {
+        let sim = try pair()
+        _ = sim.connect("bob", node: 1, autoAck: false)
+        let alice = sim.connect("alice", node: 0)
+        sim.settle()
+        alice.write(.send(to: sim.id("bob"), messageID: 4, body: ByteView(Array("lost node".utf8))))
+        sim.settle(deliverCluster: false)
+        sim.kill(1)  // the forward never arrived
+        sim.settle()
+        #expect(alice.acks[4] == .storedOffline)
+        #expect(alice.contacts[sim.id("bob")] == false, "bob's node is gone: he reads offline")
+        let bobAgain = sim.connect("bob", node: 2)
+        sim.settle()
+        #expect(bobAgain.mail.map(\.id) == [4])
+    }
+
+    @Test func sameDeviceOnAnotherNodeTakesOver() throws {
+        let sim = try pair()
+        let phone = sim.connect("bob", node: 1, device: "phone")
+        let alice = sim.connect("alice", node: 0)
+        sim.settle()
+        let phoneAgain = sim.connect("bob", node: 2, device: "phone")
+        sim.settle()
+        #expect(phone.closeCode == .sessionTakenOver)
+        #expect(phoneAgain.loggedIn)
+        #expect(!alice.presence.contains { $0 == (sim.id("bob"), false) }, "a takeover is not an offline blip")
+        alice.write(.send(to: sim.id("bob"), messageID: 6, body: ByteView(Array("to the new one".utf8))))
+        sim.settle()
+        #expect(phoneAgain.received(from: sim.id("alice")) == [6])
+        #expect(alice.acks[6] == .delivered)
+    }
+
+    @Test func contactChangesOnOneNodeReachTheOtherPartyOnAnother() throws {
+        let sim = try pair()
+        let bob = sim.connect("bob", node: 1)
+        let carol = sim.connect("carol", node: 2)
+        sim.settle()
+        bob.write(.contactAdd(requestID: 2, name: "carol"))
+        sim.settle()
+        #expect(carol.contacts[sim.id("bob")] == false, "carol sees bob's request (pushed from the foreign write)")
+        carol.write(.contactAccept(requestID: 3, name: "bob"))
+        sim.settle()
+        #expect(bob.contacts[sim.id("carol")] == true, "accepted, and carol is online on node 2")
+        bob.write(.send(to: sim.id("carol"), messageID: 1, body: ByteView(Array("new friend".utf8))))
+        sim.settle()
+        #expect(carol.received(from: sim.id("bob")) == [1])
+    }
+
+    /// Seeded schedules: random logins on random nodes, sends (and resends) between them, drops, one
+    /// node death; cluster messages delivered in random order per step. At the end everyone logs in
+    /// again: every SEND_ACKed message was received, and no client got the same message twice.
+    /// 24 seeds in `make test`; SB_SOAK_SEEDS=N runs N (make soak).
+    static let seeds: [UInt64] = Array(0..<UInt64(ProcessInfo.processInfo.environment["SB_SOAK_SEEDS"].flatMap { UInt64($0) } ?? 24))
+
+    @Test(arguments: seeds)
+    func seededSchedulesLoseNothingAcknowledged(seed: UInt64) throws {
+        var rng = SplitMix64(seed: seed &+ 0xC1A5)
+        let names = ["u0", "u1", "u2", "u3"]
+        var contacts: [(String, String)] = []
+        for a in 0..<names.count { for b in (a + 1)..<names.count { contacts.append((names[a], names[b])) } }
+        let sim = try ClusterSim(nodes: 3, users: names, contacts: contacts)
+        var nextID: [String: UInt64] = [:]
+        var sentBy: [String: [(to: String, id: UInt64)]] = [:]
+        var acked: [(from: String, to: String, id: UInt64)] = []
+        var killed = false
+        func live(_ name: String) -> SimClient? {
+            sim.clients.last { $0.user == name && !$0.gone && !$0.closed && $0.loggedIn && sim.nodes[$0.node].alive }
+        }
+        func collectAcks() {
+            for client in sim.clients {
+                for (id, _) in client.acks {
+                    if let to = sentBy[client.user]?.first(where: { $0.id == id })?.to,
+                       !acked.contains(where: { $0.from == client.user && $0.id == id }) {
+                        acked.append((client.user, to, id))
+                    }
+                }
+            }
+        }
+        for step in 0..<120 {
+            let name = names[Int.random(in: 0..<names.count, using: &rng)]
+            switch Int.random(in: 0..<10, using: &rng) {
+            case 0..<2:
+                let node = Int.random(in: 0..<3, using: &rng)
+                if sim.nodes[node].alive {
+                    let device = "d\(Int.random(in: 0..<2, using: &rng))"
+                    sim.connect(name, node: node, device: device)
+                    sim.trace.append("\(name) logs in on node \(node) as \(device)")
+                }
+            case 2..<7:
+                if let client = live(name) {
+                    let to = names.filter { $0 != name }[Int.random(in: 0..<(names.count - 1), using: &rng)]
+                    let id = (nextID[name] ?? 0) + 1
+                    nextID[name] = id
+                    sentBy[name, default: []].append((to, id))
+                    client.write(.send(to: sim.id(to), messageID: id, body: ByteView(Array("m\(id)".utf8))))
+                    sim.trace.append("\(name) on node \(client.node) sends #\(id) to \(to)")
+                }
+            case 7:
+                if let client = live(name) {
+                    client.gone = true
+                    sim.trace.append("\(name) on node \(client.node) drops")
+                    sim.nodes[client.node].core.peerGone(client.state, "dropped")
+                    sim.nodes[client.node].endOfTurn()
+                }
+            case 8:
+                if !killed && step > 40 && Int.random(in: 0..<4, using: &rng) == 0 {
+                    collectAcks()
+                    sim.kill(Int.random(in: 0..<3, using: &rng))
+                    killed = true
+                }
+            default:
+                // Interleave what different nodes said; one node's messages keep their order (as NATS
+                // delivers one publisher's messages).
+                var bySource = Dictionary(grouping: sim.queue, by: \.from)
+                var mixed: [ClusterSim.Envelope] = []
+                while !bySource.isEmpty {
+                    let source = bySource.keys.sorted()[Int.random(in: 0..<bySource.count, using: &rng)]
+                    mixed.append(bySource[source]!.removeFirst())
+                    if bySource[source]!.isEmpty { bySource[source] = nil }
+                }
+                sim.queue = mixed
+            }
+            // Partial progress: sometimes hold the cluster messages back a step.
+            sim.settle(deliverCluster: Int.random(in: 0..<3, using: &rng) != 0)
+            collectAcks()
+        }
+        sim.settle()
+        collectAcks()
+        // Everyone comes back on a live node and reads everything; unacknowledged messages are resent
+        // (as clients do after a reconnect) through that node.
+        let liveNode = sim.nodes.first { $0.alive }!.index
+        var finals: [String: SimClient] = [:]
+        for name in names { finals[name] = sim.connect(name, node: liveNode, device: "final") }
+        sim.settle()
+        for name in names {
+            for sent in sentBy[name] ?? [] where !acked.contains(where: { $0.from == name && $0.id == sent.id }) {
+                finals[name]!.write(.send(to: sim.id(sent.to), messageID: sent.id, body: ByteView(Array("m\(sent.id)".utf8))))
+            }
+        }
+        sim.settle()
+        collectAcks()
+        for message in acked {
+            let everywhere = sim.clients.filter { $0.user == message.to }.flatMap { $0.received(from: sim.id(message.from)) }
+            #expect(everywhere.contains(message.id), "seed \(seed): \(message.from) #\(message.id) to \(message.to) acknowledged but never received")
+        }
+        for client in sim.clients {
+            for name in names {
+                let ids = client.received(from: sim.id(name))
+                #expect(Set(ids).count == ids.count, "seed \(seed): \(client.user) on node \(client.node) got a message of \(name) twice: live \(client.delivered.filter { $0.from == sim.id(name) }.map(\.id)) mail \(client.mail.filter { $0.from == sim.id(name) }.map(\.id))")
+            }
+        }
+        for name in names {
+            for sent in sentBy[name] ?? [] {
+                #expect(acked.contains { $0.from == name && $0.id == sent.id } || finals[name]!.sendErrors[sent.id] != nil,
+                        "seed \(seed): \(name) #\(sent.id) to \(sent.to) never answered after the resend; final node \(liveNode) remembers: \(sim.nodes[liveNode].core.core.remembers(sender: sim.id(name), messageID: sent.id)); pending forwards: \(sim.nodes.map { $0.pending[ClusterSim.key(sim.id(name), sent.id)].map { "to \($0.node)" } ?? "-" }); alive \(sim.nodes.map(\.alive)); trace \(sim.trace.filter { $0.contains("#\(sent.id)") || $0.contains("messageID: \(sent.id)") || $0.contains("kill") || $0.contains(name) || $0.contains(sent.to) }.joined(separator: "\n")) code \(String(describing: finals[name]!.closeCode)) loggedIn \(finals[name]!.loggedIn) acks \(finals[name]!.acks.keys.sorted())")
+            }
+        }
+    }
+}
