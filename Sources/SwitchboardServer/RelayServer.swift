@@ -20,8 +20,12 @@ import SwitchboardTLS
 
 public enum ServerError: Error, CustomStringConvertible {
     case tlsNotConfigured
+    case clusterModeUnavailable
     public var description: String {
         switch self {
+        case .clusterModeUnavailable:
+            return "cluster mode (--cluster) is not available in this build yet"
+
         case .tlsNotConfigured:
             return "TLS is on by default but no certificate was given: run `switchboard cert init` (development) or pass --tls-cert and --tls-key, or --plaintext"
         }
@@ -111,6 +115,7 @@ public final class RelayServer: EventHandler, SessionDriver {
     public init(configuration: ServerConfiguration, logger: Logger = Logger(label: "switchboard")) throws {
         self.configuration = configuration
         self.driverLogger = logger
+        if configuration.clusterServers != nil { throw ServerError.clusterModeUnavailable }
         Sys.ignoreSIGPIPE()
         loop = try EventLoop()
         store = try Store(directory: configuration.dataDirectory, mapSizeBytes: configuration.storeMapSizeBytes)

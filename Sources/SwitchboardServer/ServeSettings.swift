@@ -7,6 +7,7 @@
 // `serverConfiguration()` is the only place settings become a ServerConfiguration.
 import Glibc
 import Logging
+import SwitchboardCluster
 import SwitchboardIO
 import SwitchboardTLS
 
@@ -200,6 +201,20 @@ public struct ServeSettings: Sendable, Equatable {
                    "The admin socket's path. Default: DATA/admin.sock (mode 0600).") { c, v in
             if case .string(let path) = v { c.adminSocketPath = path }
         },
+        // Cluster mode (ClusterRouter, ClusterLog; README "Running a cluster"). `cluster` and `node` are .path
+        // keys only so they may be unset; serverConfiguration() checks them.
+        SettingKey("cluster", .path, nil, live: false,
+                   "Join a cluster through NATS: nats://IP:PORT[,nats://IP:PORT...] (numeric addresses; every node of the cluster gets the same list). Off by default: one node on its own LMDB."),
+        SettingKey("node", .path, nil, live: false,
+                   "This node's name in the cluster (1-32 of A-Z a-z 0-9 _ -, unique per node). Required with --cluster."),
+        SettingKey("cluster-replicas", .integer(1...5), .integer(3), live: false,
+                   "Replicas of the cluster's write log in JetStream (3 survives the loss of one NATS server of three; 1 for a single NATS server).") { c, v in
+            c.clusterReplicas = int(v)
+        },
+        SettingKey("cluster-commit-timeout", .integer(1...600), .integer(15), live: false,
+                   "Seconds a write waits for the cluster log (NATS down, a JetStream leader election) before its client gets a clear error.") { c, v in
+            c.clusterCommitTimeoutMs = u64(v) * 1000
+        },
         SettingKey("heap-trim-churn", .integer(0...1_000_000_000), .integer(1024), live: false,
                    "Accepts + closes after which the server gives freed heap memory back to the system (malloc_trim on a helper thread, once the churn has calmed down: after a storm of TLS handshakes glibc otherwise keeps tens of MB). 0 turns it off.") { c, v in
             c.heapTrimChurn = int(v)
@@ -330,6 +345,21 @@ public struct ServeSettings: Sendable, Equatable {
             do { config.metricsAddress = try SocketAddress(parsing: metrics) } catch {
                 throw located("metrics", "'\(metrics)' is not an address (IPv4:PORT or [IPv6]:PORT)")
             }
+        }
+        if let cluster = string("cluster") {
+            do { _ = try NATSServerList.parse(cluster) } catch {
+                throw located("cluster", "'\(cluster)' is not a NATS server list (\(error))")
+            }
+            guard let node = string("node") else {
+                throw located("cluster", "needs --node NAME too (this node's unique name in the cluster)")
+            }
+            guard ClusterRouterConfiguration.validNodeName(node) else {
+                throw located("node", "'\(node)' is not a node name (1-32 of A-Z a-z 0-9 _ -)")
+            }
+            config.clusterServers = cluster
+            config.clusterNode = node
+        } else if string("node") != nil {
+            throw located("node", "is only meaningful with --cluster")
         }
         return config
     }

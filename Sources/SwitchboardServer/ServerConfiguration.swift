@@ -34,6 +34,11 @@ public struct ServerConfiguration: Sendable {
     /// Accepts + closes after which the heap is trimmed once the churn calms down (malloc_trim on a helper
     /// thread, see HeapTrimmer); 0 turns it off.
     public var heapTrimChurn = 1024
+    /// Cluster mode: the NATS servers ("nats://IP:PORT,...") and this node's name; nil: a single node.
+    public var clusterServers: String?
+    public var clusterNode: String?
+    public var clusterReplicas = 3
+    public var clusterCommitTimeoutMs: UInt64 = 15_000
 
     public var serverName: String { get { session.serverName } set { session.serverName = newValue } }
     public var limits: ServerLimits { get { session.limits } set { session.limits = newValue } }

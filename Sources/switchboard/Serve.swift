@@ -52,6 +52,10 @@ struct SettingFlags: ParsableArguments {
     @Flag(inversion: .prefixedNo, help: h("admin")) var admin: Bool?
     @Option(help: h("admin-socket")) var adminSocket: String?
     @Option(help: h("heap-trim-churn")) var heapTrimChurn: Int64?
+    @Option(help: h("cluster")) var cluster: String?
+    @Option(help: h("node")) var node: String?
+    @Option(help: h("cluster-replicas")) var clusterReplicas: Int64?
+    @Option(help: h("cluster-commit-timeout")) var clusterCommitTimeout: Int64?
 
     /// The flags that were given, as (key, value).
     var overrides: [(String, ConfigValue)] {
@@ -76,6 +80,8 @@ struct SettingFlags: ParsableArguments {
         add("handshake-timeout", handshakeTimeout); add("heap-trim-churn", heapTrimChurn)
         if let plaintext { list.append(("plaintext", .boolean(plaintext))) }
         add("metrics", metrics); add("admin-socket", adminSocket)
+        add("cluster", cluster); add("node", node); add("cluster-replicas", clusterReplicas)
+        add("cluster-commit-timeout", clusterCommitTimeout)
         if let admin { list.append(("admin", .boolean(admin))) }
         return list
     }
