@@ -33,12 +33,12 @@ public struct IDMap<Key: FixedWidthInteger & UnsignedInteger, Value> {
 
     @inlinable public var isEmpty: Bool { storedCount == 0 }
 
-    @inlinable func home(_ key: Key) -> Int {
+    @inlinable @inline(__always) func home(_ key: Key) -> Int {
         Int(truncatingIfNeeded: ((UInt64(truncatingIfNeeded: key) ^ salt) &* 0x9E37_79B9_7F4A_7C15) >> shift)
     }
 
     /// The slot holding `key`, or nil.
-    @inlinable func slot(of key: Key) -> Int? {
+    @inlinable @inline(__always) func slot(of key: Key) -> Int? {
         guard count > 0 else { return nil }
         var i = home(key)
         while entries[i].value != nil {
@@ -49,7 +49,7 @@ public struct IDMap<Key: FixedWidthInteger & UnsignedInteger, Value> {
     }
 
     @inlinable public subscript(key: Key) -> Value? {
-        get {
+        @inline(__always) get {
             guard let i = slot(of: key) else { return nil }
             return entries[i].value
         }

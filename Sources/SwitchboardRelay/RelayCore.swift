@@ -432,7 +432,7 @@ public final class RelayCore {
         }
     }
 
-    func devices(of user: UserID) -> SenderDevices? {
+    @inline(__always) func devices(of user: UserID) -> SenderDevices? {
         guard let session = sessions[user] else { return nil }
         return session.deviceCount == 1 ? .one(session.devices[0].connection) : .several(session)
     }
@@ -463,7 +463,7 @@ public final class RelayCore {
         mailboxes[recipient] = box
     }
 
-    func remember(sender: UserID, messageID: UInt64, pendingCopies: Int = 0) {
+    @inline(__always) func remember(sender: UserID, messageID: UInt64, pendingCopies: Int = 0) {
         let history: SenderHistory
         if let existing = recentIDs[sender] {
             history = existing
