@@ -25,11 +25,11 @@ struct History: ParsableCommand {
     func run() throws {
         try runReporting {
             let name = try common.userName()
-            guard let directory = HistoryStore.directory(server: common.serverAddress, user: name) else {
+            guard let directory = HistoryStore.directory(server: common.servers.text, user: name) else {
                 throw Failure(code: 1, "no data directory: set HOME, XDG_DATA_HOME or SWITCHBOARD_DATA_HOME")
             }
             guard access(directory + "/data.mdb", F_OK) == 0 else {
-                throw Failure(code: 1, "no local history for \(name) at \(common.serverAddress) (in \(directory))")
+                throw Failure(code: 1, "no local history for \(name) at \(common.servers.text) (in \(directory))")
             }
             let store: HistoryStore
             do { store = try HistoryStore(directory: directory) } catch { throw Failure(code: 1, "\(error)") }
