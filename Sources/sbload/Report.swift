@@ -115,6 +115,11 @@ struct Percentiles: Codable {
 struct Report: Codable {
     var scenario: String
     var target: String
+    /// Each target (HOST:PORT), the connections planned for it and the logins it completed.
+    var targets: [String] = []
+    var connectionsPerTarget: [Int] = []
+    var loggedInPerTarget: [UInt64] = []
+    var spread: String?
     var threads: Int
     var pairs: Int
     var connections: Int
@@ -169,7 +174,7 @@ struct Report: Codable {
     var phaseA: Window?
     var phaseB: Window?
     enum CodingKeys: String, CodingKey {
-        case scenario, target, threads, pairs, connections, payloadBytes, window, rate, peer, qos, ackMode, measuredSeconds, sent,
+        case scenario, target, targets, connectionsPerTarget, loggedInPerTarget, spread, threads, pairs, connections, payloadBytes, window, rate, peer, qos, ackMode, measuredSeconds, sent,
              acknowledgedDelivered, acknowledgedStored, refused, received, throughputPerSecond, latencyNs, ackRoundTripNs,
              loginLatencyNs, lost, duplicates, corrupt, outOfOrder, unacknowledged, storedNotDrained, staleMail, disconnects,
              serverErrors, unexpectedAcks, scheduleStalls, generatorCores, serverCores, storedPerSecond, drainedPerSecond,
@@ -179,7 +184,11 @@ struct Report: Codable {
 
     init(plan: Plan) {
         scenario = plan.scenario.rawValue
-        target = plan.targetLabel ?? plan.target.description
+        targets = plan.targets.map(\.description)
+        target = plan.targetLabel ?? targets.joined(separator: ",")
+        connectionsPerTarget = plan.connectionsPerTarget
+        loggedInPerTarget = Array(repeating: 0, count: plan.targets.count)
+        if plan.targets.count > 1 { spread = plan.spread.rawValue }
         switch plan.peer {
         case .switchboard: break
         case .redis: peer = "redis"; ackMode = "PUBLISH reply (accepted by the server; weaker than Switchboard's end-to-end SEND_ACK)"
@@ -211,6 +220,7 @@ struct Report: Codable {
             firstLogin = min(firstLogin, r.firstLoginNs); lastLogin = max(lastLogin, r.lastLoginNs)
             phaseAEnd = max(phaseAEnd, r.phaseAEndNs)
             for e in r.firstErrors where firstErrors.count < 20 { firstErrors.append(e) }
+            for (i, n) in r.loggedInPerTarget.enumerated() where i < loggedInPerTarget.count { loggedInPerTarget[i] += n }
         }
         self.failedThreads = failedThreads
         sent = c.sent; acknowledgedDelivered = c.acked; acknowledgedStored = c.ackedStored; refused = c.refused
@@ -273,6 +283,13 @@ struct Report: Codable {
         if scenario == "connect" { s += "  connections \(connections)\n" } else {
             s += "  pairs \(pairs)  payload \(payloadBytes) B  "
             s += rate.map { "open loop \(Format.count($0)) msg/s" } ?? "closed loop window \(window ?? 0)"
+            s += "\n"
+        }
+        if targets.count > 1 {
+            s += "targets      spread \(spread ?? "-"):"
+            for i in targets.indices {
+                s += "  \(targets[i]) \(connectionsPerTarget[i]) connections (\(loggedInPerTarget[i]) logged in)"
+            }
             s += "\n"
         }
         let cpu = { (v: Double?) in v.map { String(format: "%.2f cores", $0) } ?? "n/a" }
