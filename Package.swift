@@ -80,7 +80,7 @@ let package = Package(
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Histogram", package: "hdrhistogram-swift")],
                           swiftSettings: strict),
-        .testTarget(name: "SwitchboardTUITests", dependencies: ["SwitchboardTUI"], exclude: ["e2e-tmux.sh", "e2e-xterm.sh", "e2e-devices.sh"],
+        .testTarget(name: "SwitchboardTUITests", dependencies: ["SwitchboardTUI"], exclude: ["e2e-tmux.sh", "e2e-xterm.sh", "e2e-devices.sh", "e2e-failover.sh"],
                     swiftSettings: strict),
         .testTarget(name: "SwitchboardTLSTests", dependencies: ["SwitchboardTLS", "SwitchboardIO"], swiftSettings: strict),
         .testTarget(name: "SwitchboardIOTests", dependencies: ["SwitchboardIO"], swiftSettings: strict),
