@@ -10,7 +10,8 @@ struct History: ParsableCommand {
         abstract: "Print the conversation with USER kept locally by the terminal client (oldest first).",
         discussion: """
             The terminal client keeps each account's conversations in \
-            $SWITCHBOARD_DATA_HOME (else $XDG_DATA_HOME, else ~/.local/share)/switchboard/history/SERVER/USER, \
+            $SWITCHBOARD_DATA_HOME (else $XDG_DATA_HOME, else ~/.local/share)/switchboard/history/SERVER/USER \
+            (with several servers SERVER is the whole list as written, A,B,C: give the same --server list here), \
             at most \(HistoryStore.defaultMaxLinesPerPeer) messages per contact and \(HistoryStore.defaultMapBytes >> 20) MiB in all. \
             Marks: ✓ delivered, ✉ stored offline, … not yet acknowledged, ✗ not sent; incoming mail is marked (offline).
             """)

@@ -19,6 +19,9 @@ struct Tui: ParsableCommand {
             contact; - removes one; Tab switches between the list and typing; Ctrl-N/Ctrl-P switch dialogs; \
             Ctrl-W closes one; PgUp/PgDn scroll a page; Ctrl-R or F5 reconnects now; F1 or ? shows help; \
             Ctrl-C or q quits (asking first while messages are unsent: those are kept and sent at the next start).
+            With several servers (--server A,B,C, the nodes of one cluster) the first login uses the first that \
+            works, and a lost connection (or Ctrl-R) is retried on the next server after the lost one, round robin, \
+            backing off 1 s doubling to 5 s between full passes; unsent messages follow with their original ids.
             Marks: … sending, ✓ delivered, ✉ stored offline, ✗ not sent.
             Conversations are kept locally (see sbchat history --help) unless --no-history is given. A message \
             in another dialog rings the bell (--no-bell to stop) and shows in the window title.

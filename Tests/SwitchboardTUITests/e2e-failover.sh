@@ -31,7 +31,7 @@ fi
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/sb-e2e-failover.XXXXXX")
 SOCK="sb-e2e-failover-$$"
-T() { tmux -L "$SOCK" "$@"; }
+T() { tmux -f /dev/null -L "$SOCK" "$@"; }
 PID_A=""; PID_B=""
 cleanup() {
   if [ -n "$OUT" ]; then mkdir -p "$OUT"; for s in alice bob; do T capture-pane -p -t "$s" >"$OUT/failover-$s.txt" 2>/dev/null; done; fi
@@ -99,7 +99,6 @@ start_client() {  # SESSION USER SERVERS
     "env SWITCHBOARD_SERVER=$3 SWITCHBOARD_PASSWORD=$PW SWITCHBOARD_KNOWN_SERVERS=$TMP/known-$1 XDG_CONFIG_HOME=$TMP/cfg-$1 SWITCHBOARD_DATA_HOME=$TMP/home LANG=C.UTF-8 $SBCHAT tui --user $2 2>>$TMP/$1.stderr; echo \"[sbchat exited: \$?]\"; sleep 600" \
     || fail "tmux new-session $1"
 }
-T -f /dev/null start-server 2>/dev/null
 start_client bob bob "$ADDR_B"
 wait_for bob "online as bob at $ADDR_B"
 start_client alice alice "$ADDR_A,$ADDR_B"
