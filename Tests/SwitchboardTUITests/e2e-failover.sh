@@ -7,7 +7,7 @@
 #   - A is killed with SIGKILL; a message alice types at once waits (…), alice moves to B within the
 #     first back-off (status line "online as alice at B"), pins B's key (its own known-servers line),
 #     and the message is sent there with its id: delivered (✓) to bob, shown once on both screens;
-#   - A comes back and B is killed: alice goes round to A;
+#   - A comes back and B is killed: alice goes round to A; with both down the status line names both;
 #   - the local history (kept under the list as written) holds the message once.
 #
 # usage: e2e-failover.sh BIN_DIR [OUT_DIR]
@@ -117,6 +117,7 @@ wait_for alice "… you (offline): typed during the failover"
 wait_for alice "online as alice at $ADDR_B"
 elapsed=$(( $(now_ms) - start ))
 echo "e2e-failover: alice was online at B ${elapsed} ms after A was killed"
+wait_for alice "first contact with $ADDR_B"  # B's key pinned during the failover, said in the status line
 # The first back-off is at most 1 s; allow for the connect, TLS handshake and login in a debug build.
 [ "$elapsed" -le 4000 ] || fail "the failover to B took ${elapsed} ms (first back-off is at most 1 s)"
 wait_for alice "✓ you (offline): typed during the failover"
@@ -134,6 +135,10 @@ start=$(now_ms)
 wait_for alice "online as alice at $ADDR_A"
 echo "e2e-failover: alice was back on A $(( $(now_ms) - start )) ms after B was killed"
 wait_for bob "disconnected: "
+
+# Both down: the status line names every server that failed.
+kill9 A
+wait_for alice "disconnected: none of the 2 servers"  # (shortened while a notice shows)
 
 # The local history is kept under the list as written: it has the message once.
 T send-keys -t alice C-c
