@@ -93,7 +93,7 @@ let package = Package(
                     dependencies: ["SwitchboardSession", "SwitchboardRelay", "SwitchboardProtocol", "SwitchboardStore", "SwitchboardIO"],
                     swiftSettings: strict),
         .testTarget(name: "SwitchboardServerTests",
-                    dependencies: ["SwitchboardServer", "SwitchboardClient", "SwitchboardStore", "SwitchboardTLS"],
+                    dependencies: ["SwitchboardServer", "SwitchboardClient", "SwitchboardStore", "SwitchboardTLS", "SwitchboardTUI"],
                     swiftSettings: strict),
     ]
 )

@@ -3,11 +3,13 @@
 // a server passed over for a TLS refusal is still reported, all dead is exit 3 naming each server;
 // `sbload --target A,B` spreads connections as --spread says, checked against each server's own
 // `who` (cross: each pair's ends on different servers) and by a relay run that can only pass when
-// both ends of every pair share a server (same).
+// both ends of every pair share a server (same). The terminal client's first login walks the list
+// the same way, but a server that refuses the login itself ends the walk.
 import Foundation
 import Glibc
 import SwitchboardClient
 import SwitchboardIO
+import SwitchboardTUI
 import Testing
 
 /// Runs a built product with `environment` added to this process's, stdin from /dev/null.
@@ -87,6 +89,37 @@ private func online(_ dataDirectory: String) throws -> Set<String> {
         // A bad list is a usage error (2) naming the entry.
         let bad = try runProduct("sbchat", ["contacts", "--user", "alice", "--server", "\(live.address),\(live.address)"], environment: env)
         #expect(bad.status == 2 && bad.err.contains("server 2 '\(live.address)' repeats server 1"), "\(bad)")
+    }
+
+    @Test(.timeLimit(.minutes(1)))
+    func theTerminalClientsLoginPassesOverDeadServersButStopsAtARefusal() throws {
+        let a = try InProcessServer(tls: false), b = try InProcessServer(tls: false)
+        _ = try a.user("alice")
+        let onB = try b.session()
+        try onB.register(name: "alice", password: "another password")
+        let dead = try deadAddress()
+        func app(_ list: String, password: String) throws -> ChatApp {
+            ChatApp(configuration: ChatAppConfiguration(servers: try ServerList(parsing: list), user: "alice", password: password) {
+                try ChatSession(server: $0)
+            })
+        }
+        // Dead first: the login lands on the second, and the dead one is reported as passed over.
+        let first = try app("\(dead),\(a.address)", password: testPassword)
+        let passedOver = try first.logIn()
+        #expect(first.serverIndex == 1 && first.connection?.server == a.address && first.model.server == a.address)
+        #expect(passedOver.map(\.server) == [dead] && !passedOver[0].isSecurityRefusal)
+        first.connection?.close()
+        // A wrong password on A is the account's answer, not A's absence: B (where it would work) is not tried.
+        let refused = try app("\(a.address),\(b.address)", password: "another password")
+        do {
+            try refused.logIn()
+            Issue.record("logged in on \(refused.connection?.server ?? "?") after A refused the password")
+        } catch let error as ClientError {
+            #expect(error.code != nil && refused.serverIndex == 0 && refused.connection == nil, "\(error)")
+        }
+        // Every server dead: AllServersFailed naming each.
+        let none = try app("\(dead),\(try deadAddress())", password: testPassword)
+        #expect(throws: AllServersFailed.self) { try none.logIn() }
     }
 
     @Test(.timeLimit(.minutes(2)))
