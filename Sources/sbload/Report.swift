@@ -17,17 +17,17 @@ struct Window {
     var sampledStart: UInt64 = 0
     var sampledEnd: UInt64 = 0
 
-    mutating func sample(at now: UInt64, pid: Int32?) {
+    mutating func sample(at now: UInt64, pid: [Int32]) {
         sampledStart = now
         cpuStart = processCPUNs()
-        serverCPUStart = pid.flatMap { ProcInfo.cpuNs(pid: $0) }
+        serverCPUStart = ProcInfo.cpuNs(pids: pid)
     }
 
-    mutating func sampleEnd(pid: Int32?) {
+    mutating func sampleEnd(pid: [Int32]) {
         sampledEnd = Clock.monotonicNs()
         if end == .max || end == 0 { end = sampledEnd }
         cpuEnd = processCPUNs()
-        serverCPUEnd = pid.flatMap { ProcInfo.cpuNs(pid: $0) }
+        serverCPUEnd = ProcInfo.cpuNs(pids: pid)
     }
 
     var seconds: Double { Double(end &- start) / 1e9 }
@@ -54,6 +54,20 @@ enum ProcInfo {
             bytes.append(contentsOf: chunk[0..<n])
         }
         return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// The sum over several processes (nil when none is given or one cannot be read).
+    static func rssBytes(pids: [Int32]) -> UInt64? { sum(pids, rssBytes(pid:)) }
+    static func cpuNs(pids: [Int32]) -> UInt64? { sum(pids, cpuNs(pid:)) }
+
+    private static func sum(_ pids: [Int32], _ read: (Int32) -> UInt64?) -> UInt64? {
+        guard !pids.isEmpty else { return nil }
+        var total: UInt64 = 0
+        for pid in pids {
+            guard let value = read(pid) else { return nil }
+            total += value
+        }
+        return total
     }
 
     /// VmRSS of a process, in bytes.

@@ -49,8 +49,11 @@ struct CommonOptions: ParsableArguments {
     var sourceAddresses: Int?
     @Option(help: "Most connections logging in at the same time (all threads).")
     var loginConcurrency = 256
-    @Option(help: "The server's pid, to report its CPU use (and, for connect, RSS per connection) from /proc.")
-    var serverPid: Int32?
+    @Option(help: """
+        The server's pid, to report its CPU use (and, for connect, RSS per connection) from /proc. Repeat it for \
+        several servers (--target A,B): their CPU and RSS are added up.
+        """)
+    var serverPid: [Int32] = []
     @Flag(help: "Print the final report as JSON on stdout (the human report goes to stderr).")
     var json = false
     @Flag(help: "TLS (verified with --ca). relay/offline run TLS inside the epoll engine; connect and login-storm use blocking TLS clients.")

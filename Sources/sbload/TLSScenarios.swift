@@ -131,7 +131,7 @@ struct TLSConnectScenario {
         }
         let threads = min(common.threads, connections)
         let prefix = common.prefix, tlsCommon = common
-        let rssBefore = common.serverPid.flatMap { ProcInfo.rssBytes(pid: $0) }
+        let rssBefore = ProcInfo.rssBytes(pids: common.serverPid)
         let held = Mutex<HeldConnections>(HeldConnections())
         let tally = Tally()
         let start = Clock.monotonicNs()
@@ -157,9 +157,9 @@ struct TLSConnectScenario {
         let seconds = Double(Clock.monotonicNs() - start) / 1e9
         tally.finished.store(true, ordering: .relaxed)
         ticker.join()
-        let rssAfter = common.serverPid.flatMap { ProcInfo.rssBytes(pid: $0) }
+        let rssAfter = ProcInfo.rssBytes(pids: common.serverPid)
         usleep(useconds_t(holdSeconds * 1_000_000))
-        let rssHeld = common.serverPid.flatMap { ProcInfo.rssBytes(pid: $0) }
+        let rssHeld = ProcInfo.rssBytes(pids: common.serverPid)
         let open = tally.done.load(ordering: .relaxed)
         print("connect --tls: \(open) of \(connections) TLS connections logged in and idle, \(String(format1: Double(open) / seconds)) per second")
         if let before = rssBefore, let after = rssHeld ?? rssAfter, open > 0 {
