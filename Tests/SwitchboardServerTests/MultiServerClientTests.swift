@@ -138,28 +138,40 @@ private func online(_ dataDirectory: String) throws -> Set<String> {
         }
         let targets = servers.map(\.address).joined(separator: ",")
 
-        // cross: pair k's sender on server k % 2, its receiver on the other. Held while each server's `who` is read.
         guard let sbload = builtProduct("sbload") else { throw TestFailure("sbload executable not found") }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: sbload)
-        process.arguments = ["connect", "--target", targets, "--spread", "cross", "--connections", "8", "--hold", "2",
-                             "--password", password, "--json"]
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let expected: [Set<String>] = [["load0", "load3", "load4", "load7"], ["load1", "load2", "load5", "load6"]]
-        let seen = try eventually(timeoutMs: 10_000) { try online(directories[0]).count == 4 && online(directories[1]).count == 4 }
-        #expect(seen)
-        #expect(try online(directories[0]) == expected[0])
-        #expect(try online(directories[1]) == expected[1])
-        let json = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
-        let report = try JSONSerialization.jsonObject(with: json) as? [String: Any] ?? [:]
-        #expect(report["targets"] as? [String] == servers.map(\.address))
-        #expect(report["connectionsPerTarget"] as? [Int] == [4, 4] && report["loggedInPerTarget"] as? [Int] == [4, 4], "\(report)")
-        #expect(report["spread"] as? String == "cross")
+        /// Runs `sbload connect` with `spread`, reads each server's `who` while the connections are held.
+        func connectRun(_ spread: String) throws -> (online: [Set<String>], report: [String: Any], status: Int32) {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: sbload)
+            process.arguments = ["connect", "--target", targets, "--connections", "8", "--hold", "1.5",
+                                 "--password", password, "--json"] + (spread.isEmpty ? [] : ["--spread", spread])
+            let out = Pipe()
+            process.standardOutput = out
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            let seen = try eventually(timeoutMs: 10_000) { try online(directories[0]).count == 4 && online(directories[1]).count == 4 }
+            #expect(seen, "not every connection showed up in the servers' who")
+            let sets = [try online(directories[0]), try online(directories[1])]
+            let json = out.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            let report = try JSONSerialization.jsonObject(with: json) as? [String: Any] ?? [:]
+            // Gone before the next run (its who must not see these).
+            _ = eventually(timeoutMs: 5_000) { ((try? online(directories[0]).isEmpty) ?? false) && ((try? online(directories[1]).isEmpty) ?? false) }
+            return (sets, report, process.terminationStatus)
+        }
+
+        // cross: pair k's sender on server k % 2, its receiver on the other.
+        let cross = try connectRun("cross")
+        #expect(cross.status == 0)
+        #expect(cross.online == [["load0", "load3", "load4", "load7"], ["load1", "load2", "load5", "load6"]])
+        #expect(cross.report["targets"] as? [String] == servers.map(\.address))
+        #expect(cross.report["connectionsPerTarget"] as? [Int] == [4, 4] && cross.report["loggedInPerTarget"] as? [Int] == [4, 4],
+                "\(cross.report)")
+        #expect(cross.report["spread"] as? String == "cross")
+        // The default, round-robin: connection u on server u % 2.
+        let roundRobin = try connectRun("")
+        #expect(roundRobin.status == 0 && roundRobin.report["spread"] as? String == "round-robin")
+        #expect(roundRobin.online == [["load0", "load2", "load4", "load6"], ["load1", "load3", "load5", "load7"]])
 
         // same: both ends of each pair on one server. Independent servers deliver live only then, so a
         // passing relay run (everything delivered and acknowledged) shows it.
