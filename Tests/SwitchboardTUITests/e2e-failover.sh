@@ -7,7 +7,8 @@
 #   - A is killed with SIGKILL; a message alice types at once waits (…), alice moves to B within the
 #     first back-off (status line "online as alice at B"), pins B's key (its own known-servers line),
 #     and the message is sent there with its id: delivered (✓) to bob, shown once on both screens;
-#   - A comes back and B is killed: alice goes round to A; with both down the status line names both;
+#   - A comes back and B is killed: alice goes round to A; with both down the status line names both,
+#     and Ctrl-R once B is back finds it at once;
 #   - the local history (kept under the list as written) holds the message once.
 #
 # usage: e2e-failover.sh BIN_DIR [OUT_DIR]
@@ -139,6 +140,25 @@ wait_for bob "disconnected: "
 # Both down: the status line names every server that failed.
 kill9 A
 wait_for alice "disconnected: none of the 2 servers"  # (shortened while a notice shows)
+
+# B comes back while alice waits out a back-off of 2 s or more: Ctrl-R walks the list at once and finds B.
+start_server B "$ADDR_B"
+deadline=$(( $(date +%s) + TIMEOUT ))
+until screen alice | grep -qE "retry in [2-5]s"; do
+  [ "$(date +%s)" -le "$deadline" ] || fail "alice's retry countdown never reached 2 s"
+  screen alice | grep -qF "online as alice at $ADDR_B" && break
+  sleep 0.05
+done
+if screen alice | grep -qE "retry in [2-5]s"; then
+  T send-keys -t alice C-r
+  start=$(now_ms)
+  wait_for alice "online as alice at $ADDR_B"
+  elapsed=$(( $(now_ms) - start ))
+  echo "e2e-failover: Ctrl-R found B in ${elapsed} ms"
+  [ "$elapsed" -le 1500 ] || fail "Ctrl-R did not reconnect at once (${elapsed} ms)"
+else
+  echo "e2e-failover: note: alice found B on her own before Ctrl-R"
+fi
 
 # The local history is kept under the list as written: it has the message once.
 T send-keys -t alice C-c
