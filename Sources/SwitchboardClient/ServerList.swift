@@ -89,7 +89,8 @@ public struct ServerList: Sendable, Equatable, CustomStringConvertible {
     public struct Failure: Sendable, CustomStringConvertible {
         public let server: String
         public let reason: String
-        /// A TLS refusal (changed key, bad certificate): worth a warning even when another server answered.
+        /// A TLS refusal (changed key, untrusted certificate, unusable pin store or CA file): worth a
+        /// warning even when another server answered.
         public let isSecurityRefusal: Bool
         public var description: String { "\(server): \(reason)" }
     }
@@ -108,10 +109,20 @@ public struct ServerList: Sendable, Equatable, CustomStringConvertible {
                 return (index, try attempt(server), failures)
             } catch {
                 let reason = (error as? ClientError)?.message ?? "\(error)"
-                failures.append(Failure(server: server, reason: reason, isSecurityRefusal: error is TLSError))
+                failures.append(Failure(server: server, reason: reason, isSecurityRefusal: ServerList.isSecurityRefusal(error)))
             }
         }
         throw AllServersFailed(failures: failures)
+    }
+
+    /// TLS said no (key changed, certificate not trusted) or the trust setup is broken, as opposed
+    /// to a server that is down or went away mid-handshake.
+    static func isSecurityRefusal(_ error: any Error) -> Bool {
+        guard let tls = error as? TLSError else { return false }
+        switch tls.kind {
+        case .certificateVerification, .pinMismatch, .pinStore, .configuration: return true
+        default: return false
+        }
     }
 }
 
