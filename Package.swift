@@ -81,7 +81,7 @@ let package = Package(
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Histogram", package: "hdrhistogram-swift")],
                           swiftSettings: strict),
-        .testTarget(name: "SwitchboardTUITests", dependencies: ["SwitchboardTUI"], exclude: ["e2e-tmux.sh", "e2e-xterm.sh", "e2e-devices.sh"],
+        .testTarget(name: "SwitchboardTUITests", dependencies: ["SwitchboardTUI"], exclude: ["e2e-tmux.sh", "e2e-xterm.sh", "e2e-devices.sh", "e2e-failover.sh"],
                     swiftSettings: strict),
         .testTarget(name: "SwitchboardTLSTests", dependencies: ["SwitchboardTLS", "SwitchboardIO"], swiftSettings: strict),
         .testTarget(name: "SwitchboardIOTests", dependencies: ["SwitchboardIO"], swiftSettings: strict),
@@ -94,7 +94,7 @@ let package = Package(
                     dependencies: ["SwitchboardSession", "SwitchboardRelay", "SwitchboardProtocol", "SwitchboardStore", "SwitchboardIO"],
                     swiftSettings: strict),
         .testTarget(name: "SwitchboardServerTests",
-                    dependencies: ["SwitchboardServer", "SwitchboardClient", "SwitchboardStore", "SwitchboardTLS"],
+                    dependencies: ["SwitchboardServer", "SwitchboardClient", "SwitchboardStore", "SwitchboardTLS", "SwitchboardTUI"],
                     swiftSettings: strict),
     ]
 )

@@ -72,6 +72,8 @@ public struct ClientTLSInfo: Sendable, Equatable {
 
 public final class ChatConnection {
     public let fd: Int32
+    /// The "HOST:PORT" this connection was opened to, as the caller wrote it.
+    public let server: String
     public private(set) var welcome: Welcome
     /// Set when the connection uses TLS.
     public let tls: ClientTLSInfo?
@@ -89,7 +91,7 @@ public final class ChatConnection {
                 tls options: ClientTLSOptions? = nil, protocolVersion: UInt16 = ProtocolConstants.version,
                 from source: SocketAddress? = nil) throws {
         let address = try ChatConnection.resolve(server)
-        let fd = try Socket.connectBlocking(to: address, from: source)
+        let fd = try ChatConnection.connect(to: address, from: source, timeoutMs: timeoutMs, server: server)
         if let options {
             // On failure startTLS has closed the socket.
             (transport, tls) = try ChatConnection.startTLS(fd: fd, server: server, port: address.port,
@@ -99,6 +101,7 @@ public final class ChatConnection {
             tls = nil
         }
         self.fd = fd
+        self.server = server
         welcome = Welcome(limits: ServerLimits(), serverName: "")
         do {
             try sendFrame(.hello(version: protocolVersion, agent: TextView(agent)))
@@ -178,6 +181,37 @@ public final class ChatConnection {
         }
         guard let colon = server.lastIndex(of: ":") else { return server }
         return String(server[..<colon])
+    }
+
+    /// A TCP connect that gives up after `timeoutMs` (a host that is gone drops SYNs silently, and
+    /// the kernel alone would retry for about two minutes: too long before trying another server).
+    /// Returns a blocking descriptor.
+    static func connect(to address: SocketAddress, from source: SocketAddress?, timeoutMs: Int32, server: String) throws -> Int32 {
+        let fd = try Socket.connectNonBlocking(to: address, from: source)
+        do {
+            var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            let deadline = Clock.monotonicMs() + UInt64(max(0, timeoutMs))
+            while true {
+                let rc = poll(&pfd, 1, remainingMs(until: deadline))
+                if rc > 0 { break }
+                if rc < 0 && errno == EINTR { continue }
+                if rc < 0 { throw ClientError("poll failed: errno \(errno)") }
+                throw ClientError("no answer from \(server) within \(timeoutMs) ms (connect timed out)")
+            }
+            let error = Socket.pendingError(fd)
+            if error != 0 { throw ClientError("connect failed: \(String(cString: strerror(error)))") }
+            let flags = fcntl(fd, F_GETFL)
+            guard flags >= 0, fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) == 0 else { throw ClientError("fcntl failed: errno \(errno)") }
+            return fd
+        } catch {
+            Sys.close(fd)
+            throw error
+        }
+    }
+
+    private static func remainingMs(until deadline: UInt64) -> Int32 {
+        let now = Clock.monotonicMs()
+        return deadline > now ? Int32(clamping: deadline - now) : 0
     }
 
     static func resolve(_ server: String) throws -> SocketAddress {

@@ -7,17 +7,23 @@
 // with their original ids, which the server and the model both use to drop duplicates. A message
 // arriving in a dialog other than the one shown rings the bell once per frame, and the window title
 // counts unread messages. With a history store, conversations and unsent messages survive a restart.
+// With several servers, every (re)connect is one pass over the list that stops at the first server
+// where the login works: the first login starts with the first server, a reconnect after a lost
+// connection with the server after the one that was lost (round robin), and the back-off applies
+// between full passes; the status line names the server in use or being tried. A server that
+// refuses the login itself (wrong password, locked out) ends the pass: another would answer the same.
 import Glibc
 import SwitchboardClient
 import SwitchboardIO
 import SwitchboardProtocol
 
 public struct ChatAppConfiguration {
-    public var server: String
+    /// The servers to use, tried in order.
+    public var servers: ServerList
     public var user: String
     public var password: String
-    /// Opens a new connection (plain or TLS: the caller decides).
-    public var connect: () throws -> ChatSession
+    /// Opens a new connection to one server of the list (plain or TLS: the caller decides).
+    public var connect: (String) throws -> ChatSession
     /// Where conversations are kept between runs (nil: not kept).
     public var history: HistoryStore?
     /// Ring the terminal bell for messages in other dialogs.
@@ -25,9 +31,9 @@ public struct ChatAppConfiguration {
     /// The device this client logs in as (protocol 2): its other devices stay online. nil: plain LOGIN.
     public var device: DeviceIdentity?
 
-    public init(server: String, user: String, password: String, device: DeviceIdentity? = nil,
-                connect: @escaping () throws -> ChatSession) {
-        self.server = server; self.user = user; self.password = password; self.device = device; self.connect = connect
+    public init(servers: ServerList, user: String, password: String, device: DeviceIdentity? = nil,
+                connect: @escaping (String) throws -> ChatSession) {
+        self.servers = servers; self.user = user; self.password = password; self.device = device; self.connect = connect
     }
 }
 
@@ -42,11 +48,15 @@ public final class ChatApp {
     private var flashSince: UInt64 = 0
     private var titleShown: String?
     private var reconnectRequested = false
+    /// The index of the server in use, or the one tried last.
+    public private(set) var serverIndex = 0
+    /// The connection in use (nil while disconnected).
+    public var connection: ChatConnection? { session?.connection }
 
     public init(configuration: ChatAppConfiguration) {
         self.configuration = configuration
         renderer = Renderer(formatTime: ChatApp.localTime, nowMs: { Clock.monotonicMs() })
-        model.server = configuration.server
+        model.server = configuration.servers.entries[0]
         model.me = configuration.user
         if let history = configuration.history {
             model.history = history
@@ -55,29 +65,55 @@ public final class ChatApp {
         }
     }
 
-    /// Creates the account (before `logIn`).
+    /// Creates the account (before `logIn`) on the first server that answers.
+    /// Throws `AllServersFailed` when none does.
     public func register() throws {
-        let session = try configuration.connect()
+        let (_, session, _) = try configuration.servers.firstReachable(configuration.connect)
         defer { session.connection.close() }
         try session.register(name: configuration.user, password: configuration.password)
     }
 
     /// The first login, before the screen opens, so that a wrong password or an unreachable server
-    /// is reported as a plain error.
-    public func logIn() throws {
-        let session = try configuration.connect()
-        do {
-            let info = try session.logIn(name: configuration.user, password: configuration.password, device: configuration.device)
-            adopt(session, info: info)
-        } catch {
-            session.connection.close()
-            throw error
+    /// is reported as a plain error: `AllServersFailed` when no server could be used, the server's
+    /// refusal otherwise. Returns the servers passed over on the way.
+    @discardableResult
+    public func logIn() throws -> [ServerList.Failure] {
+        let (session, info, passedOver) = try connectAndLogIn(startingAt: 0)
+        adopt(session, info: info)
+        return passedOver
+    }
+
+    /// One pass over the servers from `start`: connect and log in, moving on when a server cannot be
+    /// reached (or drops the connection before answering); a login the server refuses ends the pass.
+    private func connectAndLogIn(startingAt start: Int, willTry: (String) -> Void = { _ in }) throws
+        -> (ChatSession, LoginInfo, [ServerList.Failure]) {
+        let configuration = self.configuration
+        let (index, outcome, passedOver) = try configuration.servers.firstReachable(startingAt: start, willTry: { index, server in
+            self.serverIndex = index
+            self.model.server = server
+            willTry(server)
+        }) { server -> Result<(ChatSession, LoginInfo), any Error> in
+            let session = try configuration.connect(server)
+            do {
+                let info = try session.logIn(name: configuration.user, password: configuration.password, device: configuration.device)
+                return .success((session, info))
+            } catch let refusal as ClientError where refusal.code != nil {
+                session.connection.close()
+                return .failure(refusal)
+            } catch {
+                session.connection.close()
+                throw error
+            }
         }
+        serverIndex = index
+        let (session, info) = try outcome.get()
+        return (session, info, passedOver)
     }
 
     private func adopt(_ session: ChatSession, info: LoginInfo) {
         self.session = session
         model.maxBodyBytes = session.connection.welcome.limits.maxBodyBytes
+        model.server = session.connection.server
         let resend = model.loggedIn(name: info.name, contacts: info.contacts, pendingMail: info.pendingMail)
         perform(resend)
         // Refresh the offline notice of open dialogs.
@@ -110,11 +146,14 @@ public final class ChatApp {
             if session == nil, case .waitingToReconnect(_, let retryAt, let attempt) = model.connection,
                now >= retryAt || reconnectRequested {
                 reconnectRequested = false
-                reconnect(attempt: attempt + 1, terminal: terminal, previous: &previous)
+                // Round robin: the pass starts after the server that was lost (or tried last).
+                reconnect(attempt: attempt + 1, startingAt: configuration.servers.index(after: serverIndex), terminal: terminal,
+                          previous: &previous)
                 dirty = true
             } else if session == nil, reconnectRequested, case .stopped = model.connection {
                 reconnectRequested = false
-                reconnect(attempt: 1, terminal: terminal, previous: &previous)
+                // Stopped by the server's word (e.g. taken over), not by its absence: the same server first.
+                reconnect(attempt: 1, startingAt: serverIndex, terminal: terminal, previous: &previous)
                 dirty = true
             }
             if let problem = configuration.history?.takeError() { model.flash = problem }
@@ -287,7 +326,11 @@ public final class ChatApp {
     private func connectionLost(_ error: Error, attempt: Int = 0) {
         session?.connection.close()
         session = nil
-        let reason = (error as? ClientError)?.message ?? "\(error)"
+        var reason = (error as? ClientError)?.message ?? "\(error)"
+        if let all = error as? AllServersFailed {
+            // One server: its reason, as before lists existed; several: each server and its reason.
+            reason = all.failures.count == 1 ? all.failures[0].reason : all.description
+        }
         if let code = (error as? ClientError)?.code,
            code == ErrorCode.sessionTakenOver.rawValue || code == ErrorCode.lockedOut.rawValue
             || code == ErrorCode.authenticationFailed.rawValue {
@@ -308,21 +351,24 @@ public final class ChatApp {
         return UInt64(Double(base) * Double.random(in: 0.75...1.0))
     }
 
-    private func reconnect(attempt: Int, terminal: Terminal, previous: inout ScreenBuffer?) {
+    private func reconnect(attempt: Int, startingAt start: Int, terminal: Terminal, previous: inout ScreenBuffer?) {
         model.connection = .connecting(attempt: attempt)
-        // Show "connecting" before blocking on connect.
-        _ = draw(terminal, size: terminal.size(), previous: &previous)
+        let lost = model.server
+        var screen = previous
         do {
-            let session = try configuration.connect()
-            do {
-                let info = try session.logIn(name: configuration.user, password: configuration.password, device: configuration.device)
-                adopt(session, info: info)
-                model.flash = "reconnected"
-            } catch {
-                session.connection.close()
-                throw error
+            // Show "connecting to SERVER" before blocking on each connect.
+            let (session, info, passedOver) = try connectAndLogIn(startingAt: start) { _ in
+                _ = self.draw(terminal, size: terminal.size(), previous: &screen)
             }
+            previous = screen
+            adopt(session, info: info)
+            model.flash = session.connection.server == lost ? "reconnected" : "reconnected to \(session.connection.server)"
+            if let tls = session.connection.tls, case .newlyPinned = tls.serverKey {
+                model.flash = "first contact with \(tls.serverEntry): pinned its key sha256:\(tls.serverPublicKeyFingerprint)"
+            }
+            if let refusal = passedOver.last(where: \.isSecurityRefusal) { model.flash = "passed over \(refusal)" }
         } catch {
+            previous = screen
             connectionLost(error, attempt: attempt)
         }
     }

@@ -34,6 +34,7 @@ public final class HistoryStore: ConversationHistory {
     private var counts: [UInt32: Int] = [:]
 
     /// The history directory for an account: DATA/switchboard/history/SERVER/USER (each escaped).
+    /// SERVER is the server, or the whole list as written ("A,B,C"), so a failover keeps one history.
     public static func directory(server: String, user: String, dataHome: String? = nil) -> String? {
         let base: String
         if let dataHome { base = dataHome } else if let d = environment("SWITCHBOARD_DATA_HOME"), !d.isEmpty {
@@ -43,7 +44,24 @@ public final class HistoryStore: ConversationHistory {
         } else if let home = environment("HOME"), !home.isEmpty {
             base = home + "/.local/share"
         } else { return nil }
-        return base + "/switchboard/history/" + escape(server) + "/" + escape(user)
+        return base + "/switchboard/history/" + component(server) + "/" + escape(user)
+    }
+
+    /// The longest escaped server name kept whole in a path (a file name has at most 255 bytes).
+    static let maxComponentBytes = 200
+
+    /// `escape(text)`, or when that is longer than `maxComponentBytes` (a long server list): its first
+    /// 150 bytes, "~" and a 64-bit FNV-1a hash of the whole text in hex, so it stays unique and stable.
+    static func component(_ text: String) -> String {
+        let escaped = escape(text)
+        guard escaped.utf8.count > maxComponentBytes else { return escaped }
+        var cut = Array(escaped.utf8.prefix(150))
+        // Never end inside a %XX escape.
+        if let percent = cut.suffix(2).lastIndex(of: UInt8(ascii: "%")) { cut.removeSubrange(percent...) }
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in text.utf8 { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }
+        let hex = String(hash, radix: 16)
+        return String(decoding: cut, as: UTF8.self) + "~" + String(repeating: "0", count: 16 - hex.count) + hex
     }
 
     /// Opens (creating) the store in `directory`.

@@ -10,7 +10,8 @@ struct History: ParsableCommand {
         abstract: "Print the conversation with USER kept locally by the terminal client (oldest first).",
         discussion: """
             The terminal client keeps each account's conversations in \
-            $SWITCHBOARD_DATA_HOME (else $XDG_DATA_HOME, else ~/.local/share)/switchboard/history/SERVER/USER, \
+            $SWITCHBOARD_DATA_HOME (else $XDG_DATA_HOME, else ~/.local/share)/switchboard/history/SERVER/USER \
+            (with several servers SERVER is the whole list as written, A,B,C: give the same --server list here), \
             at most \(HistoryStore.defaultMaxLinesPerPeer) messages per contact and \(HistoryStore.defaultMapBytes >> 20) MiB in all. \
             Marks: ✓ delivered, ✉ stored offline, … not yet acknowledged, ✗ not sent; incoming mail is marked (offline).
             """)
@@ -25,11 +26,11 @@ struct History: ParsableCommand {
     func run() throws {
         try runReporting {
             let name = try common.userName()
-            guard let directory = HistoryStore.directory(server: common.serverAddress, user: name) else {
+            guard let directory = HistoryStore.directory(server: common.servers.text, user: name) else {
                 throw Failure(code: 1, "no data directory: set HOME, XDG_DATA_HOME or SWITCHBOARD_DATA_HOME")
             }
             guard access(directory + "/data.mdb", F_OK) == 0 else {
-                throw Failure(code: 1, "no local history for \(name) at \(common.serverAddress) (in \(directory))")
+                throw Failure(code: 1, "no local history for \(name) at \(common.servers.text) (in \(directory))")
             }
             let store: HistoryStore
             do { store = try HistoryStore(directory: directory) } catch { throw Failure(code: 1, "\(error)") }

@@ -40,7 +40,11 @@ struct SBChat: ParsableCommand {
 }
 
 struct Common: ParsableArguments {
-    @Option(help: "Server HOST:PORT (default: $SWITCHBOARD_SERVER or 127.0.0.1:7878).")
+    @Option(help: ArgumentHelp("""
+        Server HOST:PORT, or several as HOST:PORT,HOST:PORT,... (at most \(ServerList.maxEntries); default: \
+        $SWITCHBOARD_SERVER or 127.0.0.1:7878). With several, they are tried in order until one answers; the \
+        terminal client moves to the next one when its server goes away.
+        """, valueName: "servers"))
     var server: String?
     @Option(help: "User name (default: $SWITCHBOARD_USER).")
     var user: String?
@@ -53,12 +57,21 @@ struct Common: ParsableArguments {
     @Option(help: "This device's name as other sessions and the server's log show it (default: the host name).")
     var deviceName: String?
 
+    /// The --server text as given (or its default).
     var serverAddress: String { server ?? env("SWITCHBOARD_SERVER") ?? "127.0.0.1:7878" }
+
+    /// The parsed list (valid once `validate()` passed).
+    var servers: ServerList {
+        do { return try ServerList(parsing: serverAddress) } catch {
+            // validate() refused it before any subcommand runs.
+            preconditionFailure("--server was not validated: \(error)")
+        }
+    }
 
     /// A malformed server address is a usage error (2), not "cannot reach" (3).
     func validate() throws {
-        if let problem = serverAddressProblem(serverAddress) {
-            throw ValidationError("--server (or SWITCHBOARD_SERVER): \(problem)")
+        do { _ = try ServerList(parsing: serverAddress) } catch {
+            throw ValidationError("--server (or SWITCHBOARD_SERVER): \(error)")
         }
     }
 
@@ -87,20 +100,25 @@ struct Common: ParsableArguments {
         return .trustOnFirstUse(knownServersFile: knownServers ?? env("SWITCHBOARD_KNOWN_SERVERS"))
     }
 
+    /// Connects to one server (TLS verified for that HOST:PORT: its own pin, or the CA and its name).
+    /// Throws the connection's own error (ClientError, TLSError).
+    func connect(to server: String) throws -> ChatSession {
+        try ChatSession(server: server, agent: "sbchat", tls: tlsOptions)
+    }
+
+    /// Connects to the first server of the list that answers (in order); the failure when none does
+    /// names each server and why (exit 3). A TLS refusal of a server passed over is still reported.
     func connect() throws -> ChatSession {
-        let session: ChatSession
-        do {
-            session = try ChatSession(server: serverAddress, agent: "sbchat", tls: tlsOptions)
-        } catch let error as ClientError {
-            throw Failure(code: 3, "cannot reach \(serverAddress): \(error)")
-        } catch {
-            // TLS refusals (changed key, bad certificate) say what to do in their own words.
-            throw Failure(code: 3, "\(serverAddress): \(error)")
-        }
-        if let tls = session.connection.tls, case .newlyPinned(let file) = tls.serverKey {
-            printError("sbchat: first contact with \(serverAddress): pinned its key sha256:\(tls.serverPublicKeyFingerprint) in \(file)")
-        }
+        let (_, session, passedOver) = try withUnreachableReported { try servers.firstReachable(connect(to:)) }
+        warnAboutRefusals(passedOver, using: session.connection)
+        announceNewPin(session.connection)
         return session
+    }
+
+    func announceNewPin(_ connection: ChatConnection) {
+        if let tls = connection.tls, case .newlyPinned(let file) = tls.serverKey {
+            printError("sbchat: first contact with \(tls.serverEntry): pinned its key sha256:\(tls.serverPublicKeyFingerprint) in \(file)")
+        }
     }
 
     /// The device name: --device-name or the host name, without control characters, at most 64 bytes.
@@ -151,6 +169,29 @@ struct Common: ParsableArguments {
 }
 
 func env(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+
+/// Runs a walk over the server list; when every server failed, the failure (exit 3) names each and why.
+func withUnreachableReported<T>(_ walk: () throws -> T) throws -> T {
+    do { return try walk() } catch let all as AllServersFailed { throw unreachable(all) }
+}
+
+func unreachable(_ all: AllServersFailed) -> Failure {
+    guard all.failures.count > 1 else {
+        let only = all.failures[0]
+        // TLS refusals (changed key, bad certificate) say what to do in their own words.
+        return Failure(code: 3, only.isSecurityRefusal ? only.description : "cannot reach \(only)")
+    }
+    return Failure(code: 3, "cannot reach any of the \(all.failures.count) servers: "
+                   + all.failures.map(\.description).joined(separator: "; "))
+}
+
+/// A server passed over for a TLS refusal is worth a line even though another one answered; one
+/// that was merely down is not.
+func warnAboutRefusals(_ passedOver: [ServerList.Failure], using connection: ChatConnection) {
+    for failure in passedOver where failure.isSecurityRefusal {
+        printError("sbchat: warning: passed over \(failure) (used \(connection.server))")
+    }
+}
 
 /// A one-line failure with an exit code.
 struct Failure: Error, CustomStringConvertible {
@@ -281,27 +322,6 @@ struct Remove: ParsableCommand {
             out("removed \(contact)")
         }
     }
-}
-
-/// Why `address` is not HOST:PORT (or [IPv6]:PORT) with a port 1-65535, or nil when it is.
-func serverAddressProblem(_ address: String) -> String? {
-    let host: Substring, port: Substring
-    if address.hasPrefix("[") {
-        guard let close = address.firstIndex(of: "]"), address[address.index(after: close)...].hasPrefix(":") else {
-            return "expected [IPv6]:PORT, got '\(address)'"
-        }
-        host = address[address.index(after: address.startIndex)..<close]
-        port = address[address.index(close, offsetBy: 2)...]
-    } else {
-        guard let colon = address.lastIndex(of: ":") else { return "expected HOST:PORT, got '\(address)'" }
-        host = address[..<colon]
-        port = address[address.index(after: colon)...]
-        if host.contains(":") { return "an IPv6 address needs brackets: [\(host)]:\(port)" }
-    }
-    if host.isEmpty { return "no host in '\(address)'" }
-    if host.contains(where: { $0 == " " || $0 == "/" || $0 == "\t" }) { return "'\(host)' is not a host name" }
-    guard let number = UInt16(port), number > 0 else { return "the port must be 1-65535, got '\(port)'" }
-    return nil
 }
 
 struct Send: ParsableCommand {

@@ -19,6 +19,9 @@ struct Tui: ParsableCommand {
             contact; - removes one; Tab switches between the list and typing; Ctrl-N/Ctrl-P switch dialogs; \
             Ctrl-W closes one; PgUp/PgDn scroll a page; Ctrl-R or F5 reconnects now; F1 or ? shows help; \
             Ctrl-C or q quits (asking first while messages are unsent: those are kept and sent at the next start).
+            With several servers (--server A,B,C, the nodes of one cluster) the first login uses the first that \
+            works, and a lost connection (or Ctrl-R) is retried on the next server after the lost one, round robin, \
+            backing off 1 s doubling to 5 s between full passes; unsent messages follow with their original ids.
             Marks: … sending, ✓ delivered, ✉ stored offline, ✗ not sent.
             Conversations are kept locally (see sbchat history --help) unless --no-history is given. A message \
             in another dialog rings the bell (--no-bell to stop) and shows in the window title.
@@ -39,23 +42,30 @@ struct Tui: ParsableCommand {
             let pw = try common.password()
             let common = self.common
             var history: HistoryStore?
-            if !noHistory, let directory = HistoryStore.directory(server: common.serverAddress, user: name) {
+            // One history per account and server list (the list as written), so it survives a failover.
+            if !noHistory, let directory = HistoryStore.directory(server: common.servers.text, user: name) {
                 do { history = try HistoryStore(directory: directory) } catch {
                     printError("sbchat: local history off: \(error)")
                 }
             }
             var configuration = ChatAppConfiguration(
-                server: common.serverAddress, user: name, password: pw, device: common.stableDevice(),
-                connect: { try connectForTUI(common) })
+                servers: common.servers, user: name, password: pw, device: common.stableDevice(),
+                connect: { server in try connectForTUI(common, server: server) })
             configuration.history = history
             configuration.bell = !noBell
             let app = ChatApp(configuration: configuration)
             if register {
-                do { try app.register() } catch let failure as Failure { throw failure } catch {
+                do { try app.register() } catch let all as AllServersFailed { throw unreachable(all) } catch {
                     throw Failure(code: 1, "register \(name): \(error)")
                 }
             }
-            do { try app.logIn() } catch let failure as Failure { throw failure } catch {
+            do {
+                let passedOver = try app.logIn()
+                if let connection = app.connection {
+                    warnAboutRefusals(passedOver, using: connection)
+                    common.announceNewPin(connection)
+                }
+            } catch let all as AllServersFailed { throw unreachable(all) } catch {
                 throw Failure(code: 1, "login as \(name) failed: \(error)")
             }
             let terminal: Terminal
@@ -65,8 +75,9 @@ struct Tui: ParsableCommand {
     }
 }
 
-/// The one place the terminal client opens connections (first login and every reconnect): it goes
-/// through `Common.connect()`, so switching sbchat to TLS switches the terminal client too.
-func connectForTUI(_ common: Common) throws -> ChatSession {
-    try common.connect()
+/// The one place the terminal client opens connections (first login and every reconnect, one server
+/// of the list at a time): it goes through `Common.connect(to:)`, so switching sbchat to TLS switches
+/// the terminal client too. Nothing is printed here (the screen may be up): ChatApp shows notices.
+func connectForTUI(_ common: Common, server: String) throws -> ChatSession {
+    try common.connect(to: server)
 }

@@ -67,6 +67,7 @@ extension Worker {
         readyCount += 1
         inLogin -= 1
         counters.loggedIn += 1
+        result.loggedInPerTarget[c.target] += 1
         result.loginLatency.record(Clock.monotonicNs() &- c.connectStartNs)
     }
 

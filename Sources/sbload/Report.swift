@@ -17,17 +17,17 @@ struct Window {
     var sampledStart: UInt64 = 0
     var sampledEnd: UInt64 = 0
 
-    mutating func sample(at now: UInt64, pid: Int32?) {
+    mutating func sample(at now: UInt64, pid: [Int32]) {
         sampledStart = now
         cpuStart = processCPUNs()
-        serverCPUStart = pid.flatMap { ProcInfo.cpuNs(pid: $0) }
+        serverCPUStart = ProcInfo.cpuNs(pids: pid)
     }
 
-    mutating func sampleEnd(pid: Int32?) {
+    mutating func sampleEnd(pid: [Int32]) {
         sampledEnd = Clock.monotonicNs()
         if end == .max || end == 0 { end = sampledEnd }
         cpuEnd = processCPUNs()
-        serverCPUEnd = pid.flatMap { ProcInfo.cpuNs(pid: $0) }
+        serverCPUEnd = ProcInfo.cpuNs(pids: pid)
     }
 
     var seconds: Double { Double(end &- start) / 1e9 }
@@ -54,6 +54,20 @@ enum ProcInfo {
             bytes.append(contentsOf: chunk[0..<n])
         }
         return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// The sum over several processes (nil when none is given or one cannot be read).
+    static func rssBytes(pids: [Int32]) -> UInt64? { sum(pids, rssBytes(pid:)) }
+    static func cpuNs(pids: [Int32]) -> UInt64? { sum(pids, cpuNs(pid:)) }
+
+    private static func sum(_ pids: [Int32], _ read: (Int32) -> UInt64?) -> UInt64? {
+        guard !pids.isEmpty else { return nil }
+        var total: UInt64 = 0
+        for pid in pids {
+            guard let value = read(pid) else { return nil }
+            total += value
+        }
+        return total
     }
 
     /// VmRSS of a process, in bytes.
@@ -115,6 +129,11 @@ struct Percentiles: Codable {
 struct Report: Codable {
     var scenario: String
     var target: String
+    /// Each target (HOST:PORT), the connections planned for it and the logins it completed.
+    var targets: [String] = []
+    var connectionsPerTarget: [Int] = []
+    var loggedInPerTarget: [UInt64] = []
+    var spread: String?
     var threads: Int
     var pairs: Int
     var connections: Int
@@ -169,7 +188,7 @@ struct Report: Codable {
     var phaseA: Window?
     var phaseB: Window?
     enum CodingKeys: String, CodingKey {
-        case scenario, target, threads, pairs, connections, payloadBytes, window, rate, peer, qos, ackMode, measuredSeconds, sent,
+        case scenario, target, targets, connectionsPerTarget, loggedInPerTarget, spread, threads, pairs, connections, payloadBytes, window, rate, peer, qos, ackMode, measuredSeconds, sent,
              acknowledgedDelivered, acknowledgedStored, refused, received, throughputPerSecond, latencyNs, ackRoundTripNs,
              loginLatencyNs, lost, duplicates, corrupt, outOfOrder, unacknowledged, storedNotDrained, staleMail, disconnects,
              serverErrors, unexpectedAcks, scheduleStalls, generatorCores, serverCores, storedPerSecond, drainedPerSecond,
@@ -179,7 +198,11 @@ struct Report: Codable {
 
     init(plan: Plan) {
         scenario = plan.scenario.rawValue
-        target = plan.targetLabel ?? plan.target.description
+        targets = plan.targets.map(\.description)
+        target = plan.targetLabel ?? targets.joined(separator: ",")
+        connectionsPerTarget = plan.connectionsPerTarget
+        loggedInPerTarget = Array(repeating: 0, count: plan.targets.count)
+        if plan.targets.count > 1 { spread = plan.spread.rawValue }
         switch plan.peer {
         case .switchboard: break
         case .redis: peer = "redis"; ackMode = "PUBLISH reply (accepted by the server; weaker than Switchboard's end-to-end SEND_ACK)"
@@ -211,6 +234,7 @@ struct Report: Codable {
             firstLogin = min(firstLogin, r.firstLoginNs); lastLogin = max(lastLogin, r.lastLoginNs)
             phaseAEnd = max(phaseAEnd, r.phaseAEndNs)
             for e in r.firstErrors where firstErrors.count < 20 { firstErrors.append(e) }
+            for (i, n) in r.loggedInPerTarget.enumerated() where i < loggedInPerTarget.count { loggedInPerTarget[i] += n }
         }
         self.failedThreads = failedThreads
         sent = c.sent; acknowledgedDelivered = c.acked; acknowledgedStored = c.ackedStored; refused = c.refused
@@ -273,6 +297,13 @@ struct Report: Codable {
         if scenario == "connect" { s += "  connections \(connections)\n" } else {
             s += "  pairs \(pairs)  payload \(payloadBytes) B  "
             s += rate.map { "open loop \(Format.count($0)) msg/s" } ?? "closed loop window \(window ?? 0)"
+            s += "\n"
+        }
+        if targets.count > 1 {
+            s += "targets      spread \(spread ?? "-"):"
+            for i in targets.indices {
+                s += "  \(targets[i]) \(connectionsPerTarget[i]) connections (\(loggedInPerTarget[i]) logged in)"
+            }
             s += "\n"
         }
         let cpu = { (v: Double?) in v.map { String(format: "%.2f cores", $0) } ?? "n/a" }

@@ -43,7 +43,7 @@ struct Runner {
             }
         }
         var report = Report(plan: plan)
-        let rssBefore = common.serverPid.flatMap { ProcInfo.rssBytes(pid: $0) }
+        let rssBefore = ProcInfo.rssBytes(pids: common.serverPid)
         let loginStart = Clock.monotonicNs()
         // Stage 1: everyone logged in.
         var lastPrint = Clock.monotonicNs()
@@ -90,14 +90,14 @@ struct Runner {
             case .connect:
                 report.loginSeconds = Double(loginEnd - loginStart) / 1e9
                 usleep(500_000) // let the server settle (hash threads idle, buffers released)
-                let rssAfter = common.serverPid.flatMap { ProcInfo.rssBytes(pid: $0) }
+                let rssAfter = ProcInfo.rssBytes(pids: common.serverPid)
                 if let rssBefore, let rssAfter {
                     report.serverRSSBeforeBytes = rssBefore
                     report.serverRSSAfterBytes = rssAfter
                 }
                 let holdEnd = Clock.monotonicNs() + plan.durationNs
                 while Clock.monotonicNs() < holdEnd && !interruptedFlag() { usleep(20_000) }
-                if let pid = common.serverPid, let rss = ProcInfo.rssBytes(pid: pid) { report.serverRSSAfterHoldBytes = rss }
+                if let rss = ProcInfo.rssBytes(pids: common.serverPid) { report.serverRSSAfterHoldBytes = rss }
                 coord.stop.store(true, ordering: .releasing)
                 waitFinished(coord, threads: threads.count)
             }

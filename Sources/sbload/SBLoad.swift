@@ -5,7 +5,10 @@ import ArgumentParser
 import Glibc
 import Histogram
 import Synchronization
+import SwitchboardClient
 import SwitchboardIO
+
+extension Spread: ExpressibleByArgument {}
 
 @main
 struct SBLoad: ParsableCommand {
@@ -15,6 +18,8 @@ struct SBLoad: ParsableCommand {
         discussion: """
         Users come from `switchboard users bulk-create --prefix P --count N --password PW --pair-contacts` \
         (run it while the server is stopped). Pair k is PREFIX(2k) -> PREFIX(2k+1).
+        With several targets (--target A,B,...: the nodes of one cluster), connections are spread over them \
+        as --spread says, and the report gives each target's connections and logins.
         Exit status: 0 passed, 2 a message was lost, duplicated or corrupted, 3 other failures \
         (disconnects, refused or unacknowledged messages, setup errors).
         """,
@@ -22,11 +27,18 @@ struct SBLoad: ParsableCommand {
 }
 
 struct CommonOptions: ParsableArguments {
-    @Option(help: """
-        Server address HOST:PORT (loopback only). relay also takes peers to compare with: redis://HOST[:6379] (pub/sub), \
+    @Option(help: ArgumentHelp("""
+        Server address HOST:PORT (loopback only), or several as HOST:PORT,HOST:PORT,... (at most \(ServerList.maxEntries): \
+        the nodes of one cluster; see --spread). relay also takes one peer to compare with: redis://HOST[:6379] (pub/sub), \
         mqtt://HOST[:1883] (MQTT 3.1.1, see --qos), nats://HOST[:4222] (core protocol).
-        """)
+        """, valueName: "targets"))
     var target = "127.0.0.1:7878"
+    @Option(help: """
+        With several targets: round-robin (connection u to target u mod N), same (both ends of pair k on target \
+        k mod N: messages stay on one node) or cross (pair k's sender on target k mod N, its receiver on the next: \
+        every message crosses nodes; needs two targets or more).
+        """)
+    var spread = Spread.roundRobin
     @Option(help: "Load threads, each with its own epoll loop and share of connections.")
     var threads = 1
     @Option(help: "User name prefix given to bulk-create.")
@@ -37,8 +49,11 @@ struct CommonOptions: ParsableArguments {
     var sourceAddresses: Int?
     @Option(help: "Most connections logging in at the same time (all threads).")
     var loginConcurrency = 256
-    @Option(help: "The server's pid, to report its CPU use (and, for connect, RSS per connection) from /proc.")
-    var serverPid: Int32?
+    @Option(help: """
+        The server's pid, to report its CPU use (and, for connect, RSS per connection) from /proc. Repeat it for \
+        several servers (--target A,B): their CPU and RSS are added up.
+        """)
+    var serverPid: [Int32] = []
     @Flag(help: "Print the final report as JSON on stdout (the human report goes to stderr).")
     var json = false
     @Flag(help: "TLS (verified with --ca). relay/offline run TLS inside the epoll engine; connect and login-storm use blocking TLS clients.")
@@ -52,18 +67,30 @@ struct CommonOptions: ParsableArguments {
         throw ValidationError("give --password or set SWITCHBOARD_PASSWORD")
     }
 
-    func address() throws -> SocketAddress {
+    /// The Switchboard targets as written (HOST:PORT each).
+    func targetList() throws -> ServerList {
         if target.contains("://") {
-            throw ValidationError("--target \(target): peer adapters (redis://, mqtt://, nats://) only run the relay scenario")
+            throw ValidationError("--target \(target): peer adapters (redis://, mqtt://, nats://) only run the relay scenario, with one target")
         }
-        return try loopbackAddress(target)
+        let list: ServerList
+        do { list = try ServerList(parsing: target) } catch { throw ValidationError("--target: \(error)") }
+        if spread == .cross && list.count < 2 {
+            throw ValidationError("--spread cross needs at least two targets (--target A,B)")
+        }
+        return list
     }
 
-    /// relay: a Switchboard HOST:PORT, or SCHEME://HOST[:PORT][/] for a peer adapter.
-    func relayTarget() throws -> (peer: PeerProtocol, address: SocketAddress, label: String) {
+    func addresses() throws -> [SocketAddress] {
+        try targetList().entries.map(loopbackAddress)
+    }
+
+    /// relay: Switchboard HOST:PORT[,HOST:PORT...], or one SCHEME://HOST[:PORT][/] for a peer adapter.
+    func relayTarget() throws -> (peer: PeerProtocol, addresses: [SocketAddress], label: String) {
         guard let schemeEnd = target.range(of: "://") else {
-            return (.switchboard, try loopbackAddress(target), target)
+            return (.switchboard, try addresses(), target)
         }
+        if target.contains(",") { throw ValidationError("--target \(target): a peer adapter takes one target") }
+        if spread != .roundRobin { throw ValidationError("--spread applies to Switchboard targets only") }
         let scheme = String(target[..<schemeEnd.lowerBound]).lowercased()
         guard let peer = PeerProtocol(rawValue: scheme), peer != .switchboard else {
             throw ValidationError("--target \(target): unknown scheme '\(scheme)' (redis://, mqtt:// or nats://; TLS peers are not supported)")
@@ -76,23 +103,25 @@ struct CommonOptions: ParsableArguments {
         let hasPort = hostPort.hasPrefix("[") ? hostPort.contains("]:") : hostPort.contains(":")
         if !hasPort { hostPort += ":\(peer.defaultPort)" }
         let address = try loopbackAddress(hostPort)
-        return (peer, address, "\(scheme)://\(address)")
+        return (peer, [address], "\(scheme)://\(address)")
     }
 
     private func loopbackAddress(_ text: String) throws -> SocketAddress {
         let address: SocketAddress
         do { address = try SocketAddress(parsing: text) } catch { throw ValidationError("--target: \(error)") }
         guard address.isLoopback else {
-            throw ValidationError("--target \(target) is not a loopback address: sbload only loads servers on this machine (127.0.0.0/8 or ::1)")
+            throw ValidationError("--target \(text) is not a loopback address: sbload only loads servers on this machine (127.0.0.0/8 or ::1)")
         }
         return address
     }
 
-    func sources(connections: Int, target: SocketAddress) throws -> [SocketAddress] {
+    func sources(connections: Int, targets: [SocketAddress]) throws -> [SocketAddress] {
         let wanted = sourceAddresses ?? (connections > 28_000 ? (connections + 27_999) / 28_000 : 0)
         guard wanted > 0 else { return [] }
         guard wanted <= 250 else { throw ValidationError("--source-addresses must be at most 250") }
-        guard case .v4 = target.family else { throw ValidationError("--source-addresses needs an IPv4 target") }
+        for target in targets {
+            guard case .v4 = target.family else { throw ValidationError("--source-addresses needs IPv4 targets") }
+        }
         return try (1...wanted).map { try SocketAddress(parsing: "127.0.0.\($0):0") }
     }
 
@@ -155,15 +184,16 @@ struct Relay: ParsableCommand {
     }
 
     func run() throws {
-        let (peer, target, label) = try common.relayTarget()
+        let (peer, targets, label) = try common.relayTarget()
         let password = peer == .switchboard ? try common.resolvedPassword() : ""
-        var plan = Plan(scenario: .relay, target: target, sourceAddresses: try common.sources(connections: 2 * pairs, target: target),
+        var plan = Plan(scenario: .relay, targets: targets, sourceAddresses: try common.sources(connections: 2 * pairs, targets: targets),
                         threads: min(common.threads, pairs), prefix: common.prefix, password: password,
                         run: UInt32.random(in: 1...UInt32.max), pairs: pairs, payload: payload, window: window, rate: rate ?? 0,
                         maxInflight: maxInflight, count: count ?? .max, messagesPerSender: 0,
                         warmupNs: UInt64(warmup * 1e9), durationNs: UInt64(duration * 1e9), drainNs: UInt64(drain * 1e9),
                         busyPoll: busyPoll, connections: 2 * pairs, loginConcurrency: common.loginConcurrency)
         plan.tlsCAFile = try common.tlsCAFile()
+        plan.spread = common.spread
         plan.peer = peer
         plan.qos = qos
         plan.releaseOnReceipt = peer == .nats || (peer == .mqtt && qos == 0)
@@ -190,14 +220,15 @@ struct Offline: ParsableCommand {
     }
 
     func run() throws {
-        let target = try common.address()
-        var plan = Plan(scenario: .offline, target: target, sourceAddresses: try common.sources(connections: 2 * pairs, target: target),
+        let targets = try common.addresses()
+        var plan = Plan(scenario: .offline, targets: targets, sourceAddresses: try common.sources(connections: 2 * pairs, targets: targets),
                         threads: min(common.threads, pairs), prefix: common.prefix, password: try common.resolvedPassword(),
                         run: UInt32.random(in: 1...UInt32.max), pairs: pairs, payload: payload, window: window, rate: 0,
                         maxInflight: 0, count: .max, messagesPerSender: messages, warmupNs: 0,
                         durationNs: UInt64(duration * 1e9), drainNs: 5_000_000_000, busyPoll: false,
                         connections: 2 * pairs, loginConcurrency: common.loginConcurrency)
         plan.tlsCAFile = try common.tlsCAFile()
+        plan.spread = common.spread
         throw ExitCode(Runner(plan: plan, common: common).execute())
     }
 }
@@ -219,12 +250,13 @@ struct Connect: ParsableCommand {
         if common.tls {
             throw ExitCode(try TLSConnectScenario(common: common, connections: connections, holdSeconds: hold).run())
         }
-        let target = try common.address()
-        let plan = Plan(scenario: .connect, target: target, sourceAddresses: try common.sources(connections: connections, target: target),
+        let targets = try common.addresses()
+        var plan = Plan(scenario: .connect, targets: targets, sourceAddresses: try common.sources(connections: connections, targets: targets),
                         threads: min(common.threads, connections), prefix: common.prefix, password: try common.resolvedPassword(),
                         run: 0, pairs: 0, payload: Payload.headerBytes, window: 1, rate: 0, maxInflight: 0, count: 0,
                         messagesPerSender: 0, warmupNs: 0, durationNs: UInt64(hold * 1e9), drainNs: 0, busyPoll: false,
                         connections: connections, loginConcurrency: common.loginConcurrency)
+        plan.spread = common.spread
         throw ExitCode(Runner(plan: plan, common: common).execute())
     }
 }

@@ -8,10 +8,33 @@ import SwitchboardIO
 
 enum Scenario: String, Sendable { case relay, connect, offline }
 
+/// How connections are spread over several targets (`--spread`). User u is end u & 1 (0 sender,
+/// 1 receiver) of pair u / 2.
+enum Spread: String, Sendable, CaseIterable {
+    /// Connection u to target u % n: with an even n each pair's ends land on different targets.
+    case roundRobin = "round-robin"
+    /// Both ends of pair k on target k % n: every message stays on one server (same-node figures).
+    case same
+    /// Sender of pair k on target k % n, its receiver on (k + 1) % n: every message crosses servers.
+    case cross
+
+    /// The target of user `user` among `count`.
+    func target(ofUser user: Int, count: Int) -> Int {
+        guard count > 1 else { return 0 }
+        switch self {
+        case .roundRobin: return user % count
+        case .same: return (user / 2) % count
+        case .cross: return (user / 2 + (user & 1)) % count
+        }
+    }
+}
+
 /// The run plan, identical for every thread.
 struct Plan: Sendable {
     var scenario: Scenario
-    var target: SocketAddress
+    /// The servers (one, or several spread over by `spread`).
+    var targets: [SocketAddress]
+    var spread: Spread = .roundRobin
     var sourceAddresses: [SocketAddress]
     var threads: Int
     var prefix: String
@@ -43,6 +66,17 @@ struct Plan: Sendable {
     /// Peers without an acknowledgement (MQTT QoS 0, NATS): a sender's slot is released when its
     /// receiver (same thread) gets the message.
     var releaseOnReceipt = false
+
+    /// The target of user `user` (an index into `targets`).
+    func targetIndex(ofUser user: Int) -> Int { spread.target(ofUser: user, count: targets.count) }
+
+    /// Connections planned per target.
+    var connectionsPerTarget: [Int] {
+        var counts = Array(repeating: 0, count: targets.count)
+        let users = scenario == .connect ? connections : 2 * pairs
+        for user in 0..<users { counts[targetIndex(ofUser: user)] += 1 }
+        return counts
+    }
 
     /// Users handled by `thread`: pair k (users 2k, 2k+1) or connection i goes to thread k % threads.
     func units(of thread: Int) -> [Int] {
@@ -122,6 +156,8 @@ struct ThreadResult: Sendable {
     var lastLoginNs: UInt64 = 0
     var drainEndNs: UInt64 = 0
     var firstErrors: [String] = []
+    /// Logins completed per target (index into `Plan.targets`).
+    var loggedInPerTarget: [UInt64] = []
 }
 
 enum Latency {

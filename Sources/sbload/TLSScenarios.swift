@@ -51,13 +51,14 @@ struct LoginStormScenario {
     let login: Bool
 
     func run() throws -> Int32 {
-        _ = try common.address()
+        _ = try common.addresses()
+        let servers = try common.targetList().entries
+        let spread = common.spread
         let password = login ? try common.resolvedPassword() : ""
         let threads = min(common.threads, connections)
-        let server = common.target
         let prefix = common.prefix
         let tlsCommon = common
-        // Phase 1 keeps one resumable session per thread for phase 2.
+        // Phase 1 keeps one resumable session per thread and target (a ticket is its server's) for phase 2.
         let sessions = Mutex<[Int: TLSSession]>([:])
         var results: [(String, Double, Int, Int)] = []
         for phase in ["full", "resumed"] {
@@ -67,14 +68,17 @@ struct LoginStormScenario {
             let resumed = phase == "resumed"
             try runThreads(threads) { thread in
                 let share = connections / threads + (thread < connections % threads ? 1 : 0)
-                let reuse = resumed ? sessions.withLock { $0[thread] } : nil
                 for i in 0..<share {
+                    let target = spread.target(ofUser: thread * share + i, count: servers.count)
+                    let server = servers[target]
+                    let key = thread * ServerList.maxEntries + target
+                    let reuse = resumed ? sessions.withLock { $0[key] } : nil
                     do {
                         let connection = try ChatConnection(server: server, agent: "sbload",
                                                             tls: clientOptions(tlsCommon, session: reuse))
                         if connection.tls?.sessionReused == true { tally.reused.add(1, ordering: .relaxed) }
-                        if !resumed && i == 0, let ticket = connection.resumableTLSSession {
-                            sessions.withLock { $0[thread] = ticket }
+                        if !resumed, sessions.withLock({ $0[key] == nil }), let ticket = connection.resumableTLSSession {
+                            sessions.withLock { $0[key] = ticket }
                         }
                         if login {
                             let user = "\(prefix)\((thread * share + i) % max(1, connections))"
@@ -116,7 +120,9 @@ struct TLSConnectScenario {
     let holdSeconds: Double
 
     func run() throws -> Int32 {
-        _ = try common.address()
+        _ = try common.addresses()
+        let servers = try common.targetList().entries
+        let spread = common.spread
         guard common.ca != nil else { throw ValidationErrorText("connect --tls needs --ca FILE") }
         let password = try common.resolvedPassword()
         let limit = Sys.raiseFileLimit()
@@ -124,8 +130,8 @@ struct TLSConnectScenario {
             throw ValidationErrorText("--connections \(connections) exceeds this process's file limit \(limit)")
         }
         let threads = min(common.threads, connections)
-        let server = common.target, prefix = common.prefix, tlsCommon = common
-        let rssBefore = common.serverPid.flatMap { ProcInfo.rssBytes(pid: $0) }
+        let prefix = common.prefix, tlsCommon = common
+        let rssBefore = ProcInfo.rssBytes(pids: common.serverPid)
         let held = Mutex<HeldConnections>(HeldConnections())
         let tally = Tally()
         let start = Clock.monotonicNs()
@@ -135,6 +141,7 @@ struct TLSConnectScenario {
             var i = thread
             while i < connections {
                 do {
+                    let server = servers[spread.target(ofUser: i, count: servers.count)]
                     let connection = try ChatConnection(server: server, agent: "sbload", tls: clientOptions(tlsCommon, session: nil))
                     try ChatSession(connection: connection).logIn(name: "\(prefix)\(i)", password: password)
                     mine.append(connection)
@@ -150,9 +157,9 @@ struct TLSConnectScenario {
         let seconds = Double(Clock.monotonicNs() - start) / 1e9
         tally.finished.store(true, ordering: .relaxed)
         ticker.join()
-        let rssAfter = common.serverPid.flatMap { ProcInfo.rssBytes(pid: $0) }
+        let rssAfter = ProcInfo.rssBytes(pids: common.serverPid)
         usleep(useconds_t(holdSeconds * 1_000_000))
-        let rssHeld = common.serverPid.flatMap { ProcInfo.rssBytes(pid: $0) }
+        let rssHeld = ProcInfo.rssBytes(pids: common.serverPid)
         let open = tally.done.load(ordering: .relaxed)
         print("connect --tls: \(open) of \(connections) TLS connections logged in and idle, \(String(format1: Double(open) / seconds)) per second")
         if let before = rssBefore, let after = rssHeld ?? rssAfter, open > 0 {

@@ -16,6 +16,8 @@ final class LoadConnection: EventHandler {
     let name: String
     let partnerName: String
     let pair: Int
+    /// Index into `Plan.targets` of the server this connection uses.
+    let target: Int
     unowned let worker: Worker
     var fd: Int32 = -1
     /// TLS (owns `fd` once set); nil for plaintext.
@@ -64,6 +66,7 @@ final class LoadConnection: EventHandler {
         self.partnerName = "\(prefix)\(user ^ 1)"
         self.pair = pair
         self.worker = worker
+        target = worker.plan.targetIndex(ofUser: user)
     }
 
     deinit {
@@ -129,6 +132,7 @@ final class Worker {
         self.index = index
         self.coord = coord
         loop = try EventLoop(maxEventsPerWait: 4096)
+        result.loggedInPerTarget = Array(repeating: 0, count: plan.targets.count)
         filler = Payload.filler(payloadBytes: plan.payload)
         loginConcurrency = max(1, plan.loginConcurrency / plan.threads)
         let units = plan.units(of: index)
@@ -400,7 +404,7 @@ final class Worker {
         let source = sources.isEmpty ? nil : sources[c.user % sources.count]
         c.connectStartNs = Clock.monotonicNs()
         do {
-            c.fd = try Socket.connectNonBlocking(to: plan.target, from: source)
+            c.fd = try Socket.connectNonBlocking(to: plan.targets[c.target], from: source)
             c.registration = try loop.register(fd: c.fd, interest: [.readable, .writable], handler: c)
         } catch {
             if c.fd >= 0 { Sys.close(c.fd); c.fd = -1 }
@@ -418,7 +422,7 @@ final class Worker {
             let err = Socket.pendingError(c.fd)
             if err != 0 || events.contains(.error) {
                 counters.connectFailures += 1
-                note("connect \(c.name) to \(plan.target): \(String(cString: strerror(err)))")
+                note("connect \(c.name) to \(plan.targets[c.target]): \(String(cString: strerror(err)))")
                 close(c, byServer: false)
                 return
             }
@@ -594,6 +598,7 @@ final class Worker {
             readyCount += 1
             inLogin -= 1
             counters.loggedIn += 1
+            result.loggedInPerTarget[c.target] += 1
             result.loginLatency.record(Clock.monotonicNs() &- c.connectStartNs)
         }
     }

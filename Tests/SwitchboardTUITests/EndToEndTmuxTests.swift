@@ -1,6 +1,7 @@
 // Runs e2e-tmux.sh (next to this file): the real server and two `sbchat tui` sessions in tmux;
 // e2e-xterm.sh: `sbchat tui` in a real xterm under Xvfb, driven by xdotool's mouse and keyboard;
-// and e2e-devices.sh: two devices of one user and another user in tmux.
+// e2e-devices.sh: two devices of one user and another user in tmux; and e2e-failover.sh:
+// `sbchat tui --server A,B` moving to B when A is killed, its unsent message following it.
 // The binaries are taken from the folder of this test executable (where SwiftPM puts `sbchat`
 // and `switchboard`), or from SWITCHBOARD_BIN_DIR. Set SWITCHBOARD_SKIP_E2E=1 to skip, and
 // SWITCHBOARD_E2E_OUT=DIR to keep the screen captures (alice.txt, bob.txt, *.ansi).
@@ -22,6 +23,12 @@ import Testing
     @Test(.timeLimit(.minutes(5)))
     func twoDevicesOfOneUserStayConnectedAndShowTheWholeConversation() throws {
         try runScript("e2e-devices.sh", missing: "tmux is missing and could not be installed")
+    }
+
+    /// Two single-node servers; the terminal client with both fails over when its server is killed.
+    @Test(.timeLimit(.minutes(5)))
+    func theTerminalClientFailsOverToTheNextServerAndResendsWhatWasUnsent() throws {
+        try runScript("e2e-failover.sh", missing: "tmux is missing and could not be installed")
     }
 
     private func runScript(_ name: String, missing: String) throws {

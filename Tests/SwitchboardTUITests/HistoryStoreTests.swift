@@ -98,6 +98,32 @@ private func line(_ id: UInt64, _ text: String, outgoing: Bool = false, mark: Me
         #expect(!evil.contains("/../") && !evil.hasSuffix("/.."))
     }
 
+    /// A server list is one history (the list as written); the longest list (16 long names) still
+    /// makes a folder name under 255 bytes, unique per list, and the store opens there.
+    @Test func aServerListIsOneHistoryAndALongListStillMakesAValidFolder() throws {
+        let pair = HistoryStore.directory(server: "127.0.0.1:7001,127.0.0.1:7002", user: "alice", dataHome: "/d")!
+        #expect(pair == "/d/switchboard/history/127.0.0.1%3A7001%2C127.0.0.1%3A7002/alice")
+        let names = (1...16).map { "chat-node-\($0).eu-west.example.org:7878" }
+        let long = names.joined(separator: ",")
+        let otherLast = (names.dropLast() + ["chat-node-99.eu-west.example.org:7878"]).joined(separator: ",")
+        let base = tempDir("longlist")
+        defer { rmdir(base + "/switchboard/history"); rmdir(base + "/switchboard"); rmdir(base) }
+        let a = HistoryStore.directory(server: long, user: "alice", dataHome: base)!
+        let b = HistoryStore.directory(server: otherLast, user: "alice", dataHome: base)!
+        #expect(a != b)
+        #expect(a == HistoryStore.directory(server: long, user: "alice", dataHome: base)!)
+        let component = a.split(separator: "/").dropLast().last!
+        #expect(component.utf8.count <= HistoryStore.maxComponentBytes)
+        #expect(component.hasPrefix("chat-node-1.eu-west.example.org%3A7878%2C") && component.contains("~"))
+        do {
+            let store = try HistoryStore(directory: a)
+            store.record(peer: 2, name: "bob", line: line(1, "kept"))
+        }
+        #expect(try HistoryStore(directory: a).lines(peer: 2).map(\.text) == ["kept"])
+        removeTree(a)
+        rmdir(String(a[..<a.lastIndex(of: "/")!]))
+    }
+
     @Test func theModelShowsEarlierMessagesOnceAndResendsUnsent() throws {
         let dir = tempDir("model")
         defer { removeTree(dir) }

@@ -26,7 +26,7 @@ fi
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/sb-e2e-devices.XXXXXX")
 SOCK="sb-e2e-devices-$$"
-T() { tmux -L "$SOCK" "$@"; }
+T() { tmux -f /dev/null -L "$SOCK" "$@"; }  # -f: no user config (read when the first session starts the server)
 SERVER_PID=""
 SESSIONS="laptop phone bob"
 cleanup() {
@@ -89,7 +89,6 @@ start_client() {
     "env SWITCHBOARD_SERVER=$ADDR SWITCHBOARD_PASSWORD=$PW $CLIENT_ENV XDG_CONFIG_HOME=$TMP/cfg-$1 XDG_DATA_HOME=$TMP/data-$1 LANG=C.UTF-8 $SBCHAT tui --user $2 --device-name $1 2>>$TMP/$1.stderr; echo \"[sbchat exited: \$?]\"; sleep 600" \
     || fail "tmux new-session $1"
 }
-T -f /dev/null start-server 2>/dev/null
 start_client laptop alice
 wait_for laptop "online as alice"
 start_client phone alice

@@ -36,7 +36,7 @@ fi
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/sb-e2e.XXXXXX")
 SOCK="sb-e2e-$$"
-T() { tmux -L "$SOCK" "$@"; }
+T() { tmux -f /dev/null -L "$SOCK" "$@"; }  # -f: no user config (read when the first session starts the server)
 SERVER_PID=""
 cleanup() {
   T kill-server >/dev/null 2>&1 || true
@@ -123,7 +123,6 @@ start_client() {
     "env SWITCHBOARD_SERVER=$ADDR SWITCHBOARD_PASSWORD=$PW $CLIENT_ENV SWITCHBOARD_KNOWN_SERVERS=$TMP/known_servers SWITCHBOARD_DATA_HOME=$TMP/home LANG=C.UTF-8 $SBCHAT tui --user ${2:-$1} 2>>$TMP/$1.stderr; echo \"[sbchat exited: \$?]\"; sleep 600" \
     || fail "tmux new-session $1"
 }
-T -f /dev/null start-server 2>/dev/null
 start_client alice
 wait_for alice "online as alice"
 
