@@ -30,6 +30,8 @@ extension ClusterLog {
             case .failure(let error):
                 self.feedFailed("cannot create or update stream \(self.configuration.stream): \(error)")
             case .success:
+                self.streamEnsured = true
+                self.resendAllWaiting()
                 self.createConsumer(reason: "start")
             }
         }

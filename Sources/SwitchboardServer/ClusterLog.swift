@@ -63,6 +63,7 @@ public final class ClusterLog {
 
     struct PendingBatch {
         let id: UInt64
+        var accepted = false
         var batch: StoreBatch
         var entries: [Entry]
         let submittedNs: UInt64
@@ -78,11 +79,15 @@ public final class ClusterLog {
     var entryOwners: [String: (batch: UInt64, entry: Int)] = [:]
     var nextEntryNumber: UInt64 = 1
     var pendingBytes = 0
+    /// Batches accepted (publishing) and not yet completed; refused ones wait in `pending` only for their turn.
+    var acceptedBatches = 0
     var lastPublishedSeq: UInt64 = 0
     var publishTrouble: String?
     var publishTroubleSince: UInt64 = 0
     var counters = ClusterLogCounters()
     var closed = false
+    /// The stream was created or updated by `start()`: publishes can be answered.
+    var streamEnsured = false
 
     // Feed state (ClusterLog+Feed.swift).
     enum FeedState: Equatable { case idle, preparing, creating, active, waiting, paused, stopped }
@@ -232,15 +237,16 @@ public final class ClusterLog {
                 counters.batchesRefused += 1
             case .success(let entries):
                 let bytes = entries.reduce(0) { $0 + $1.payload.count }
-                let waiting = pending.count - pendingHead
+                let waiting = acceptedBatches
                 if pendingBytes + bytes > configuration.maxPendingBytes || waiting >= configuration.maxPendingBatches {
                     item.failure = "cluster store overloaded: \(waiting) batches (\(pendingBytes) bytes) already wait for "
                         + "the cluster log (limits \(configuration.maxPendingBatches) batches, \(configuration.maxPendingBytes) bytes)"
                     counters.batchesRefused += 1
                 } else {
-                    item = PendingBatch(id: id, batch: batch, entries: entries, submittedNs: item.submittedNs,
-                                        deadline: item.deadline, bytes: bytes)
+                    item = PendingBatch(id: id, accepted: true, batch: batch, entries: entries,
+                                        submittedNs: item.submittedNs, deadline: item.deadline, bytes: bytes)
                     pendingBytes += bytes
+                    acceptedBatches += 1
                 }
             }
         }
@@ -251,7 +257,12 @@ public final class ClusterLog {
         }
         for index in item.entries.indices {
             entryOwners[item.entries[index].msgID] = (id, index)
-            publish(batch: id, entry: index)
+            if streamEnsured {
+                publish(batch: id, entry: index)
+            } else if let b = batchIndex(id) {
+                // Published once the stream exists (`streamIsReady`): before, the subject has no responders.
+                pending[b].entries[index].retryAt = .max
+            }
         }
         loop.schedule(at: item.deadline, token: deadlineToken)
     }
@@ -359,8 +370,9 @@ public final class ClusterLog {
         for (id, e) in due { publish(batch: id, entry: e) }
     }
 
-    /// After a reconnect: resend what waits for its back-off now.
+    /// After a reconnect (or once the stream exists): resend what waits for its back-off now.
     func resendAllWaiting() {
+        guard streamEnsured else { return }
         for b in pendingHead..<pending.count where pending[b].failure == nil {
             for e in pending[b].entries.indices where pending[b].entries[e].retryAt != 0 {
                 pending[b].entries[e].retryAt = loop.now
@@ -428,6 +440,7 @@ public final class ClusterLog {
                                                 deadline: 0, bytes: 0, failure: "delivered")
             pendingHead += 1
             pendingBytes -= item.bytes
+            if item.accepted { acceptedBatches -= 1 }
             if pendingHead > 64 && pendingHead * 2 > pending.count {
                 pending.removeFirst(pendingHead)
                 pendingHead = 0

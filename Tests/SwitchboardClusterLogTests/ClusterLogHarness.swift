@@ -196,12 +196,12 @@ final class Node {
     private var nextToken: UInt64 = 1
     private var submittedTokens: [UInt64] = []
 
-    init(_ name: String, _ t: TestLoop, urls: String, directory: String, start: Bool = true,
+    init(_ name: String, _ t: TestLoop, urls: String, directory: String, start: Bool = true, mapSizeBytes: Int = 1 << 28,
          tweak: (inout ClusterLogConfiguration) -> Void = { _ in }) throws {
         self.name = name
         self.t = t
         self.directory = directory
-        store = try Store(directory: directory, mapSizeBytes: 1 << 28, options: .clusterReplica)
+        store = try Store(directory: directory, mapSizeBytes: mapSizeBytes, options: .clusterReplica)
         nats = try t.connect(urls, name: name)
         var configuration = ClusterLogConfiguration()
         configuration.timerTokenBase = 0x434C_4F47_0000_0000 + UInt64(t.logs.count) * 16
