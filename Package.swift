@@ -57,8 +57,7 @@ let package = Package(
                 swiftSettings: strict),
         .target(name: "SwitchboardServer",
                 dependencies: ["SwitchboardSession", "SwitchboardRelay", "SwitchboardProtocol", "SwitchboardStore", "SwitchboardIO", "SwitchboardTLS",
-                               "SwitchboardCluster",
-                               .product(name: "Logging", package: "swift-log")],
+                               "SwitchboardCluster", .product(name: "Logging", package: "swift-log")],
                 swiftSettings: strict),
         .target(name: "SwitchboardClient",
                 dependencies: ["SwitchboardProtocol", "SwitchboardIO", "SwitchboardTLS", "CSwitchboard"],
@@ -88,6 +87,12 @@ let package = Package(
         .testTarget(name: "SwitchboardProtocolTests", dependencies: ["SwitchboardProtocol"], swiftSettings: strict),
         .testTarget(name: "SwitchboardStoreTests", dependencies: ["SwitchboardStore"], swiftSettings: strict),
         .testTarget(name: "SwitchboardClusterTests", dependencies: ["SwitchboardCluster", "SwitchboardIO"],
+                    swiftSettings: strict),
+        // The cluster log (SwitchboardServer/ClusterLog.swift) against a real three-server nats-server cluster and
+        // real LMDB replicas.
+        .testTarget(name: "SwitchboardClusterLogTests",
+                    dependencies: ["SwitchboardServer", "SwitchboardCluster", "SwitchboardSession", "SwitchboardStore",
+                                   "SwitchboardIO", .product(name: "Logging", package: "swift-log")],
                     swiftSettings: strict),
         .testTarget(name: "SwitchboardRelayTests", dependencies: ["SwitchboardRelay"], swiftSettings: strict),
         .testTarget(name: "SwitchboardSessionTests",

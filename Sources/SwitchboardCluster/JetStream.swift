@@ -264,7 +264,7 @@ public final class JetStream {
 
     // MARK: - Plumbing
 
-    private func api(_ path: String, _ body: [UInt8], _ completion: @escaping (Result<JSON, JetStreamError>) -> Void) {
+    func api(_ path: String, _ body: [UInt8], _ completion: @escaping (Result<JSON, JetStreamError>) -> Void) {
         send(apiPrefix + "." + path, headers: nil, body, completion)
     }
 

@@ -82,6 +82,9 @@ public final class NATSConnection: EventHandler {
     }
 
     public var isConnected: Bool { state == .connected }
+    /// The largest payload (headers included) a publish may carry: the current server's max_payload (from its
+    /// INFO; 1 MiB until one was seen) within the configured limit.
+    public var maxPayload: Int { min(link.maxPayload, configuration.limits.maxPayload) }
     /// The server of the current link (meaningful while connected).
     public var currentServer: SocketAddress { configuration.servers[link.serverIndex] }
     public var currentServerName: String { link.serverName }

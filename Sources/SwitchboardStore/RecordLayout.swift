@@ -5,6 +5,8 @@
 enum RecordKey {
     static let schemaVersion: [UInt8] = Array("schema_version".utf8)
     static let nextUserID: [UInt8] = Array("next_user_id".utf8)
+    /// The last cluster log entry applied to this replica (u64, written in the entry's transaction).
+    static let clusterAppliedSeq: [UInt8] = Array("cluster_applied_seq".utf8)
     private static let mailHighWaterPrefix: [UInt8] = Array("mailseq".utf8)
 
     /// "users": userID -> name.

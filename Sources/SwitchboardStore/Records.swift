@@ -84,7 +84,7 @@ public struct DedupeWindowEntry: Sendable, Equatable {
     }
 }
 
-public enum WriteOp: Sendable {
+public enum WriteOp: Sendable, Equatable {
     case createAccount(name: String, password: PasswordHash)
     case contactAdd(owner: UserID, contactName: String)
     case contactAccept(owner: UserID, contactName: String)

@@ -26,6 +26,8 @@ public final class Store: @unchecked Sendable {
     public static let maxDedupeWindowEntries = DedupeWindowLayout.maxEntries
 
     public let directory: String
+    /// How the environment was opened (cluster replica or not, commit durability).
+    public let options: Options
     let databases: Databases
     private let lock = ReadWriteLock()
     /// nil once closed. Read under `lock` shared, cleared under `lock` exclusive.
@@ -39,9 +41,9 @@ public final class Store: @unchecked Sendable {
     /// Opens (creating if needed) the environment in `directory`.
     ///
     /// The environment is opened with MDB_NOTLS because read transactions run on a thread other than the writer's
-    /// and reader slots must belong to the transaction, not the thread. Durability is LMDB's default: every commit
-    /// fsyncs data and meta page before `apply` returns (no MDB_NOSYNC / MDB_NOMETASYNC), which is why writes are
-    /// batched (group commit) rather than committed one by one.
+    /// and reader slots must belong to the transaction, not the thread. Durability is LMDB's default (`Options.sync`
+    /// `.full`): every commit fsyncs data and meta page before `apply` returns, which is why writes are batched
+    /// (group commit) rather than committed one by one. A cluster replica may relax it (`Options.Sync`).
     ///
     /// `mapSizeBytes` is the most the database may ever grow to (address space, not disk: the file grows as
     /// needed). A batch that would exceed it is handled as `apply` describes. Deleted data's pages are reused:
@@ -53,15 +55,20 @@ public final class Store: @unchecked Sendable {
     ///
     /// A version-1 environment is upgraded to version 2 in place (additively: the "dedupewin" database is created,
     /// nothing existing is rewritten); any other version than 2 throws `schemaMismatch` and changes nothing.
-    public init(directory: String, mapSizeBytes: Int = 1 << 32, maxReaders: Int = 126) throws {
+    ///
+    /// `options` makes the store a cluster replica (see `Store.Options` and Store+Replica.swift) and sets how
+    /// commits reach the disk; the defaults are the single-node store described above.
+    public init(directory: String, mapSizeBytes: Int = 1 << 32, maxReaders: Int = 126,
+                options: Options = Options()) throws {
         guard mapSizeBytes > 0 else { throw StoreError.invalidArgument("mapSizeBytes must be positive") }
         guard maxReaders > 0, maxReaders <= Int(Int32.max) else {
             throw StoreError.invalidArgument("maxReaders must be in 1...\(Int32.max)")
         }
         try Store.createDirectory(directory)
         let opened = try Store.openEnvironment(directory: directory, mapSizeBytes: mapSizeBytes,
-                                               maxReaders: maxReaders)
+                                               maxReaders: maxReaders, sync: options.sync)
         self.directory = directory
+        self.options = options
         self.dataFilePath = directory.hasSuffix("/") ? directory + "data.mdb" : directory + "/data.mdb"
         self.env = opened.env
         self.databases = opened.databases
@@ -201,7 +208,11 @@ public final class Store: @unchecked Sendable {
     ///
     /// Any other LMDB error (EIO...) or a corrupt record aborts the transaction and is thrown: nothing of the batch
     /// is written.
+    ///
+    /// A cluster replica refuses this (`invalidArgument`): its writes come from the cluster log only
+    /// (`apply(_:logSeq:)`), or it would diverge from the other replicas.
     public func apply(_ batch: [WriteOp]) throws -> [WriteResult] {
+        try refuseIfReplica()
         guard !batch.isEmpty else { return [] }
         do {
             return try applyInOneTransaction(batch)
@@ -243,6 +254,7 @@ public final class Store: @unchecked Sendable {
     /// Existing names are skipped; returns how many were created. Throws `invalidArgument` (writing nothing) if
     /// any name is invalid.
     public func createAccountsBulk(names: [String], password: PasswordHash) throws -> Int {
+        try refuseIfReplica()
         if let index = names.firstIndex(where: { !Store.isValidUserName($0) }) {
             throw StoreError.invalidArgument("invalid user name at index \(index)")
         }
@@ -322,7 +334,7 @@ public final class Store: @unchecked Sendable {
         }
     }
 
-    private func withWriteTransaction<R>(_ body: (LMDBTransaction) throws -> R) throws -> R {
+    func withWriteTransaction<R>(_ body: (LMDBTransaction) throws -> R) throws -> R {
         try lock.withShared {
             guard let env else { throw StoreError.closed }
             // mdb_txn_begin blocks while another thread holds the write transaction: LMDB serializes writers.
@@ -374,7 +386,7 @@ public final class Store: @unchecked Sendable {
 
     // MARK: - Operations (inside a write transaction)
 
-    private func perform(_ op: WriteOp, _ txn: LMDBTransaction) throws -> WriteResult {
+    func perform(_ op: WriteOp, _ txn: LMDBTransaction) throws -> WriteResult {
         switch op {
         case let .createAccount(name, password):
             return try createAccount(name: name, password: password, txn)
@@ -518,8 +530,14 @@ public final class Store: @unchecked Sendable {
         if try txn.contains(databases.dedupe, dedupeKey) { return .duplicateMail }
         guard try lookUpUserName(mail.recipient, txn) != nil else { return .noSuchUser }
         let highWater = try mailHighWater(mail.recipient, txn)
-        guard mail.seq > highWater else {
-            return .invalidRequest("seq \(mail.seq) is not above the mailbox's last seq \(highWater)")
+        var mail = mail
+        if mail.seq <= highWater {
+            // Two cluster nodes may give one recipient the same seq; every replica applies the log in the same
+            // order, so every replica renumbers the later one identically (Store+Replica.swift).
+            guard options.clusterReplica, highWater < UInt64.max else {
+                return .invalidRequest("seq \(mail.seq) is not above the mailbox's last seq \(highWater)")
+            }
+            mail.seq = highWater + 1
         }
         try txn.put(databases.mail, RecordKey.mail(recipient: mail.recipient, seq: mail.seq), MailLayout.encode(mail))
         try txn.put(databases.dedupe, dedupeKey,
@@ -608,7 +626,7 @@ public final class Store: @unchecked Sendable {
         return stored
     }
 
-    private func mailHighWater(_ recipient: UserID, _ txn: LMDBTransaction) throws -> UInt64 {
+    func mailHighWater(_ recipient: UserID, _ txn: LMDBTransaction) throws -> UInt64 {
         try txn.withValue(databases.meta, RecordKey.mailHighWater(recipient: recipient)) {
             try MetaLayout.decodeU64($0, "mailseq")
         } ?? 0
@@ -632,8 +650,8 @@ public final class Store: @unchecked Sendable {
         }
     }
 
-    private static func openEnvironment(directory: String, mapSizeBytes: Int,
-                                        maxReaders: Int) throws -> (env: OpaquePointer, databases: Databases) {
+    private static func openEnvironment(directory: String, mapSizeBytes: Int, maxReaders: Int,
+                                        sync: Options.Sync) throws -> (env: OpaquePointer, databases: Databases) {
         var created: OpaquePointer?
         try lmdbCheck(mdb_env_create(&created), "mdb_env_create")
         guard let env = created else { throw lmdbError(EINVAL, "mdb_env_create returned no environment") }
@@ -641,7 +659,13 @@ public final class Store: @unchecked Sendable {
             try lmdbCheck(mdb_env_set_mapsize(env, mapSizeBytes), "mdb_env_set_mapsize")
             try lmdbCheck(mdb_env_set_maxreaders(env, UInt32(maxReaders)), "mdb_env_set_maxreaders")
             try lmdbCheck(mdb_env_set_maxdbs(env, Databases.maxCount), "mdb_env_set_maxdbs")
-            try lmdbCheck(mdb_env_open(env, directory, UInt32(MDB_NOTLS), 0o600), "mdb_env_open(\(directory))")
+            var flags = UInt32(MDB_NOTLS)
+            switch sync {
+            case .full: break
+            case .noMetaSync: flags |= UInt32(MDB_NOMETASYNC)
+            case .noSync: flags |= UInt32(MDB_NOSYNC)
+            }
+            try lmdbCheck(mdb_env_open(env, directory, flags, 0o600), "mdb_env_open(\(directory))")
             // Free reader slots left behind by a crashed process, which would otherwise pin old pages forever.
             var staleReaders: Int32 = 0
             try lmdbCheck(mdb_reader_check(env, &staleReaders), "mdb_reader_check")
