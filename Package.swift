@@ -86,7 +86,10 @@ let package = Package(
         .testTarget(name: "SwitchboardIOTests", dependencies: ["SwitchboardIO"], swiftSettings: strict),
         .testTarget(name: "SwitchboardProtocolTests", dependencies: ["SwitchboardProtocol"], swiftSettings: strict),
         .testTarget(name: "SwitchboardStoreTests", dependencies: ["SwitchboardStore"], swiftSettings: strict),
-        .testTarget(name: "SwitchboardClusterTests", dependencies: ["SwitchboardCluster", "SwitchboardIO"],
+        // Starting real nats-server processes for the tests that need NATS (no test framework inside).
+        .target(name: "NATSTestHarness", dependencies: ["SwitchboardCluster", "SwitchboardIO"], path: "Tests/NATSTestHarness",
+                swiftSettings: strict),
+        .testTarget(name: "SwitchboardClusterTests", dependencies: ["SwitchboardCluster", "SwitchboardIO", "NATSTestHarness"],
                     swiftSettings: strict),
         // The cluster log (SwitchboardServer/ClusterLog.swift) against a real three-server nats-server cluster and
         // real LMDB replicas.
@@ -99,7 +102,8 @@ let package = Package(
                     dependencies: ["SwitchboardSession", "SwitchboardRelay", "SwitchboardProtocol", "SwitchboardStore", "SwitchboardIO"],
                     swiftSettings: strict),
         .testTarget(name: "SwitchboardServerTests",
-                    dependencies: ["SwitchboardServer", "SwitchboardClient", "SwitchboardStore", "SwitchboardTLS", "SwitchboardTUI"],
+                    dependencies: ["SwitchboardServer", "SwitchboardClient", "SwitchboardStore", "SwitchboardTLS", "SwitchboardTUI",
+                                   "NATSTestHarness", "SwitchboardCluster"],
                     swiftSettings: strict),
     ]
 )

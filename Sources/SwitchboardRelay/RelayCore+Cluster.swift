@@ -45,18 +45,21 @@ extension RelayCore {
 
     /// A device of `user` on `node` logged out. Returns the connections here to tell that the user
     /// went offline (empty unless it is now offline everywhere).
-    public func remoteDeviceLeft(user: UserID, node: UInt16, deviceID: String) -> [ConnectionID] {
+    /// `contacts`: the user's accepted contacts as the store has them now (they may have changed since it
+    /// logged in); nil: those its node sent at login.
+    public func remoteDeviceLeft(user: UserID, node: UInt16, deviceID: String, contacts: [UserID]? = nil) -> [ConnectionID] {
         guard let known = remote[user] else { return [] }
         known.devices.removeAll { $0.node == node && $0.deviceID == deviceID }
         guard known.devices.isEmpty else { return [] }
         remote[user] = nil
         if sessions[user] != nil { return [] }
-        return watchers(of: user, among: known.contacts)
+        return watchers(of: user, among: contacts ?? known.contacts)
     }
 
     /// `node` is gone (its heartbeats stopped) or restarted: every user known only through it goes
     /// offline. Returns, per such user, the connections here to tell.
-    public func remoteNodeGone(_ node: UInt16) -> [(user: UserID, notify: [ConnectionID])] {
+    public func remoteNodeGone(_ node: UInt16, contactsOf: (UserID) -> [UserID]? = { _ in nil })
+        -> [(user: UserID, notify: [ConnectionID])] {
         var gone: [(UserID, RemoteUser)] = []
         for (user, known) in remote where known.devices.contains(where: { $0.node == node }) {
             gone.append((user, known))
@@ -66,7 +69,7 @@ extension RelayCore {
             known.devices.removeAll { $0.node == node }
             guard known.devices.isEmpty else { continue }
             remote[user] = nil
-            if sessions[user] == nil { result.append((user, watchers(of: user, among: known.contacts))) }
+            if sessions[user] == nil { result.append((user, watchers(of: user, among: contactsOf(user) ?? known.contacts))) }
         }
         return result
     }
@@ -165,6 +168,16 @@ extension RelayCore {
         box.bytes += bytes
         box.lastSeq = max(box.lastSeq, seq)
         mailboxes[recipient] = box
+    }
+
+    /// The mailbox usage as the store has it now (cluster mode, at login: writes of other nodes may have been
+    /// applied between the cached read and their notice). Keeps what devices acknowledged.
+    public func refreshMailbox(of user: UserID, usage: MailboxUsage) {
+        var box = mailboxes[user] ?? MailboxState(count: 0, bytes: 0, lastSeq: 0)
+        box.count = usage.count
+        box.bytes = usage.bytes
+        box.lastSeq = max(box.lastSeq, usage.lastSeq)
+        mailboxes[user] = box
     }
 
     /// Another node deleted mail of `recipient`: the usage is read again from the store when next needed.

@@ -20,11 +20,8 @@ import SwitchboardTLS
 
 public enum ServerError: Error, CustomStringConvertible {
     case tlsNotConfigured
-    case clusterModeUnavailable
     public var description: String {
         switch self {
-        case .clusterModeUnavailable:
-            return "cluster mode (--cluster) is not available in this build yet"
 
         case .tlsNotConfigured:
             return "TLS is on by default but no certificate was given: run `switchboard cert init` (development) or pass --tls-cert and --tls-key, or --plaintext"
@@ -67,6 +64,8 @@ public final class RelayServer: EventHandler, SessionDriver {
     let store: Store
     /// The session core; set once at the end of init (it needs `self` as its driver).
     private(set) var core: ServerCore!
+    /// Cluster mode (RelayServer+Cluster.swift); nil on a single node.
+    private(set) var clusterMode: ClusterMode?
     let workers: Workers
     private var listenFD: Int32 = -1
     private var listenRegistration: RegistrationID?
@@ -115,10 +114,10 @@ public final class RelayServer: EventHandler, SessionDriver {
     public init(configuration: ServerConfiguration, logger: Logger = Logger(label: "switchboard")) throws {
         self.configuration = configuration
         self.driverLogger = logger
-        if configuration.clusterServers != nil { throw ServerError.clusterModeUnavailable }
         Sys.ignoreSIGPIPE()
         loop = try EventLoop()
-        store = try Store(directory: configuration.dataDirectory, mapSizeBytes: configuration.storeMapSizeBytes)
+        store = try Store(directory: configuration.dataDirectory, mapSizeBytes: configuration.storeMapSizeBytes,
+                          options: configuration.clusterServers != nil ? .clusterReplica : Store.Options())
         reserveFD = Sys.openReserveDescriptor()
         let dummyHash = PasswordHasher.hash(password: Array("not a real password".utf8), iterations: configuration.pbkdf2Iterations)
         workers = try Workers(store: store, hashThreads: configuration.hashThreads)
@@ -134,7 +133,12 @@ public final class RelayServer: EventHandler, SessionDriver {
         listenFD = try Socket.listen(on: configuration.listenAddress)
         boundAddress = try Socket.localAddress(listenFD)
         core = ServerCore(configuration: configuration.session, store: store, driver: self, logger: logger, dummyHash: dummyHash)
-        listenRegistration = try loop.register(fd: listenFD, interest: .readable, handler: self)
+        if let servers = configuration.clusterServers, let node = configuration.clusterNode {
+            // Clients wait in the listen backlog until the replica has caught up with the log (clusterReady).
+            clusterMode = try ClusterMode(server: self, servers: servers, node: node)
+        } else {
+            listenRegistration = try loop.register(fd: listenFD, interest: .readable, handler: self)
+        }
         shutdownRegistration = try loop.register(fd: shutdownFD, interest: .readable, handler: ShutdownHandler(server: self))
         reloadRegistration = try loop.register(fd: reloadFD, interest: .readable, handler: ReloadHandler(server: self))
         try workers.hashResults.attach(to: loop) { [unowned self] in self.core.hashCompleted($0) }
@@ -144,6 +148,18 @@ public final class RelayServer: EventHandler, SessionDriver {
         loop.hasPendingWork = { [unowned self] in self.core.hasPendingWork || !self.bufferedReads.isEmpty }
         try startOps()
         core.start()
+        try clusterMode?.start()
+    }
+
+    /// Cluster mode: the replica applied the whole log; clients waiting in the backlog are accepted now.
+    func clusterReady() {
+        guard listenRegistration == nil, listenFD >= 0, !core.shuttingDown else { return }
+        do {
+            listenRegistration = try loop.register(fd: listenFD, interest: .readable, handler: self)
+        } catch {
+            driverLogger.critical("cannot listen after the cluster catch-up", metadata: ["error": "\(error)"])
+            beginShutdown()
+        }
     }
 
     deinit {
@@ -167,6 +183,7 @@ public final class RelayServer: EventHandler, SessionDriver {
         }
         serviceNotifier?.notify("READY=1\nSTATUS=listening on \(boundAddress)")
         try loop.run()
+        clusterMode?.close()
         stopOps()
         workers.shutdown()
         heapTrimmer.shutdown()
@@ -209,7 +226,7 @@ public final class RelayServer: EventHandler, SessionDriver {
         }
     }
 
-    private func beginShutdown() {
+    func beginShutdown() {
         guard !core.shuttingDown else { return }
         serviceNotifier?.notify("STOPPING=1")
         if let listenRegistration { loop.deregister(listenRegistration) }
@@ -442,7 +459,9 @@ public final class RelayServer: EventHandler, SessionDriver {
         return !tls.isHandshakeComplete
     }
     public func startHash(_ job: HashJob) { workers.hashJobs.push(job) }
-    public func startCommit(_ batch: StoreBatch) { workers.storeJobs.push(batch) }
+    public func startCommit(_ batch: StoreBatch) {
+        if let clusterMode { clusterMode.log.submit(batch) } else { workers.storeJobs.push(batch) }
+    }
     public func schedule(at deadline: UInt64, token: UInt64) { loop.schedule(at: deadline, token: token) }
 
     public func finalize(_ client: ClientState) {
@@ -592,6 +611,7 @@ public final class RelayServer: EventHandler, SessionDriver {
     }
 
     private func timerFired(_ token: UInt64) {
+        if let clusterMode, clusterMode.timerFired(token) { return }
         if token == Self.acceptResumeToken {
             resumeAccepting()
             return

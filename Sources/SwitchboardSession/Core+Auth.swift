@@ -197,6 +197,9 @@ extension ServerCore {
             close(oldConnection, code: .sessionTakenOver, "logged in from \(connection.peerText)\(device)",
                   keepUserForReroute: account.userID)
         }
+        if replicatedStore, let usage = try? store.mailboxUsage(of: account.userID) {
+            core.refreshMailbox(of: account.userID, usage: usage)
+        }
         let box = core.mailbox(of: account.userID)
         send(connection, .loginOK(requestID: requestID, userID: account.userID, name: TextView(account.name),
                                   address: TextView(connection.peerText), pendingMail: UInt32(clamping: box.count)))

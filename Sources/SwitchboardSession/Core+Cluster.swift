@@ -11,8 +11,16 @@ import SwitchboardStore
 extension ServerCore {
     // MARK: presence of other nodes' users
 
+    /// The user's accepted contacts as the local replica has them now (its node's event carries them as
+    /// they were at its login; an accept since then is in the store). nil when the store cannot say.
+    func acceptedContactIDs(of user: UserID) -> [UserID]? {
+        guard let entries = try? store.contacts(of: user) else { return nil }
+        return entries.compactMap { $0.state == .accepted ? $0.userID : nil }
+    }
+
     public func remoteDeviceJoined(user: UserID, node: UInt16, deviceID: String, contacts: [UserID]) {
-        let change = core.remoteDeviceJoined(user: user, node: node, deviceID: deviceID, contacts: contacts)
+        let change = core.remoteDeviceJoined(user: user, node: node, deviceID: deviceID,
+                                             contacts: acceptedContactIDs(of: user) ?? contacts)
         for target in change.notifyOnline {
             if let other = connections[target.raw] { send(other, .presence(userID: user, online: true)) }
         }
@@ -26,14 +34,14 @@ extension ServerCore {
     }
 
     public func remoteDeviceLeft(user: UserID, node: UInt16, deviceID: String) {
-        for target in core.remoteDeviceLeft(user: user, node: node, deviceID: deviceID) {
+        for target in core.remoteDeviceLeft(user: user, node: node, deviceID: deviceID, contacts: acceptedContactIDs(of: user)) {
             if let other = connections[target.raw] { send(other, .presence(userID: user, online: false)) }
         }
     }
 
     /// The node stopped answering (or restarted): its users read offline here.
     public func remoteNodeGone(_ node: UInt16) {
-        for (user, notify) in core.remoteNodeGone(node) {
+        for (user, notify) in core.remoteNodeGone(node, contactsOf: { self.acceptedContactIDs(of: $0) }) {
             for target in notify {
                 if let other = connections[target.raw] { send(other, .presence(userID: user, online: false)) }
             }

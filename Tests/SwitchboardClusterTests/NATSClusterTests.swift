@@ -4,6 +4,7 @@
 // during a burst: the client moves to another server, resubscribes, and every acknowledged publish is in the
 // stream exactly once.
 import Glibc
+import NATSTestHarness
 import SwitchboardCluster
 import SwitchboardIO
 import Testing

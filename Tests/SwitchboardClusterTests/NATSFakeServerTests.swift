@@ -2,6 +2,7 @@
 // answered, a silent server timed out and the next one tried, -ERR during the handshake, a server without
 // headers refused, protocol violations dropping the link, a malformed header block dropping only its message.
 import Glibc
+import NATSTestHarness
 import SwitchboardCluster
 import SwitchboardIO
 import Testing

@@ -2,6 +2,7 @@
 // it), subscription replay before queued publishes, stale-link detection (server stopped with SIGSTOP), the
 // payload limit from INFO, and bad calls refused with clear errors.
 import Glibc
+import NATSTestHarness
 import SwitchboardCluster
 import SwitchboardIO
 import Testing

@@ -1,0 +1,95 @@
+// Cluster mode of the driver: one NATS connection on the server's loop, the replicated write log
+// (ClusterLog: the core's group commits go through JetStream and every node applies every entry to its
+// LMDB replica) and the router (ClusterRouter: presence and cross-node relay over core NATS). The core
+// sees only `ClusterSeam` and its usual commit results; the listener opens once the replica caught up
+// with the log, so no client reads a stale store.
+import Logging
+import SwitchboardCluster
+import SwitchboardIO
+import SwitchboardSession
+import SwitchboardStore
+
+final class ClusterMode {
+    let nats: NATSConnection
+    let log: ClusterLog
+    let router: ClusterRouter
+    private unowned let server: RelayServer
+    private var everConnected = false
+    private(set) var ready = false
+    /// What the NATS link is doing, for the log and /healthz.
+    private(set) var linkState = "connecting"
+    static let routerToken = ServerCore.reservedTokens - 8
+    static let natsTokenBase: UInt64 = 0x4E41_5453_0000_0000
+
+    init(server: RelayServer, servers: String, node: String) throws {
+        self.server = server
+        var configuration = NATSConfiguration(servers: try NATSServerList.parse(servers), name: "switchboard-\(node)")
+        configuration.timerTokenBase = Self.natsTokenBase
+        nats = NATSConnection(loop: server.loop, configuration: configuration)
+        var logConfiguration = ClusterLogConfiguration()
+        logConfiguration.replicas = server.configuration.clusterReplicas
+        logConfiguration.commitTimeoutMs = server.configuration.clusterCommitTimeoutMs
+        log = try ClusterLog(loop: server.loop, nats: nats, store: server.store, node: node, configuration: logConfiguration,
+                             logger: server.driverLogger)
+        router = ClusterRouter(configuration: ClusterRouterConfiguration(node: node), nats: nats, loop: server.loop,
+                               core: server.core, logger: server.driverLogger, timerToken: Self.routerToken)
+        let previous = nats.onEvent
+        nats.onEvent = { [unowned self] event in
+            previous?(event)
+            self.natsEvent(event)
+        }
+        log.onCommitted = { [unowned server] result in server.core.commitCompleted([result]) }
+        log.onForeignApplied = { [unowned server] ops, results in server.core.clusterApplied(ops, results) }
+        log.onReady = { [unowned self] in self.becameReady() }
+        server.core.cluster = router
+        server.core.replicatedStore = true
+    }
+
+    func start() throws {
+        try router.start()
+        nats.start()
+        log.start()
+    }
+
+    private func becameReady() {
+        guard !ready else { return }
+        ready = true
+        server.driverLogger.info("cluster replica caught up; accepting clients", metadata: ["node": "\(router.configuration.node)"])
+        server.clusterReady()
+    }
+
+    private func natsEvent(_ event: NATSEvent) {
+        let logger = server.driverLogger
+        switch event {
+        case .connected(let address, let name):
+            linkState = "connected to \(name) (\(address))"
+            logger.info("cluster: NATS connected", metadata: ["server": "\(address)", "name": "\(name)"])
+            if everConnected { router.natsReconnected() }
+            everConnected = true
+        case .disconnected(let address, let reason):
+            linkState = "disconnected: \(reason)"
+            logger.warning("cluster: NATS link lost; local relaying goes on, messages for other nodes wait or fail",
+                           metadata: ["server": "\(address)", "reason": "\(reason)"])
+        case .connectFailed(let address, let reason):
+            linkState = "connect to \(address) failed: \(reason)"
+            logger.debug("cluster: NATS connect failed", metadata: ["server": "\(address)", "reason": "\(reason)"])
+        case .serverError(let text):
+            logger.warning("cluster: NATS server error", metadata: ["error": "\(text)"])
+        case .reconnectScheduled, .closed:
+            break
+        }
+    }
+
+    /// Routes the loop's timer tokens that belong to the cluster mode.
+    func timerFired(_ token: UInt64) -> Bool {
+        if token == Self.routerToken { router.timerFired(); return true }
+        if nats.handleTimer(token) { return true }
+        if log.handleTimer(token) { return true }
+        return false
+    }
+
+    func close() {
+        log.close()
+        nats.close()
+    }
+}

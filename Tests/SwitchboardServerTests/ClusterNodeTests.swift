@@ -1,0 +1,330 @@
+// Cluster mode end to end: a real three-server nats-server cluster with JetStream on loopback (started by
+// the test), real `switchboard serve --cluster ... --node ...` processes with TLS, and clients through the
+// client library. The seed flow with users on different nodes; kill -9 of a node during a burst between
+// nodes (its client reconnects to another node and resends); kill -9 of the NATS server that leads the
+// log during a burst of offline mail; all of NATS down for a few seconds.
+// Skipped, with a message, only when nats-server is not installed (`make test` installs it).
+import Foundation
+import Glibc
+import NATSTestHarness
+import SwitchboardClient
+import SwitchboardIO
+import SwitchboardProtocol
+import SwitchboardTLS
+import Testing
+
+/// One `switchboard serve` node of a test cluster. Every node serves the first node's certificate, so one
+/// CA file verifies them all (as an operator deploys one certificate for the service's name).
+final class ClusterNode {
+    let name: String
+    let directory: String
+    let logPath: String
+    let process: ServerProcess
+    var address: String { process.address }
+
+    init(name: String, nats: String, tlsFrom certificateDirectory: String?, extra: [String] = []) throws {
+        self.name = name
+        directory = makeTempDirectory("sbnode-\(name)")
+        logPath = directory + "/server.log"
+        var arguments = ["--cluster", nats, "--node", name, "--cluster-commit-timeout", "20"] + extra
+        if let certificateDirectory {
+            let tls = DevelopmentCA.directory(forDataDirectory: certificateDirectory)
+            arguments += ["--tls-cert", tls + "/server.pem", "--tls-key", tls + "/server.key"]
+        }
+        process = try ServerProcess(directory: directory, extraArguments: arguments, stderrPath: logPath, logLevel: "info")
+    }
+
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+    func kill9() { process.kill9() }
+    deinit { removeDirectory(directory) }
+}
+
+final class TestCluster {
+    let nats: NATSClusterProcess
+    var nodes: [ClusterNode] = []
+    let caFile: String
+
+    /// `count` nodes; node i lists the NATS servers starting with server i (so the nodes use different servers).
+    init(name: String, basePort: Int, nodes count: Int) throws {
+        let nats = try NATSClusterProcess(name: name, basePort: basePort)
+        self.nats = nats
+        try nats.waitUntilReady()
+        var first: String?
+        var started: [ClusterNode] = []
+        for i in 0..<count {
+            let order = (0..<3).map { nats.url(($0 + i) % 3) }.joined(separator: ",")
+            let node = try ClusterNode(name: "n\(i)", nats: order, tlsFrom: first)
+            if first == nil { first = node.directory }
+            started.append(node)
+        }
+        nodes = started
+        caFile = DevelopmentCA.directory(forDataDirectory: first!) + "/ca.pem"
+    }
+
+    func session(_ node: Int) throws -> ChatSession {
+        try ChatSession(server: nodes[node].address, tls: .certificateAuthority(file: caFile))
+    }
+
+    /// Registers on `node` and logs in there.
+    func user(_ name: String, on node: Int) throws -> ChatSession {
+        let session = try self.session(node)
+        try session.register(name: name, password: testPassword)
+        try session.logIn(name: name, password: testPassword)
+        return session
+    }
+
+    func logs() -> String { nodes.map { "--- \($0.name)\n" + String($0.log.suffix(3_000)) }.joined(separator: "\n") }
+
+    deinit {
+        nodes.removeAll()
+        nats.stop()
+        nats.removeFiles()
+    }
+}
+
+/// Retries `body` until it stops throwing or `ms` pass (a write made on one node is applied on the others
+/// within milliseconds; tests that act on another node at once allow for it and measure it).
+func eventually<T>(_ ms: UInt64 = 5_000, _ body: () throws -> T) throws -> T {
+    let deadline = Clock.monotonicMs() + ms
+    while true {
+        do { return try body() } catch {
+            if Clock.monotonicMs() >= deadline { throw error }
+            usleep(20_000)
+        }
+    }
+}
+
+/// Waits up to 5 s for the outcome of `id`, reading (and acknowledging) `receiver`'s deliveries meanwhile
+/// from its raw connection; nil when none came.
+func exchange(_ sender: ChatSession, _ receiver: ChatSession, _ id: UInt64) throws -> ChatSession.SendOutcome? {
+    let deadline = Clock.monotonicMs() + 5_000
+    while Clock.monotonicMs() < deadline {
+        while let frame = try receiver.connection.nextFrame(timeoutMs: 10) {
+            if case .deliver(let seq, _, _, _, _) = frame { try receiver.connection.sendFrame(.deliveryAck(throughSeq: seq)) }
+        }
+        while let event = try sender.nextEvent(timeoutMs: 10) {
+            if case .sendAck(id, let status) = event { return status == .delivered ? .delivered : .storedOffline }
+            if case .sendError(id, let code, let message) = event { return .refused(code: code, message: message) }
+        }
+    }
+    return nil
+}
+
+@Suite(.serialized) struct ClusterNodeTests {
+    @Test(.enabled(if: natsServerPath() != nil, "nats-server is not installed (make test installs it)"))
+    func seedFlowWithUsersOnDifferentNodes() throws {
+        let cluster = try TestCluster(name: "seed", basePort: 27000, nodes: 3)
+        let alice = try cluster.user("alice", on: 0)
+        let bob = try cluster.user("bob", on: 1)
+        let carol = try cluster.user("carol", on: 2)
+        // Accounts registered on one node are usable on the others: alice (node 0) adds bob (node 1).
+        let start = Clock.monotonicMs()
+        try eventually { try alice.addContact("bob") }
+        print("cluster: a registration on node 1 usable on node 0 after \(Clock.monotonicMs() - start) ms")
+        try eventually { try bob.acceptContact("alice") }
+        try eventually { try alice.addContact("carol") }
+        try eventually { try carol.acceptContact("alice") }
+
+        // Contact list with online status, across nodes.
+        let view = try eventually { () -> [ContactInfo] in
+            let list = try alice.contacts()
+            guard list.count == 2, list.allSatisfy({ $0.relation == .accepted && $0.online }) else { throw ClientError("\(list)") }
+            return list
+        }
+        #expect(view.map(\.name) == ["bob", "carol"])
+        let bobID = view[0].userID, carolID = view[1].userID
+
+        // Presence pushed on change: carol (node 2) logs out, alice (node 0) sees it.
+        carol.connection.close()
+        let offline = try waitForEvent(alice) { if case .presence(carolID, false) = $0 { return true } else { return false } }
+        #expect(offline != nil, "alice never saw carol go offline\n\(cluster.logs())")
+        #expect(try alice.openChat(with: bobID).online)
+        let status = try alice.openChat(with: carolID)
+        #expect(!status.online)
+        #expect(status.text == "Contact offline at the moment, send offline message")
+
+        // Live relay node 0 -> node 1: delivered only after bob's client acknowledged.
+        try alice.send(to: bobID, messageID: 1, body: Array("hi bob".utf8))
+        guard case .message(let seq, _, 1, _, let body)? = try waitForEvent(bob, isMessage) else {
+            Issue.record("bob got no message\n\(cluster.logs())"); return
+        }
+        #expect(String(decoding: body, as: UTF8.self) == "hi bob")
+        try bob.acknowledgeDeliveries(through: seq)
+        #expect(try alice.awaitSendOutcome(1) == .delivered)
+        // And back, node 1 -> node 0.
+        let aliceID = alice.login!.userID
+        try bob.send(to: aliceID, messageID: 1, body: Array("hi alice".utf8))
+        guard case .message(let seq2, _, 1, _, _)? = try waitForEvent(alice, isMessage) else { Issue.record("alice got no reply"); return }
+        try alice.acknowledgeDeliveries(through: seq2)
+        #expect(try bob.awaitSendOutcome(1) == .delivered)
+
+        // Offline mail for carol from two senders on two nodes, stored durably in the cluster.
+        try bob.addContact("carol")
+        let carolAgain = try cluster.session(0)
+        try carolAgain.logIn(name: "carol", password: testPassword)
+        try eventually { try carolAgain.acceptContact("bob") }
+        carolAgain.connection.close()
+        _ = try waitForEvent(alice) { if case .presence(carolID, false) = $0 { return true } else { return false } }
+        usleep(300_000)  // bob's node has seen carol leave too
+        for id: UInt64 in 2...3 {
+            try alice.send(to: carolID, messageID: id, body: Array("alice \(id)".utf8))
+            #expect(try alice.awaitSendOutcome(id) == .storedOffline)
+        }
+        try bob.send(to: carolID, messageID: 2, body: Array("bob 2".utf8))
+        #expect(try bob.awaitSendOutcome(2) == .storedOffline)
+        // carol logs in on yet another node: her mail, grouped by sender; MAIL_ACK deletes it everywhere.
+        let carolOnOne = try cluster.session(1)
+        let login = try carolOnOne.logIn(name: "carol", password: testPassword)
+        #expect(login.pendingMail == 3)
+        var mail: [(from: String, body: String, seq: UInt64)] = []
+        while let event = try carolOnOne.nextEvent(timeoutMs: 5_000) {
+            if case .mail(let seq, _, let name, _, _, let body) = event { mail.append((name, String(decoding: body, as: UTF8.self), seq)) }
+            if case .mailEnd = event { break }
+        }
+        #expect(mail.map(\.body).sorted() == ["alice 2", "alice 3", "bob 2"])
+        let senders = mail.map(\.from)
+        #expect(senders == senders.sorted() || senders == senders.sorted().reversed(), "grouped by sender: \(senders)")
+        try carolOnOne.acknowledgeMail(through: mail.map(\.seq).max() ?? 0)
+        _ = try carolOnOne.contacts()  // a round trip: the ack was read
+        carolOnOne.connection.close()
+        usleep(300_000)
+        let carolOnTwo = try cluster.session(2)
+        let second = try carolOnTwo.logIn(name: "carol", password: testPassword)
+        #expect(second.pendingMail == 0, "MAIL_ACK on node 1 deleted the mail for every node")
+    }
+
+    @Test(.enabled(if: natsServerPath() != nil, "nats-server is not installed (make test installs it)"))
+    func killingTheSendersNodeDuringABurstLosesAndDuplicatesNothing() throws {
+        let cluster = try TestCluster(name: "killnode", basePort: 27100, nodes: 3)
+        var alice = try cluster.user("alice", on: 0)
+        let bob = try cluster.user("bob", on: 1)
+        try eventually { try alice.addContact("bob") }
+        try eventually { try bob.acceptContact("alice") }
+        let bobID = try userID(of: "bob", in: alice)
+        let total: UInt64 = 300
+        for id in 1...total { alice.queueSend(to: bobID, messageID: id, body: Array("burst \(id)".utf8)) }
+        try alice.flush()
+        var acked = Set<UInt64>()
+        var received: [UInt64: Int] = [:]
+        var killed = false
+        var reconnected = false
+        let deadline = Clock.monotonicMs() + 90_000
+        func pumpBob(_ ms: Int32) throws {
+            while let frame = try bob.connection.nextFrame(timeoutMs: ms) {
+                if case .deliver(let seq, _, let id, _, _) = frame {
+                    received[id, default: 0] += 1
+                    try bob.connection.sendFrame(.deliveryAck(throughSeq: seq))
+                }
+            }
+        }
+        while acked.count < Int(total) && Clock.monotonicMs() < deadline {
+            try pumpBob(20)
+            do {
+                while let event = try alice.nextEvent(timeoutMs: 5) {
+                    if case .sendAck(let id, _) = event { acked.insert(id) }
+                }
+            } catch {
+                guard killed, !reconnected else { throw error }
+                // The node died under alice: reconnect to another node and resend what was not acknowledged.
+                alice = try eventually(10_000) {
+                    let session = try cluster.session(2)
+                    try session.logIn(name: "alice", password: testPassword)
+                    return session
+                }
+                reconnected = true
+                for id in 1...total where !acked.contains(id) {
+                    alice.queueSend(to: bobID, messageID: id, body: Array("burst \(id)".utf8))
+                }
+                try alice.flush()
+            }
+            if !killed && acked.count >= 60 {
+                cluster.nodes[0].kill9()
+                killed = true
+            }
+        }
+        try pumpBob(200)
+        #expect(killed && reconnected)
+        #expect(acked.count == Int(total), "acknowledged \(acked.count) of \(total)\n\(cluster.logs())")
+        let missing = acked.filter { received[$0] == nil }
+        let twice = received.filter { $0.value > 1 }.map(\.key).sorted()
+        print("cluster: kill -9 of the sender's node after 60 of \(total) acked: acked \(acked.count), received \(received.count), twice \(twice.count)")
+        #expect(missing.isEmpty, "acknowledged but never delivered: \(missing.sorted().prefix(10))")
+        #expect(twice.isEmpty, "delivered twice: \(twice.prefix(10))")
+    }
+
+    @Test(.enabled(if: natsServerPath() != nil, "nats-server is not installed (make test installs it)"))
+    func killingTheLogLeadersNATSServerLosesNoStoredMail() throws {
+        let cluster = try TestCluster(name: "killnats", basePort: 27200, nodes: 2)
+        let alice = try cluster.user("alice", on: 0)
+        let bob = try cluster.user("bob", on: 1)
+        try eventually { try alice.addContact("bob") }
+        try eventually { try bob.acceptContact("alice") }
+        let bobID = try userID(of: "bob", in: alice)
+        bob.connection.close()
+        _ = try waitForEvent(alice) { if case .presence(bobID, false) = $0 { return true } else { return false } }
+        let leader = try cluster.nats.streamLeader("SB_LOG")
+        let total: UInt64 = 200
+        for id in 1...total {
+            alice.queueSend(to: bobID, messageID: id, body: Array("mail \(id)".utf8))
+            if id % 10 == 0 { try alice.flush(); usleep(5_000) }
+            if id == 50 { cluster.nats.kill9(leader) }
+        }
+        try alice.flush()
+        var outcomes: [UInt64: ChatSession.SendOutcome] = [:]
+        for id in 1...total { outcomes[id] = try alice.awaitSendOutcome(id, timeoutMs: 60_000) }
+        let stored = outcomes.filter { $0.value == .storedOffline }.map(\.key)
+        let refused = outcomes.filter { if case .refused = $0.value { return true } else { return false } }
+        print("cluster: kill -9 of the log's leader (NATS server \(leader)) mid-burst: stored \(stored.count), refused \(refused.count) of \(total)")
+        if let first = refused.first { print("  e.g. \(first.key): \(first.value)") }
+        let bobAgain = try cluster.session(0)
+        let login = try bobAgain.logIn(name: "bob", password: testPassword)
+        var mail: [UInt64: Int] = [:]
+        while let event = try bobAgain.nextEvent(timeoutMs: 10_000) {
+            if case .mail(let seq, _, _, let id, _, _) = event { mail[id, default: 0] += 1; try bobAgain.acknowledgeMail(through: seq) }
+            if case .mailEnd = event { break }
+        }
+        #expect(Int(login.pendingMail) >= stored.count)
+        for id in stored { #expect(mail[id] == 1, "stored message \(id) delivered \(mail[id] ?? 0) times") }
+        #expect(stored.count + refused.count == Int(total))
+    }
+
+    @Test(.enabled(if: natsServerPath() != nil, "nats-server is not installed (make test installs it)"))
+    func allOfNATSDownForAFewSecondsThenRecoveryWithoutRestartingNodes() throws {
+        let cluster = try TestCluster(name: "natsdown", basePort: 27300, nodes: 2)
+        let alice = try cluster.user("alice", on: 0)
+        let bob = try cluster.user("bob", on: 1)
+        let dave = try cluster.user("dave", on: 0)
+        try eventually { try alice.addContact("bob") }
+        try eventually { try bob.acceptContact("alice") }
+        try eventually { try alice.addContact("dave") }
+        try eventually { try dave.acceptContact("alice") }
+        let bobID = try userID(of: "bob", in: alice)
+        let daveID = try userID(of: "dave", in: alice)
+        for i in 0..<3 { cluster.nats.kill9(i) }
+        // Local relaying goes on without NATS: alice and dave are both on node 0.
+        let localStart = Clock.monotonicMs()
+        try alice.send(to: daveID, messageID: 1, body: Array("local".utf8))
+        #expect(try exchange(alice, dave, 1) == .delivered, "local relay stalled without NATS\n\(cluster.logs())")
+        print("cluster: local relay with all of NATS down: \(Clock.monotonicMs() - localStart) ms")
+        // A message for bob (node 1) while NATS is down: it waits (bounded by the commit timeout) or is refused clearly.
+        try alice.send(to: bobID, messageID: 2, body: Array("across, during the outage".utf8))
+        sleep(3)
+        for i in 0..<3 { try cluster.nats.start(i) }
+        try cluster.nats.waitUntilReady()
+        let outcome = try alice.awaitSendOutcome(2, timeoutMs: 60_000)
+        print("cluster: a cross-node send during a 3 s NATS outage: \(outcome)")
+        if case .refused(let code, let text) = outcome {
+            #expect(text.contains("cluster"), "a clear error (\(code)): \(text)")
+        }
+        // Recovery without restarting the nodes: a new cross-node message is delivered live.
+        let recovered = Clock.monotonicMs()
+        var live = false
+        for attempt in 0..<40 where !live {
+            let id = UInt64(100 + attempt)
+            try alice.send(to: bobID, messageID: id, body: Array("after \(attempt)".utf8))
+            live = try exchange(alice, bob, id) == .delivered
+        }
+        #expect(live, "no live cross-node relay after NATS came back\n\(cluster.logs())")
+        print("cluster: live cross-node relay again \(Clock.monotonicMs() - recovered) ms after NATS restarted")
+    }
+}
