@@ -58,6 +58,8 @@ final class ClusterRouter: ClusterSeam {
         var sentAtMs: UInt64
         var body: [UInt8]
         var deadline: UInt64
+        /// The encoded forward, kept to send again (same id) when its node is heard again after a link break.
+        var payload: [UInt8]
     }
     private struct NodeInfo {
         var name: String
@@ -65,6 +67,8 @@ final class ClusterRouter: ClusterSeam {
         var lastHeardMs: UInt64 = 0
         var alive = false
         var users = 0
+        /// Not heard since our NATS link broke (loop ms): its forwards wait for it up to `nodeTimeoutMs`.
+        var unheardSince: UInt64 = 0
     }
 
     let configuration: ClusterRouterConfiguration
@@ -111,7 +115,16 @@ final class ClusterRouter: ClusterSeam {
     /// one and ask for a snapshot; here every other node is forgotten until its next heartbeat.
     func natsReconnected() {
         epoch &+= 1
-        for index in nodes.indices where nodes[index].alive { nodeGone(UInt16(index), why: "NATS link re-established") }
+        // What we knew of the others may be stale: forget it until each is heard again (a snapshot follows).
+        // Their pending forwards are not given up: a forward or its answer may have been lost with the link,
+        // so each is sent again (same id; the receiving node answers a duplicate without delivering it twice)
+        // once its node is heard, or goes to the mailbox if the node stays silent for `nodeTimeoutMs`.
+        let now = loop.now
+        for index in nodes.indices where nodes[index].alive {
+            nodes[index].alive = false
+            nodes[index].unheardSince = now
+            core.remoteNodeGone(UInt16(index))
+        }
         heartbeat()
     }
 
@@ -133,7 +146,7 @@ final class ClusterRouter: ClusterSeam {
 
     func forward(to node: UInt16, sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView) {
         let key = PendingKey(sender: sender, messageID: messageID)
-        guard Int(node) < nodes.count, nodes[Int(node)].alive else {
+        guard Int(node) < nodes.count, nodes[Int(node)].alive || nodes[Int(node)].unheardSince != 0 else {
             core.forwardUndeliverable(sender: sender, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs, body: body.array)
             statistics.forwardsToMailbox += 1
             return
@@ -159,7 +172,7 @@ final class ClusterRouter: ClusterSeam {
         }
         statistics.forwardsSent += 1
         pending[key] = PendingForward(node: node, recipient: recipient, sentAtMs: sentAtMs, body: bodyCopy,
-                                      deadline: loop.now + configuration.forwardTimeoutMs)
+                                      deadline: loop.now + configuration.forwardTimeoutMs, payload: w.bytes)
         pendingBytes += bodyCopy.count
     }
 
@@ -187,6 +200,14 @@ final class ClusterRouter: ClusterSeam {
         for index in nodes.indices where nodes[index].alive && now &- nodes[index].lastHeardMs > configuration.nodeTimeoutMs {
             nodeGone(UInt16(index), why: "no heartbeat for \(now &- nodes[index].lastHeardMs) ms")
         }
+        for index in nodes.indices where nodes[index].unheardSince != 0 && now &- nodes[index].unheardSince > configuration.nodeTimeoutMs {
+            // Silent since our link came back: it is gone; its forwards go to the mailbox.
+            nodes[index].unheardSince = 0
+            statistics.nodesGone += 1
+            logger.warning("cluster node not heard again after the NATS link came back", metadata: ["node": "\(nodes[index].name)"])
+            let orphaned = pending.filter { $0.value.node == UInt16(index) }.map(\.key)
+            for key in orphaned { toMailbox(key) }
+        }
         var expired: [PendingKey] = []
         for (key, forward) in pending where forward.deadline <= now { expired.append(key) }
         for key in expired {
@@ -202,11 +223,12 @@ final class ClusterRouter: ClusterSeam {
         publish("sb.hb", w.bytes)
     }
 
-    private func nodeGone(_ index: UInt16, why: String) {
+    private func nodeGone(_ index: UInt16, why: String, keepForwards: Bool = false) {
         nodes[Int(index)].alive = false
         statistics.nodesGone += 1
         logger.warning("cluster node gone", metadata: ["node": "\(nodes[Int(index)].name)", "why": "\(why)"])
         core.remoteNodeGone(index)
+        guard !keepForwards else { return }
         let orphaned = pending.filter { $0.value.node == index }.map(\.key)
         for key in orphaned { toMailbox(key) }
     }
@@ -297,9 +319,25 @@ final class ClusterRouter: ClusterSeam {
         }
         let i = Int(index)
         if !nodes[i].alive || nodes[i].epoch != epoch {
-            if nodes[i].alive { nodeGone(index, why: "restarted or reconnected (new epoch)") }
+            // An epoch starts from the wall clock (x 1000) and goes up by one at each NATS reconnect: a small
+            // step is the same process after a link break (it still holds what we handed it), a jump a restart.
+            let old = nodes[i].epoch
+            let reconnected = old != 0 && epoch > old && epoch - old < 1_000
+            if nodes[i].alive { nodeGone(index, why: reconnected ? "its NATS link was re-established" : "restarted (new epoch)",
+                                         keepForwards: reconnected) }
+            let waited = nodes[i].unheardSince != 0 || reconnected
+            nodes[i].unheardSince = 0
             nodes[i].alive = true
             nodes[i].epoch = epoch
+            if waited {
+                // Heard again after our link broke: what it may have missed is sent again.
+                let again = pending.filter { $0.value.node == index }
+                for (_, forward) in again { publish("sb.node.\(name)", forward.payload) }
+                if !again.isEmpty {
+                    logger.info("cluster forwards sent again after the NATS link came back",
+                                metadata: ["node": "\(name)", "count": "\(again.count)"])
+                }
+            }
             logger.info("cluster node joined", metadata: ["node": "\(name)"])
             let w = Writer(kind: .snapshotRequest, node: configuration.node, epoch: self.epoch)
             publish("sb.node.\(name)", w.bytes)

@@ -264,6 +264,55 @@ func exchange(_ sender: ChatSession, _ receiver: ChatSession, _ id: UInt64) thro
     }
 
     @Test(.enabled(if: natsServerPath() != nil, "nats-server is not installed (make test installs it)"))
+    func killingTheSendersNATSServerDuringALiveBurstLosesAndDuplicatesNothing() throws {
+        let cluster = try TestCluster(name: "killlink", basePort: 27400, nodes: 2)
+        let alice = try cluster.user("alice", on: 0)
+        let bob = try cluster.user("bob", on: 1)
+        try eventually { try alice.addContact("bob") }
+        try eventually { try bob.acceptContact("alice") }
+        let bobID = try userID(of: "bob", in: alice)
+        let total: UInt64 = 300
+        for id in 1...total { alice.queueSend(to: bobID, messageID: id, body: Array("live \(id)".utf8)) }
+        try alice.flush()
+        var acked = Set<UInt64>()
+        var received: [UInt64: Int] = [:]
+        var killed = false
+        let deadline = Clock.monotonicMs() + 90_000
+        while acked.count < Int(total) && Clock.monotonicMs() < deadline {
+            var frames = 0
+            while frames < 10, let frame = try bob.connection.nextFrame(timeoutMs: 20) {
+                frames += 1
+                switch frame {
+                case .deliver(let seq, _, let id, _, _):
+                    received[id, default: 0] += 1
+                    try bob.connection.sendFrame(.deliveryAck(throughSeq: seq))
+                case .mail(let seq, _, _, let id, _, _):
+                    received[id, default: 0] += 1
+                    try bob.connection.sendFrame(.mailAck(throughSeq: seq))
+                default:
+                    break
+                }
+            }
+            if !killed && received.count >= 60 {
+                // n0 lists NATS server 0 first: its link breaks with forwards and answers in flight.
+                cluster.nats.kill9(0)
+                killed = true
+                print("cluster: NATS server 0 (n0's) killed with \(acked.count) acknowledged, \(received.count) delivered")
+            }
+            while let event = try alice.nextEvent(timeoutMs: 5) {
+                if case .sendAck(let id, _) = event { acked.insert(id) }
+            }
+        }
+        let twice = received.filter { $0.value > 1 }.map(\.key).sorted()
+        let missing = acked.filter { received[$0] == nil }
+        let resent = cluster.nodes[0].log.split(separator: "\n").filter { $0.contains("forwards sent again") }
+        print("cluster: n0's NATS server killed mid-burst: acked \(acked.count) of \(total), received \(received.count), twice \(twice.count); \(resent.first.map(String.init) ?? "no forward sent again")")
+        #expect(acked.count == Int(total), "acknowledged \(acked.count) of \(total)\n\(cluster.logs())")
+        #expect(missing.isEmpty, "acknowledged but never received: \(missing.sorted().prefix(10))")
+        #expect(twice.isEmpty, "received twice: \(twice.prefix(10))")
+    }
+
+    @Test(.enabled(if: natsServerPath() != nil, "nats-server is not installed (make test installs it)"))
     func killingTheLogLeadersNATSServerLosesNoStoredMail() throws {
         let cluster = try TestCluster(name: "killnats", basePort: 27200, nodes: 2)
         let alice = try cluster.user("alice", on: 0)
