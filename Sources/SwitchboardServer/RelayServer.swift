@@ -20,8 +20,11 @@ import SwitchboardTLS
 
 public enum ServerError: Error, CustomStringConvertible {
     case tlsNotConfigured
+    case clusterReplicaFolder(String)
     public var description: String {
         switch self {
+        case .clusterReplicaFolder(let path):
+            return "the data folder \(path) is a cluster node's replica (it applied the cluster log): start it with --cluster and --node, or give a fresh --data folder for a single node"
 
         case .tlsNotConfigured:
             return "TLS is on by default but no certificate was given: run `switchboard cert init` (development) or pass --tls-cert and --tls-key, or --plaintext"
@@ -118,6 +121,10 @@ public final class RelayServer: EventHandler, SessionDriver {
         loop = try EventLoop()
         store = try Store(directory: configuration.dataDirectory, mapSizeBytes: configuration.storeMapSizeBytes,
                           options: configuration.clusterServers != nil ? .clusterReplica : Store.Options())
+        if configuration.clusterServers == nil && store.holdsClusterLog {
+            store.close()
+            throw ServerError.clusterReplicaFolder(configuration.dataDirectory)
+        }
         reserveFD = Sys.openReserveDescriptor()
         let dummyHash = PasswordHasher.hash(password: Array("not a real password".utf8), iterations: configuration.pbkdf2Iterations)
         workers = try Workers(store: store, hashThreads: configuration.hashThreads)

@@ -136,6 +136,9 @@ extension Store {
         if options.clusterReplica {
             throw StoreError.invalidArgument("this store is a cluster replica: its writes come from the cluster log only")
         }
+        if holdsClusterLog {
+            throw StoreError.invalidArgument("this data folder is a cluster node's replica (it applied the cluster log up to entry \((try? clusterAppliedSeq()) ?? 0)): a direct write would make it differ from the other nodes; write through a running node (switchboard users add/passwd/delete) instead")
+        }
     }
 
     private func appliedSeq(_ txn: LMDBTransaction) throws -> UInt64 {

@@ -28,6 +28,8 @@ public final class Store: @unchecked Sendable {
     public let directory: String
     /// How the environment was opened (cluster replica or not, commit durability).
     public let options: Options
+    /// Opened without the replica option on a folder that applied cluster log entries (see refuseIfReplica).
+    public private(set) var holdsClusterLog = false
     let databases: Databases
     private let lock = ReadWriteLock()
     /// nil once closed. Read under `lock` shared, cleared under `lock` exclusive.
@@ -72,6 +74,8 @@ public final class Store: @unchecked Sendable {
         self.dataFilePath = directory.hasSuffix("/") ? directory + "data.mdb" : directory + "/data.mdb"
         self.env = opened.env
         self.databases = opened.databases
+        // A folder a cluster node wrote refuses direct writes even when opened as a plain store (a CLI tool).
+        holdsClusterLog = !options.clusterReplica && ((try? clusterAppliedSeq()) ?? 0) > 0
     }
 
     deinit { close() }
