@@ -67,7 +67,7 @@ let package = Package(
                 dependencies: ["SwitchboardClient", "SwitchboardProtocol", "SwitchboardIO", "CLMDB"],
                 swiftSettings: strict),
         .executableTarget(name: "switchboard",
-                          dependencies: ["SwitchboardServer", "SwitchboardStore", "SwitchboardTLS",
+                          dependencies: ["SwitchboardServer", "SwitchboardStore", "SwitchboardTLS", "SwitchboardCluster", "SwitchboardSession",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                          .product(name: "Logging", package: "swift-log")],
                           swiftSettings: strict),

@@ -80,12 +80,25 @@ struct Users: ParsableCommand {
         @Option(help: "Password for all of them (read from SWITCHBOARD_PASSWORD if omitted).") var password: String?
         @Option(help: "PBKDF2 iterations for the shared hash.") var pbkdf2Iterations: UInt32 = 1000
         @Flag(help: "Make accounts 2k and 2k+1 accepted contacts of each other.") var pairContacts = false
+        @Option(help: "Write through a running cluster's log instead (nats://IP:PORT,...): every node gets the accounts.")
+        var cluster: String?
+        @Option(help: "With --cluster: the log's replica count, as the nodes were started with.") var clusterReplicas = 3
 
         func run() throws {
             guard let pw = password ?? ProcessEnvironment.get("SWITCHBOARD_PASSWORD") else {
                 throw ValidationError("give --password or set SWITCHBOARD_PASSWORD")
             }
             guard count > 0, count <= 10_000_000 else { throw ValidationError("--count must be 1...10000000") }
+            if let cluster {
+                let hash = PasswordHasher.hash(password: Array(pw.utf8), iterations: pbkdf2Iterations)
+                do {
+                    try ClusterBulk.run(servers: cluster, replicas: clusterReplicas, names: (0..<count).map { "\(prefix)\($0)" },
+                                        hash: hash, pairContacts: pairContacts)
+                } catch {
+                    try fail("bulk-create through the cluster: \(error)")
+                }
+                return
+            }
             if AdminClient.serverRunning(at: AdminSocketOptions.path(forData: data)) {
                 try fail("a server is running on \(data): stop it first (bulk-create writes the store directly)")
             }
