@@ -85,8 +85,14 @@ run() {  # mode round
     cross)  args=(--target 127.0.0.1:17931,127.0.0.1:17932 --spread cross --server-pid "$PID_a" --server-pid "$PID_b") ;;
   esac
   local before; before=$(nats_in)
+  local prof=
+  if [ -n "${PROFILE:-}" ] && [ "$mode" = "$PROFILE" ]; then
+    # PROFILE=cross (or same): perf record of node a during the measured seconds (perf report -i the file).
+    (sleep "$WARMUP"; perf record -g -p "$PID_a" -o "$OUT/perf-$mode-$2.data" -- sleep "$DURATION" >/dev/null 2>&1) & prof=$!
+  fi
   "$BIN/sbload" relay "${args[@]}" --pairs "$PAIRS" --duration "$DURATION" --warmup "$WARMUP" --password "$PW" --prefix load \
     "${EXTRA[@]}" --json >"$OUT/$mode-$2.json" 2>"$OUT/$mode-$2.txt" || true
+  [ -n "$prof" ] && wait "$prof"
   local after; after=$(nats_in)
   echo "$((after - before))" >"$OUT/$mode-$2.nats"
   printf '%-7s round %d: %s\n' "$mode" "$2" "$(grep -m1 -E 'PASS|FAIL' "$OUT/$mode-$2.txt" || tail -1 "$OUT/$mode-$2.txt")"

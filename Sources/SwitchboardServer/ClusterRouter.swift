@@ -56,10 +56,12 @@ final class ClusterRouter: ClusterSeam {
         var node: UInt16
         var recipient: UserID
         var sentAtMs: UInt64
-        var body: [UInt8]
         var deadline: UInt64
-        /// The encoded forward, kept to send again (same id) when its node is heard again after a link break.
-        var payload: [UInt8]
+        /// The encoded record (the body's one copy here): sent again (same id) when its node is heard again
+        /// after a link break, and the mail's body if it ends in the mailbox.
+        var record: [UInt8]
+        var body: ArraySlice<UInt8> { record[Self.headerBytes...] }
+        static let headerBytes = 28
     }
     private struct NodeInfo {
         var name: String
@@ -83,8 +85,20 @@ final class ClusterRouter: ClusterSeam {
     private var pendingBytes = 0
     /// Inbound messages in flight here: where to send the answer (usually one node; more after a resend
     /// through another node).
-    private var inboundReplies: [PendingKey: [String]] = [:]
+    private var inboundReplies: [PendingKey: Origins] = [:]
+    /// The nodes an inbound message came from: one, unless it was resent through another node meanwhile
+    /// (no array allocated for the usual case).
+    private struct Origins {
+        var first: UInt16
+        var more: [UInt16] = []
+        func contains(_ node: UInt16) -> Bool { first == node || more.contains(node) }
+    }
     private(set) var statistics = ClusterRouterStatistics()
+    /// Forwards and answers of this turn, per destination node: one NATS message each at the end of the turn
+    /// (`flush`), or sooner when one passes `maxBatchBytes`.
+    private var forwardBatches: [UInt16: (count: UInt32, bytes: [UInt8])] = [:]
+    private var answerBatches: [UInt16: (count: UInt32, bytes: [UInt8])] = [:]
+    private let maxBatchBytes = 256 << 10
     let timerToken: UInt64
     private var subscribed = false
 
@@ -157,23 +171,48 @@ final class ClusterRouter: ClusterSeam {
                                 message: "too many messages waiting for other servers of the cluster; try again later")
             return
         }
-        var w = Writer(kind: .forward, node: configuration.node, epoch: epoch)
-        w.u32(sender); w.u32(recipient); w.u64(messageID); w.u64(sentAtMs)
-        body.withUnsafeBytes { w.bytes.append(contentsOf: $0) }
-        let bodyCopy = body.array
-        do {
-            try nats.publish("sb.node.\(nodes[Int(node)].name)", payload: w.bytes)
-        } catch {
-            statistics.publishFailures += 1
-            logger.warning("cluster forward not queued; storing as mail", metadata: ["error": "\(error)"])
-            core.forwardUndeliverable(sender: sender, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs, body: bodyCopy)
-            statistics.forwardsToMailbox += 1
-            return
-        }
+        var record = Writer()
+        record.bytes.reserveCapacity(PendingForward.headerBytes + body.count)
+        record.u32(sender); record.u32(recipient); record.u64(messageID); record.u64(sentAtMs); record.u32(UInt32(body.count))
+        body.withUnsafeBytes { record.bytes.append(contentsOf: $0) }
+        queueForward(record.bytes, to: node)
         statistics.forwardsSent += 1
-        pending[key] = PendingForward(node: node, recipient: recipient, sentAtMs: sentAtMs, body: bodyCopy,
-                                      deadline: loop.now + configuration.forwardTimeoutMs, payload: w.bytes)
-        pendingBytes += bodyCopy.count
+        pending[key] = PendingForward(node: node, recipient: recipient, sentAtMs: sentAtMs,
+                                      deadline: loop.now + configuration.forwardTimeoutMs, record: record.bytes)
+        pendingBytes += record.bytes.count
+    }
+
+    private func queueForward(_ record: [UInt8], to node: UInt16) {
+        // Mutated in place (the dictionary's default subscript): a copy-and-store would copy the batch's bytes
+        // at every forward.
+        forwardBatches[node, default: (0, [])].count += 1
+        forwardBatches[node, default: (0, [])].bytes.append(contentsOf: record)
+        if forwardBatches[node]!.bytes.count >= maxBatchBytes { flushForwards(to: node) }
+    }
+
+    private func flushForwards(to node: UInt16) {
+        guard let batch = forwardBatches.removeValue(forKey: node), batch.count > 0 else { return }
+        var w = Writer(kind: .forwards, node: configuration.node, epoch: epoch)
+        w.u32(batch.count)
+        w.bytes += batch.bytes
+        // A publish that cannot be queued (the 8 MiB bound while NATS is away) loses nothing: the forwards
+        // stay pending and go to the mailbox when their node is declared gone or they time out.
+        publish("sb.node.\(nodes[Int(node)].name)", w.bytes)
+    }
+
+    /// Sends this turn's forwards and answers, one NATS message per destination node (RelayServer calls it at
+    /// the end of every loop turn).
+    func flush() {
+        if !forwardBatches.isEmpty { for node in Array(forwardBatches.keys) { flushForwards(to: node) } }
+        if !answerBatches.isEmpty {
+            for (target, batch) in answerBatches where Int(target) < nodes.count {
+                var w = Writer(kind: .answers, node: configuration.node, epoch: epoch)
+                w.u32(batch.count)
+                w.bytes += batch.bytes
+                publish("sb.node.\(nodes[Int(target)].name)", w.bytes)
+            }
+            answerBatches.removeAll(keepingCapacity: true)
+        }
     }
 
     func inboundSettled(sender: UserID, messageID: UInt64, status: SendStatus) {
@@ -186,10 +225,16 @@ final class ClusterRouter: ClusterSeam {
 
     private func answer(_ key: PendingKey, _ fill: (inout Writer) -> Void) {
         guard let targets = inboundReplies.removeValue(forKey: key) else { return }
-        var w = Writer(kind: .answer, node: configuration.node, epoch: epoch)
-        w.u32(key.sender); w.u64(key.messageID)
-        fill(&w)
-        for target in targets { publish("sb.node.\(target)", w.bytes) }
+        func add(_ target: UInt16) {
+            answerBatches[target, default: (0, [])].count += 1
+            // Written straight into the batch (in place): no buffer per answer.
+            Writer.append(to: &answerBatches[target, default: (0, [])].bytes) { w in
+                w.u32(key.sender); w.u64(key.messageID)
+                fill(&w)
+            }
+        }
+        add(targets.first)
+        for target in targets.more { add(target) }
     }
 
     // MARK: timers
@@ -235,10 +280,10 @@ final class ClusterRouter: ClusterSeam {
 
     private func toMailbox(_ key: PendingKey) {
         guard let forward = pending.removeValue(forKey: key) else { return }
-        pendingBytes -= forward.body.count
+        pendingBytes -= forward.record.count
         statistics.forwardsToMailbox += 1
         core.forwardUndeliverable(sender: key.sender, recipient: forward.recipient, messageID: key.messageID,
-                                  sentAtMs: forward.sentAtMs, body: forward.body)
+                                  sentAtMs: forward.sentAtMs, body: Array(forward.body))
     }
 
     // MARK: receiving
@@ -266,28 +311,49 @@ final class ClusterRouter: ClusterSeam {
             guard let user = r.u32(), let device = r.string() else { return malformed() }
             statistics.presenceEventsIn += 1
             core.remoteDeviceLeft(user: user, node: index, deviceID: device)
-        case .forward:
-            guard let sender = r.u32(), let recipient = r.u32(), let messageID = r.u64(), let sentAtMs = r.u64() else { return malformed() }
-            statistics.inboundReceived += 1
-            let key = PendingKey(sender: sender, messageID: messageID)
-            if !(inboundReplies[key]?.contains(name) ?? false) { inboundReplies[key, default: []].append(name) }
+        case .forwards:
+            guard let count = r.u32() else { return malformed() }
             message.payload.withUnsafeBytes { raw in
-                let body = UnsafeRawBufferPointer(rebasing: raw[r.offset...])
-                core.inboundMessage(from: sender, to: recipient, messageID: messageID, sentAtMs: sentAtMs,
-                                    body: ByteView(borrowing: body))
+                for _ in 0..<count {
+                    guard let sender = r.u32(), let recipient = r.u32(), let messageID = r.u64(), let sentAtMs = r.u64(),
+                          let length = r.u32(), Int(length) <= raw.count - r.offset else { return malformed() }
+                    statistics.inboundReceived += 1
+                    let key = PendingKey(sender: sender, messageID: messageID)
+                    if let known = inboundReplies[key] {
+                        if !known.contains(index) { inboundReplies[key]!.more.append(index) }
+                    } else {
+                        inboundReplies[key] = Origins(first: index)
+                    }
+                    let body = UnsafeRawBufferPointer(rebasing: raw[r.offset..<(r.offset + Int(length))])
+                    r.offset += Int(length)
+                    core.inboundMessage(from: sender, to: recipient, messageID: messageID, sentAtMs: sentAtMs,
+                                        body: ByteView(borrowing: body))
+                }
             }
-        case .answer:
-            guard let sender = r.u32(), let messageID = r.u64(), let outcome = r.u8() else { return malformed() }
-            let key = PendingKey(sender: sender, messageID: messageID)
-            guard let forward = pending.removeValue(forKey: key) else { return }  // answered already, or sent to mail
-            pendingBytes -= forward.body.count
-            statistics.forwardsAnswered += 1
-            if outcome == 0, let raw = r.u8(), let status = SendStatus(rawValue: raw) {
-                core.forwardAnswered(sender: sender, messageID: messageID, status: status)
-            } else if outcome == 1, let code = r.u16(), let text = r.string() {
-                core.forwardRefused(sender: sender, messageID: messageID, code: ErrorCode(rawValue: code) ?? .internalError, message: text)
-            } else {
-                malformed()
+        case .answers:
+            guard let count = r.u32() else { return malformed() }
+            for _ in 0..<count {
+                guard let sender = r.u32(), let messageID = r.u64(), let outcome = r.u8() else { return malformed() }
+                let key = PendingKey(sender: sender, messageID: messageID)
+                var status: SendStatus?
+                var refusal: (UInt16, String)?
+                if outcome == 0 {
+                    guard let raw = r.u8(), let s = SendStatus(rawValue: raw) else { return malformed() }
+                    status = s
+                } else if outcome == 1 {
+                    guard let code = r.u16(), let text = r.string() else { return malformed() }
+                    refusal = (code, text)
+                } else {
+                    return malformed()
+                }
+                guard let forward = pending.removeValue(forKey: key) else { continue }  // answered already, or sent to mail
+                pendingBytes -= forward.record.count
+                statistics.forwardsAnswered += 1
+                if let status {
+                    core.forwardAnswered(sender: sender, messageID: messageID, status: status)
+                } else if let (code, text) = refusal {
+                    core.forwardRefused(sender: sender, messageID: messageID, code: ErrorCode(rawValue: code) ?? .internalError, message: text)
+                }
             }
         case .snapshotRequest:
             sendSnapshot(to: name)
@@ -332,7 +398,7 @@ final class ClusterRouter: ClusterSeam {
             if waited {
                 // Heard again after our link broke: what it may have missed is sent again.
                 let again = pending.filter { $0.value.node == index }
-                for (_, forward) in again { publish("sb.node.\(name)", forward.payload) }
+                for (_, forward) in again { queueForward(forward.record, to: index) }
                 if !again.isEmpty {
                     logger.info("cluster forwards sent again after the NATS link came back",
                                 metadata: ["node": "\(name)", "count": "\(again.count)"])
@@ -391,6 +457,13 @@ private struct Writer {
         bytes.reserveCapacity(64)
         u8(kind.rawValue); string(node); u64(epoch)
     }
+    /// Appends fields to `bytes` in place.
+    static func append(to bytes: inout [UInt8], _ body: (inout Writer) -> Void) {
+        var w = Writer()
+        swap(&w.bytes, &bytes)
+        body(&w)
+        swap(&w.bytes, &bytes)
+    }
     mutating func u8(_ v: UInt8) { bytes.append(v) }
     mutating func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
     mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
@@ -404,7 +477,7 @@ private struct Writer {
 /// The first byte of every cluster message.
 private enum ClusterWireKind: UInt8 {
     case joined = 1, left = 2, heartbeat = 3
-    case forward = 10, answer = 11, snapshotRequest = 12, snapshot = 13
+    case forwards = 14, answers = 15, snapshotRequest = 12, snapshot = 13
 }
 
 private struct Reader {

@@ -614,6 +614,7 @@ public final class RelayServer: EventHandler, SessionDriver {
             spareReads.removeAll(keepingCapacity: true)
         }
         core.endOfTurn()
+        clusterMode?.router.flush()
         if core.isStopped && lingering.isEmpty { loop.stop() }
     }
 
