@@ -142,6 +142,38 @@ enum MetricsText {
         w.metric("switchboard_socket_reads_total", "counter", "Reads from client sockets.", stats.reads)
         w.metric("switchboard_socket_writes_total", "counter", "Writes to client sockets.", stats.writes)
 
+        // Cluster mode.
+        if let cluster = server.clusterMode {
+            let log = cluster.log.status
+            let router = cluster.router.statistics
+            w.header("switchboard_cluster_log_state", "gauge", "The replicated store: 1 for the state it is in (ready, catching_up, starting, unavailable, stopped).")
+            for state in ["ready", "catching_up", "starting", "unavailable", "stopped"] {
+                w.sample("switchboard_cluster_log_state", "state=\"\(state)\"", state == Self.stateName(log.state) ? 1 : 0)
+            }
+            w.metric("switchboard_cluster_log_applied_seq", "gauge", "Last cluster-log entry applied to this node's replica.", log.appliedSeq)
+            w.metric("switchboard_cluster_log_lag_entries", "gauge", "Entries known to be in the log and not applied here yet.", log.lag)
+            w.metric("switchboard_cluster_log_pending_batches", "gauge", "Commits waiting for the log (durable and applied).", UInt64(log.pendingBatches))
+            w.metric("switchboard_cluster_log_commits_total", "counter", "Commits durable in the log and applied here.", log.counters.batchesCommitted)
+            w.metric("switchboard_cluster_log_commit_failures_total", "counter", "Commits that failed (timed out, refused at a bound, replica stopped).", log.counters.batchesFailed)
+            w.metric("switchboard_cluster_log_publish_resends_total", "counter", "Log entries published again (no PubAck in time, no stream leader).", log.counters.publishResends)
+            w.metric("switchboard_cluster_log_foreign_entries_total", "counter", "Other nodes' log entries applied here.", log.counters.foreignEntriesApplied)
+            w.metric("switchboard_cluster_nats_connected", "gauge", "1 while the NATS link is up.", cluster.nats.isConnected ? 1 : 0)
+            w.metric("switchboard_cluster_nodes_alive", "gauge", "Other nodes heard from within the heartbeat timeout.", UInt64(cluster.router.aliveNodes))
+            w.metric("switchboard_cluster_remote_users", "gauge", "Users online on other nodes (the directory).", UInt64(core.core.remote.count))
+            w.metric("switchboard_cluster_forwards_pending", "gauge", "SENDs handed to another node and not answered yet.", UInt64(cluster.router.pendingForwards))
+            w.header("switchboard_cluster_forwards_total", "counter", "SENDs handed to the recipient's node, and how they ended.")
+            w.sample("switchboard_cluster_forwards_total", "result=\"sent\"", router.forwardsSent)
+            w.sample("switchboard_cluster_forwards_total", "result=\"answered\"", router.forwardsAnswered)
+            w.sample("switchboard_cluster_forwards_total", "result=\"mailbox\"", router.forwardsToMailbox)
+            w.sample("switchboard_cluster_forwards_total", "result=\"refused\"", router.forwardsRefused)
+            w.metric("switchboard_cluster_inbound_total", "counter", "SENDs other nodes handed here for local receivers.", router.inboundReceived)
+            w.header("switchboard_cluster_presence_events_total", "counter", "Device logins/logouts published and received.")
+            w.sample("switchboard_cluster_presence_events_total", "direction=\"out\"", router.presenceEventsOut)
+            w.sample("switchboard_cluster_presence_events_total", "direction=\"in\"", router.presenceEventsIn)
+            w.metric("switchboard_cluster_nodes_gone_total", "counter", "Times another node was declared gone (heartbeats stopped, restart).", router.nodesGone)
+            w.metric("switchboard_cluster_malformed_total", "counter", "Cluster messages dropped as malformed.", router.malformed)
+        }
+
         // Operator surfaces.
         if let http = server.metricsHTTP {
             w.metric("switchboard_metrics_scrapes_total", "counter", "Scrapes of /metrics answered (this one included).", http.scrapes)
@@ -165,6 +197,16 @@ enum MetricsText {
         w.header("process_start_time_seconds", "gauge", "Start time since the Unix epoch.")
         w.sample("process_start_time_seconds", Double(server.startedAtWallMs / 1000))
         return w.text
+    }
+
+    static func stateName(_ state: ClusterLogState) -> String {
+        switch state {
+        case .ready: return "ready"
+        case .catchingUp: return "catching_up"
+        case .starting: return "starting"
+        case .unavailable: return "unavailable"
+        case .stopped: return "stopped"
+        }
     }
 
     static let phaseNames = ["awaiting_hello", "awaiting_auth", "authenticating", "active", "closing"]

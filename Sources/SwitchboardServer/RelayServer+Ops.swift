@@ -76,7 +76,17 @@ extension RelayServer {
     func health() -> HealthReport {
         let store = workers.storeHealth.state
         var problems: [String] = []
-        if !store.running { problems.append("store thread is not running") }
+        var notes = ""
+        if let clusterMode {
+            // A stopped replica cannot serve correct data: unhealthy. An unreachable NATS is not: local
+            // relaying goes on (and a balancer that pulled every node would stop that too); it is said in the body.
+            switch clusterMode.log.status.state {
+            case .stopped(let why): problems.append("cluster replica stopped: \(why)")
+            case .unavailable(let why): notes = ", cluster store unavailable (\(why))"
+            case .starting, .catchingUp: notes = ", cluster replica catching up (not accepting clients yet)"
+            case .ready: notes = ", cluster ready (\(clusterMode.router.aliveNodes) other nodes)"
+            }
+        } else if !store.running { problems.append("store thread is not running") }
         if store.busySinceNs != 0 {
             let runningMs = (Clock.monotonicNs() &- store.busySinceNs) / 1_000_000
             if runningMs > configuration.storeStallMs {
@@ -85,6 +95,7 @@ extension RelayServer {
         }
         if core.shuttingDown { problems.append("shutting down") }
         if problems.isEmpty {
+            if clusterMode != nil { return HealthReport(healthy: true, text: "ok: loop turning (\(loop.turns) turns)\(notes)\n") }
             return HealthReport(healthy: true, text: "ok: loop turning (\(loop.turns) turns), store thread alive (\(store.commits) commits)\n")
         }
         return HealthReport(healthy: false, text: "unhealthy: " + problems.joined(separator: "; ") + "\n")

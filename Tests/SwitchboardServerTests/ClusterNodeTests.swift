@@ -45,7 +45,8 @@ final class TestCluster {
     let caFile: String
 
     /// `count` nodes; node i lists the NATS servers starting with server i (so the nodes use different servers).
-    init(name: String, basePort: Int, nodes count: Int) throws {
+    /// With `metrics`, node i serves /metrics and /healthz on 127.0.0.1:basePort+90+i.
+    init(name: String, basePort: Int, nodes count: Int, metrics: Bool = false) throws {
         let nats = try NATSClusterProcess(name: name, basePort: basePort)
         self.nats = nats
         try nats.waitUntilReady()
@@ -53,7 +54,8 @@ final class TestCluster {
         var started: [ClusterNode] = []
         for i in 0..<count {
             let order = (0..<3).map { nats.url(($0 + i) % 3) }.joined(separator: ",")
-            let node = try ClusterNode(name: "n\(i)", nats: order, tlsFrom: first)
+            let node = try ClusterNode(name: "n\(i)", nats: order, tlsFrom: first,
+                                       extra: metrics ? ["--metrics", "127.0.0.1:\(basePort + 90 + i)"] : [])
             if first == nil { first = node.directory }
             started.append(node)
         }
@@ -350,7 +352,8 @@ func exchange(_ sender: ChatSession, _ receiver: ChatSession, _ id: UInt64) thro
 
     @Test(.enabled(if: natsServerPath() != nil, "nats-server is not installed (make test installs it)"))
     func allOfNATSDownForAFewSecondsThenRecoveryWithoutRestartingNodes() throws {
-        let cluster = try TestCluster(name: "natsdown", basePort: 27300, nodes: 2)
+        let cluster = try TestCluster(name: "natsdown", basePort: 27300, nodes: 2, metrics: true)
+        let monitor = try SocketAddress(parsing: "127.0.0.1:27390")
         let alice = try cluster.user("alice", on: 0)
         let bob = try cluster.user("bob", on: 1)
         let dave = try cluster.user("dave", on: 0)
@@ -360,7 +363,18 @@ func exchange(_ sender: ChatSession, _ receiver: ChatSession, _ id: UInt64) thro
         try eventually { try dave.acceptContact("alice") }
         let bobID = try userID(of: "bob", in: alice)
         let daveID = try userID(of: "dave", in: alice)
+        let before = try scrape(monitor)
+        #expect(before["switchboard_cluster_nats_connected"] == 1 && before["switchboard_cluster_nodes_alive"] == 1, "\(before.filter { $0.key.hasPrefix("switchboard_cluster") })")
+        #expect(before["switchboard_cluster_log_state{state=\"ready\"}"] == 1)
         for i in 0..<3 { cluster.nats.kill9(i) }
+        // The node says so in its metrics, health and log (and stays healthy: it relays locally).
+        #expect(try eventually(timeoutMs: 10_000) {
+            let down = try scrape(monitor)
+            return down["switchboard_cluster_nats_connected"] == 0 && down["switchboard_cluster_nodes_alive"] == 0
+        }, "metrics never showed NATS down")
+        let health = try httpGet(monitor, "/healthz")
+        #expect(health.status == 200 && health.body.contains("cluster store unavailable"), "\(health.status) \(health.body)")
+        #expect(cluster.nodes[0].log.contains("cluster: NATS link lost"))
         // Local relaying goes on without NATS: alice and dave are both on node 0.
         let localStart = Clock.monotonicMs()
         try alice.send(to: daveID, messageID: 1, body: Array("local".utf8))
@@ -385,6 +399,9 @@ func exchange(_ sender: ChatSession, _ receiver: ChatSession, _ id: UInt64) thro
             live = try exchange(alice, bob, id) == .delivered
         }
         #expect(live, "no live cross-node relay after NATS came back\n\(cluster.logs())")
+        let after = try scrape(monitor)
+        #expect(after["switchboard_cluster_nats_connected"] == 1 && after["switchboard_cluster_nodes_alive"] == 1)
+        #expect((after["switchboard_cluster_forwards_total{result=\"answered\"}"] ?? 0) >= 1)
         print("cluster: live cross-node relay again \(Clock.monotonicMs() - recovered) ms after NATS restarted")
     }
 }
