@@ -193,6 +193,31 @@ func exchange(_ sender: ChatSession, _ receiver: ChatSession, _ id: UInt64) thro
         let carolOnTwo = try cluster.session(2)
         let second = try carolOnTwo.logIn(name: "carol", password: testPassword)
         #expect(second.pendingMail == 0, "MAIL_ACK on node 1 deleted the mail for every node")
+
+        // The same device logging in on another node takes the session over: bob (plain LOGIN on node 1)
+        // logs in again on node 0; node 1 closes the old connection with sessionTakenOver, and alice does not
+        // see him go offline.
+        let bobElsewhere = try cluster.session(0)
+        try bobElsewhere.logIn(name: "bob", password: testPassword)
+        var takenOver = false
+        let deadline = Clock.monotonicMs() + 5_000
+        while !takenOver && Clock.monotonicMs() < deadline {
+            do {
+                if case .serverError(let code, let text)? = try bob.nextEvent(timeoutMs: 100) {
+                    takenOver = code == ErrorCode.sessionTakenOver.rawValue
+                    #expect(takenOver && text.contains("another server"), "\(code) \(text)")
+                    break
+                }
+            } catch {
+                Issue.record("bob's old session ended without ERROR sessionTakenOver: \(error)")
+                break
+            }
+        }
+        #expect(takenOver, "node 1 did not close bob's older session")
+        let blip = try waitForEvent(alice, timeoutMs: 500) { if case .presence(bobID, false) = $0 { return true } else { return false } }
+        #expect(blip == nil, "a takeover across nodes is not an offline blip")
+        try alice.send(to: bobID, messageID: 9, body: Array("to the new session".utf8))
+        #expect(try exchange(alice, bobElsewhere, 9) == .delivered)
     }
 
     @Test(.enabled(if: natsServerPath() != nil, "nats-server is not installed (make test installs it)"))

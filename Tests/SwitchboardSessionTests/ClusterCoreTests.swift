@@ -501,6 +501,25 @@ final class SimClient {
         #expect(alice.acks[6] == .delivered)
     }
 
+    /// carol's node announced her with the contacts she had at login (none); she accepts alice afterwards and
+    /// then leaves: alice, on another node, must still see her go offline (the store knows the accept).
+    @Test func presenceFollowsContactsAcceptedAfterLogin() throws {
+        let sim = try ClusterSim(nodes: 2, users: ["alice", "carol"], contacts: [])
+        let alice = sim.connect("alice", node: 0)
+        let carol = sim.connect("carol", node: 1)
+        sim.settle()
+        alice.write(.contactAdd(requestID: 2, name: "carol"))
+        sim.settle()
+        carol.write(.contactAccept(requestID: 3, name: "alice"))
+        sim.settle()
+        #expect(alice.contacts[sim.id("carol")] == true, "carol is online on node 1")
+        carol.gone = true
+        sim.nodes[1].core.peerGone(carol.state, "bye")
+        sim.nodes[1].endOfTurn()
+        sim.settle()
+        #expect(alice.presence.contains { $0 == (sim.id("carol"), false) }, "alice never saw carol go offline")
+    }
+
     @Test func contactChangesOnOneNodeReachTheOtherPartyOnAnother() throws {
         let sim = try pair()
         let bob = sim.connect("bob", node: 1)
