@@ -9,6 +9,8 @@
 #   perf/cluster.sh                          # 100 pairs, closed loop window 64, 64 B, 1 s warm-up + 5 s, 3 rounds
 #   perf/cluster.sh --pairs 1000 --rounds 1
 #   perf/cluster.sh --rate 5000              # open loop (latency at a fixed rate)
+#   perf/cluster.sh --storm 5000 --rounds 0  # login storm on node a only: how fast node b's directory follows,
+#                                            # and node b's RSS per user online on a (the directory's cost)
 # Prints each run's verdict line, then medians per mode: msg/s, p50/p99 latency, server CPU per message
 # (sum over the nodes), NATS messages per relayed message (sum of in_msgs over the three servers' /varz).
 # This machine has 2 cores: nodes, NATS servers and sbload share them, so cross vs same is a ratio measured in
@@ -16,13 +18,14 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SCRATCH=${SCRATCH:-$ROOT/.build-load}
-PAIRS=100; ROUNDS=3; DURATION=5; WARMUP=1; EXTRA=()
+PAIRS=100; ROUNDS=3; DURATION=5; WARMUP=1; EXTRA=(); STORM=0
 while [ $# -gt 0 ]; do
   case $1 in
     --pairs) PAIRS=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
     --warmup) WARMUP=$2; shift 2 ;;
+    --storm) STORM=$2; shift 2 ;;
     -h|--help) sed -n 2,16p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) EXTRA+=("$1"); shift ;;
   esac
@@ -62,7 +65,7 @@ NATS=nats://127.0.0.1:4231,nats://127.0.0.1:4232,nats://127.0.0.1:4233
 PW=loadtest-pw
 start_node() {  # name port nats-order
   "$BIN/switchboard" serve --plaintext --listen "127.0.0.1:$2" --data "$WORK/$1" --cluster "$3" --node "$1" --log-level warning \
-    >"$OUT/$1.log" 2>&1 & PIDS+=($!); eval "PID_$1=$!"
+    --metrics "127.0.0.1:$(( $2 - 17931 + 8291 ))" >"$OUT/$1.log" 2>&1 & PIDS+=($!); eval "PID_$1=$!"
 }
 start_node a 17931 "$NATS"
 start_node b 17932 "nats://127.0.0.1:4232,nats://127.0.0.1:4233,nats://127.0.0.1:4231"
@@ -70,8 +73,9 @@ for n in a:17931 b:17932; do
   up=0; for _ in $(seq 300); do port_open "${n#*:}" && { up=1; break; }; sleep 0.1; done
   [ $up = 1 ] || { echo "node ${n%%:*} did not start:" >&2; cat "$OUT/${n%%:*}.log" >&2; exit 1; }
 done
-echo "== creating $((2 * PAIRS)) users through the cluster log" >&2
-"$BIN/switchboard" users bulk-create --cluster "$NATS" --prefix load --count $((2 * PAIRS)) --password "$PW" --pair-contacts >"$OUT/bulk.log"
+USERS=$((2 * PAIRS)); [ "$STORM" -gt "$USERS" ] && USERS=$STORM
+echo "== creating $USERS users through the cluster log" >&2
+"$BIN/switchboard" users bulk-create --cluster "$NATS" --prefix load --count "$USERS" --password "$PW" --pair-contacts >"$OUT/bulk.log"
 "$BIN/switchboard" users bulk-create --data "$WORK/single" --prefix load --count $((2 * PAIRS)) --password "$PW" --pair-contacts >/dev/null
 "$BIN/switchboard" serve --plaintext --listen 127.0.0.1:17930 --data "$WORK/single" --log-level warning >"$OUT/single.log" 2>&1 & PIDS+=($!); PID_single=$!
 for _ in $(seq 300); do port_open 17930 && break; sleep 0.1; done
@@ -97,7 +101,30 @@ run() {  # mode round
   echo "$((after - before))" >"$OUT/$mode-$2.nats"
   printf '%-7s round %d: %s\n' "$mode" "$2" "$(grep -m1 -E 'PASS|FAIL' "$OUT/$mode-$2.txt" || tail -1 "$OUT/$mode-$2.txt")"
 }
+metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m { print $2 }'; }
+rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
+if [ "$STORM" -gt 0 ]; then
+  echo "== login storm: $STORM connections log in on node a and stay" >&2
+  rss0=$(rss_kib "$PID_b")
+  "$BIN/sbload" connect --target 127.0.0.1:17931 --connections "$STORM" --hold 20 --password "$PW" --prefix load >"$OUT/storm.txt" 2>&1 & SB=$!
+  t0=$(date +%s%N); ta=; tb=
+  for _ in $(seq 1200); do
+    a=$(metric 8291 switchboard_users_online); b=$(metric 8292 switchboard_cluster_remote_users)
+    [ -z "$ta" ] && [ "${a:-0}" -ge "$STORM" ] && ta=$(date +%s%N)
+    [ -z "$tb" ] && [ "${b:-0}" -ge "$STORM" ] && { tb=$(date +%s%N); break; }
+    sleep 0.05
+  done
+  sleep 2; rss1=$(rss_kib "$PID_b")
+  kill -TERM $SB 2>/dev/null; wait $SB 2>/dev/null || true
+  grep -E "logged in|login" "$OUT/storm.txt" | head -3
+  if [ -n "$tb" ] && [ -n "$ta" ]; then
+    echo "storm: $STORM online on a after $(( (ta - t0) / 1000000 )) ms; b's directory had all of them $(( (tb - ta) / 1000000 )) ms later; b's RSS +$(( (rss1 - rss0) * 1024 / STORM )) B per user online on a"
+  else
+    echo "storm: b's directory did not reach $STORM (a: ${a:-?}, b: ${b:-?})"
+  fi
+fi
 for r in $(seq "$ROUNDS"); do for mode in single same cross; do run $mode "$r"; done; done
+[ "$ROUNDS" -gt 0 ] || { echo "results in $OUT"; exit 0; }
 python3 - "$OUT" "$ROUNDS" <<'PY'
 import json, sys, statistics, os
 out, rounds = sys.argv[1], int(sys.argv[2])
