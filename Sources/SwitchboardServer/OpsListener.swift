@@ -74,7 +74,12 @@ final class OpsListener: EventHandler {
     let sweepToken: UInt64
     weak var proto: OpsProtocol?
     private var registration: RegistrationID?
-    private(set) var connections: [ObjectIdentifier: OpsConnection] = [:]
+    private(set) var connections: [ObjectIdentifier: OpsConnection] = [:] {
+        didSet { countLock.withLock { countMirror = connections.count } }
+    }
+    /// `connections.count` for other threads (tests wait on it): the dictionary itself is the loop's.
+    private let countLock = Lock()
+    private var countMirror = 0
     private var sweepScheduled = false
     /// true: the deadline moves with each read (an idle timeout, admin); false: it is fixed at accept
     /// (the whole request must arrive in time, HTTP: a slow sender cannot hold a connection open).
@@ -100,7 +105,8 @@ final class OpsListener: EventHandler {
         registration = try loop.register(fd: fd, interest: .readable, handler: self)
     }
 
-    var connectionCount: Int { connections.count }
+    /// Open connections; safe to read from any thread.
+    var connectionCount: Int { countLock.withLock { countMirror } }
 
     /// Stops listening and closes every connection (shutdown).
     func close() {
