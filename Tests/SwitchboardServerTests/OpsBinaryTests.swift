@@ -148,6 +148,9 @@ private func printedKeys(_ text: String) -> [String: String?] {
             case "plaintext": return ("true", "false", ["--no-plaintext"])
             case "admin": return ("false", "true", ["--admin"])
             case "metrics": return (literal("127.0.0.1:24103"), literal("127.0.0.1:24104"), ["--metrics", "127.0.0.1:24104"])
+            case "cluster": return (literal("nats://127.0.0.1:24105"), literal("nats://127.0.0.1:24106"), ["--cluster", "nats://127.0.0.1:24106"])
+            case "node": return (literal("node-a"), literal("node-b"), ["--node", "node-b"])
+            case "cluster-replicas": return ("2", "1", ["--cluster-replicas", "1"])
             default:
                 if let text = defaults[key] ?? nil, let number = Int64(text) {
                     return (String(number * 2), String(number * 3), ["--\(key)", String(number * 3)])
