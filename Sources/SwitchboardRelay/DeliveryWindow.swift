@@ -20,6 +20,9 @@ public struct PendingDelivery: Equatable, Sendable {
     /// Cluster mode: another node handed this message here (its sender is not a session of this node);
     /// its acknowledgement or loss is reported to that node.
     public var inbound = false
+    /// Cluster mode: other copies of this inbound message went to the receiver's devices on other nodes: if
+    /// this node's copies are all lost it tells the sending node ("lost"), which decides about the mailbox.
+    public var multiCopy = false
     /// Monotonic nanoseconds of the read that brought the SEND in (for the relay latency metric; 0: unknown).
     public var receivedNs: UInt64
     public init(seq: UInt64, sender: UInt32, messageID: UInt64, frameStart: UInt64, frameEnd: UInt64, receivedNs: UInt64 = 0) {

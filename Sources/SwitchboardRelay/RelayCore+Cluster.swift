@@ -17,6 +17,17 @@ public final class RemoteUser {
     }
     /// Where messages to the user go: the node of its oldest device known here.
     public var homeNode: UInt16 { devices[0].node }
+    /// The distinct nodes the user has devices on, oldest first (usually one).
+    public var nodes: [UInt16] {
+        var result: [UInt16] = []
+        for device in devices where !result.contains(device.node) { result.append(device.node) }
+        return result
+    }
+    public var nodeCount: Int {
+        var count = 0
+        for (i, device) in devices.enumerated() where !devices[..<i].contains(where: { $0.node == device.node }) { count += 1 }
+        return count
+    }
 }
 
 extension RelayCore {

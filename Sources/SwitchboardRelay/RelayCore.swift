@@ -43,6 +43,10 @@ public enum RouteDecision: Equatable, Sendable {
     /// Cluster mode: the recipient is online on another node (its index in the directory): hand the
     /// message to that node; its outcome completes the send.
     case forward(node: UInt16)
+    /// Cluster mode: the recipient has devices here (`localCopies` reachable ones) and on other nodes: a
+    /// DELIVER to each local device and the message to each of those nodes; the first acknowledgement
+    /// completes it, and it goes to the mailbox once every copy was lost (`RemoteUser.nodes`).
+    case deliverAndForward(localCopies: Int)
     /// Same (sender, id) is still in flight: its acknowledgement will come; drop this copy.
     case dropInFlightDuplicate
     /// Same (sender, id) already completed: acknowledge again with the recorded status, do nothing else.
@@ -346,7 +350,16 @@ public final class RelayCore {
                 return .dropInFlightDuplicate
             }
         }
+        // Single node: `remote` is empty and this is one load and a compare.
+        let elsewhere = remote.isEmpty ? nil : remote[recipient]
         if let target = sessions[recipient] {
+            if let elsewhere {
+                var reachable = 0
+                for device in target.devices where !device.congested { reachable += 1 }
+                let copies = reachable + elsewhere.nodeCount
+                remember(sender: sender, messageID: messageID, pendingCopies: copies)
+                return .deliverAndForward(localCopies: reachable)
+            }
             if let only = target.soleReachable {
                 remember(sender: sender, messageID: messageID, pendingCopies: 1)
                 return .deliver(only)
@@ -358,9 +371,10 @@ public final class RelayCore {
                     return .deliverToDevices(count: reachable)
                 }
             }
-        } else if let elsewhere = remote[recipient] {
-            remember(sender: sender, messageID: messageID, pendingCopies: 1)
-            return .forward(node: elsewhere.homeNode)
+        } else if let elsewhere {
+            let nodes = elsewhere.nodeCount
+            remember(sender: sender, messageID: messageID, pendingCopies: nodes)
+            return nodes == 1 ? .forward(node: elsewhere.homeNode) : .deliverAndForward(localCopies: 0)
         }
         return storeDecision(sender: sender, recipient: recipient, messageID: messageID, bodyBytes: bodyBytes)
     }

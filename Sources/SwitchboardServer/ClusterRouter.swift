@@ -52,6 +52,8 @@ public struct ClusterRouterStatistics: Sendable {
 
 final class ClusterRouter: ClusterSeam {
     private struct PendingKey: Hashable { var sender: UserID; var messageID: UInt64 }
+    /// A forward waiting for its answer: one per destination node (a multi-copy message goes to several).
+    private struct ForwardKey: Hashable { var sender: UserID; var messageID: UInt64; var node: UInt16 }
     private struct PendingForward {
         var node: UInt16
         var recipient: UserID
@@ -61,7 +63,7 @@ final class ClusterRouter: ClusterSeam {
         /// after a link break, and the mail's body if it ends in the mailbox.
         var record: [UInt8]
         var body: ArraySlice<UInt8> { record[Self.headerBytes...] }
-        static let headerBytes = 28
+        static let headerBytes = 29
     }
     private struct NodeInfo {
         var name: String
@@ -81,7 +83,7 @@ final class ClusterRouter: ClusterSeam {
     private(set) var epoch: UInt64
     private var nodes: [NodeInfo] = []
     private var nodeIndex: [String: UInt16] = [:]
-    private var pending: [PendingKey: PendingForward] = [:]
+    private var pending: [ForwardKey: PendingForward] = [:]
     private var pendingBytes = 0
     /// Inbound messages in flight here: where to send the answer (usually one node; more after a resend
     /// through another node).
@@ -158,8 +160,9 @@ final class ClusterRouter: ClusterSeam {
         statistics.presenceEventsOut += 1
     }
 
-    func forward(to node: UInt16, sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView) {
-        let key = PendingKey(sender: sender, messageID: messageID)
+    func forward(to node: UInt16, sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView,
+                 multiCopy: Bool) {
+        let key = ForwardKey(sender: sender, messageID: messageID, node: node)
         guard Int(node) < nodes.count, nodes[Int(node)].alive || nodes[Int(node)].unheardSince != 0 else {
             core.forwardUndeliverable(sender: sender, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs, body: body.array)
             statistics.forwardsToMailbox += 1
@@ -173,7 +176,8 @@ final class ClusterRouter: ClusterSeam {
         }
         var record = Writer()
         record.bytes.reserveCapacity(PendingForward.headerBytes + body.count)
-        record.u32(sender); record.u32(recipient); record.u64(messageID); record.u64(sentAtMs); record.u32(UInt32(body.count))
+        record.u32(sender); record.u32(recipient); record.u64(messageID); record.u64(sentAtMs); record.u8(multiCopy ? 1 : 0)
+        record.u32(UInt32(body.count))
         body.withUnsafeBytes { record.bytes.append(contentsOf: $0) }
         queueForward(record.bytes, to: node)
         statistics.forwardsSent += 1
@@ -223,6 +227,10 @@ final class ClusterRouter: ClusterSeam {
         answer(PendingKey(sender: sender, messageID: messageID)) { w in w.u8(1); w.u16(code.rawValue); w.string(message) }
     }
 
+    func inboundLost(sender: UserID, messageID: UInt64) {
+        answer(PendingKey(sender: sender, messageID: messageID)) { w in w.u8(2) }
+    }
+
     private func answer(_ key: PendingKey, _ fill: (inout Writer) -> Void) {
         guard let targets = inboundReplies.removeValue(forKey: key) else { return }
         func add(_ target: UInt16) {
@@ -253,7 +261,7 @@ final class ClusterRouter: ClusterSeam {
             let orphaned = pending.filter { $0.value.node == UInt16(index) }.map(\.key)
             for key in orphaned { toMailbox(key) }
         }
-        var expired: [PendingKey] = []
+        var expired: [ForwardKey] = []
         for (key, forward) in pending where forward.deadline <= now { expired.append(key) }
         for key in expired {
             logger.warning("cluster forward unanswered; storing as mail", metadata: ["node": "\(nodes[Int(pending[key]!.node)].name)"])
@@ -278,7 +286,7 @@ final class ClusterRouter: ClusterSeam {
         for key in orphaned { toMailbox(key) }
     }
 
-    private func toMailbox(_ key: PendingKey) {
+    private func toMailbox(_ key: ForwardKey) {
         guard let forward = pending.removeValue(forKey: key) else { return }
         pendingBytes -= forward.record.count
         statistics.forwardsToMailbox += 1
@@ -316,7 +324,7 @@ final class ClusterRouter: ClusterSeam {
             message.payload.withUnsafeBytes { raw in
                 for _ in 0..<count {
                     guard let sender = r.u32(), let recipient = r.u32(), let messageID = r.u64(), let sentAtMs = r.u64(),
-                          let length = r.u32(), Int(length) <= raw.count - r.offset else { return malformed() }
+                          let flags = r.u8(), let length = r.u32(), Int(length) <= raw.count - r.offset else { return malformed() }
                     statistics.inboundReceived += 1
                     let key = PendingKey(sender: sender, messageID: messageID)
                     if let known = inboundReplies[key] {
@@ -327,14 +335,14 @@ final class ClusterRouter: ClusterSeam {
                     let body = UnsafeRawBufferPointer(rebasing: raw[r.offset..<(r.offset + Int(length))])
                     r.offset += Int(length)
                     core.inboundMessage(from: sender, to: recipient, messageID: messageID, sentAtMs: sentAtMs,
-                                        body: ByteView(borrowing: body))
+                                        body: ByteView(borrowing: body), multiCopy: flags & 1 != 0)
                 }
             }
         case .answers:
             guard let count = r.u32() else { return malformed() }
             for _ in 0..<count {
                 guard let sender = r.u32(), let messageID = r.u64(), let outcome = r.u8() else { return malformed() }
-                let key = PendingKey(sender: sender, messageID: messageID)
+                let key = ForwardKey(sender: sender, messageID: messageID, node: index)
                 var status: SendStatus?
                 var refusal: (UInt16, String)?
                 if outcome == 0 {
@@ -343,13 +351,16 @@ final class ClusterRouter: ClusterSeam {
                 } else if outcome == 1 {
                     guard let code = r.u16(), let text = r.string() else { return malformed() }
                     refusal = (code, text)
-                } else {
+                } else if outcome != 2 {  // 2: every copy there was lost (a multi-copy message)
                     return malformed()
                 }
                 guard let forward = pending.removeValue(forKey: key) else { continue }  // answered already, or sent to mail
                 pendingBytes -= forward.record.count
                 statistics.forwardsAnswered += 1
-                if let status {
+                if outcome == 2 {
+                    core.forwardUndeliverable(sender: sender, recipient: forward.recipient, messageID: messageID,
+                                              sentAtMs: forward.sentAtMs, body: Array(forward.body))
+                } else if let status {
                     core.forwardAnswered(sender: sender, messageID: messageID, status: status)
                 } else if let (code, text) = refusal {
                     core.forwardRefused(sender: sender, messageID: messageID, code: ErrorCode(rawValue: code) ?? .internalError, message: text)

@@ -53,7 +53,13 @@ extension ServerCore {
             switch delivery.inbound ? core.inboundDeliveryLost(sender: from, messageID: messageID)
                                     : core.deliveryLost(sender: from, messageID: messageID) {
             case .othersRemain: return
-            case .last: break
+            case .last:
+                if delivery.inbound && delivery.multiCopy {
+                    // Other nodes hold copies too: the sending node decides about the mailbox.
+                    core.inboundFailed(sender: from, messageID: messageID)
+                    cluster?.inboundLost(sender: from, messageID: messageID)
+                    return
+                }
             case .unknown:
                 // Forgotten by the sender's window: another device's unsettled copy still answers for it.
                 if let session = core.session(of: owner), session.devices.contains(where: { device in

@@ -52,27 +52,39 @@ extension ServerCore {
 
     /// A SEND another node accepted for `recipient` here. Delivered like a local one; its acknowledgement
     /// (or its mail commit, if the receiver is gone) is reported back through `cluster.inboundSettled`.
-    public func inboundMessage(from sender: UserID, to recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView) {
+    /// `multiCopy`: the sending node gave copies to the recipient's devices elsewhere too; if every copy here is
+    /// lost this node says so instead of storing the message (the sending node stores it once, when all are).
+    public func inboundMessage(from sender: UserID, to recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView,
+                               multiCopy: Bool = false) {
         switch core.routeInbound(from: sender, to: recipient, messageID: messageID, bodyBytes: body.count) {
         case .deliver(let targetID):
             guard let target = connections[targetID.raw], !target.isClosing else {
-                inboundCopyLost(sender: sender, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs, body: body)
+                inboundCopyLost(sender: sender, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs, body: body,
+                                multiCopy: multiCopy)
                 return
             }
-            deliver(to: target, sender: sender, messageID: messageID, sentAtMs: sentAtMs, body: body, inbound: true)
+            deliver(to: target, sender: sender, messageID: messageID, sentAtMs: sentAtMs, body: body, inbound: true, multiCopy: multiCopy)
             stats.relayedLive += 1
         case .deliverToDevices:
             guard let session = core.session(of: recipient) else { return }
             for index in session.devices.indices where !session.devices[index].congested {
                 if let target = connections[session.devices[index].connection.raw], !target.isClosing {
                     deliver(to: target, sender: sender, messageID: messageID, sentAtMs: sentAtMs, body: body, shared: true,
-                            inbound: true)
+                            inbound: true, multiCopy: multiCopy)
                 } else {
-                    inboundCopyLost(sender: sender, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs, body: body)
+                    inboundCopyLost(sender: sender, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs, body: body,
+                                    multiCopy: multiCopy)
                 }
             }
             stats.relayedLive += 1
         case .store(let recipientID, let seq):
+            if multiCopy {
+                // No device here can take it: the sending node counts this copy lost (the quota slot is given back).
+                core.mailRemoved(recipient: recipientID, count: 1, bytes: body.count)
+                core.inboundFailed(sender: sender, messageID: messageID)
+                cluster?.inboundLost(sender: sender, messageID: messageID)
+                return
+            }
             queueMail(StoredMail(recipient: recipientID, seq: seq, sender: sender, messageID: messageID, sentAtMs: sentAtMs,
                                  body: body.array))
         case .dropInFlightDuplicate:
@@ -82,13 +94,19 @@ extension ServerCore {
             cluster?.inboundSettled(sender: sender, messageID: messageID, status: status)
         case .reject(let code, let message):
             cluster?.inboundFailed(sender: sender, messageID: messageID, code: code, message: message)
-        case .forward:
+        case .forward, .deliverAndForward:
             break  // routeInbound never forwards again
         }
     }
 
-    private func inboundCopyLost(sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView) {
+    private func inboundCopyLost(sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView,
+                                 multiCopy: Bool) {
         guard core.inboundDeliveryLost(sender: sender, messageID: messageID) != .othersRemain else { return }
+        if multiCopy {
+            core.inboundFailed(sender: sender, messageID: messageID)
+            cluster?.inboundLost(sender: sender, messageID: messageID)
+            return
+        }
         switch core.inboundToMailbox(sender: sender, recipient: recipient, messageID: messageID, bodyBytes: body.count) {
         case .store(let recipientID, let seq):
             queueMail(StoredMail(recipient: recipientID, seq: seq, sender: sender, messageID: messageID, sentAtMs: sentAtMs,
@@ -123,10 +141,12 @@ extension ServerCore {
         }
     }
 
-    /// The recipient's node never answered (it died, or the cluster is unreachable): the message goes to
-    /// the recipient's mailbox from here. A node that died after its client acknowledged but before it
+    /// A copy handed to another node is lost: that node never answered (it died, or the cluster is
+    /// unreachable), or it said every copy there was lost. When it was the last copy in flight the message goes
+    /// to the recipient's mailbox from here. A node that died after its client acknowledged but before it
     /// answered makes this a second copy (documented in the cluster README).
     public func forwardUndeliverable(sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: [UInt8]) {
+        if core.deliveryLost(sender: sender, messageID: messageID) == .othersRemain { return }
         switch core.forwardFailedToMailbox(sender: sender, recipient: recipient, messageID: messageID, bodyBytes: body.count) {
         case .store(let recipientID, let seq):
             queueMail(StoredMail(recipient: recipientID, seq: seq, sender: sender, messageID: messageID, sentAtMs: sentAtMs, body: body))

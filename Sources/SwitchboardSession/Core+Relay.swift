@@ -51,7 +51,27 @@ extension ServerCore {
             }
             stats.forwarded += 1
             cluster?.forward(to: node, sender: sender.userID, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs,
-                             body: body)
+                             body: body, multiCopy: false)
+        case .deliverAndForward:
+            let sentAtMs = driver.wallNow
+            if senderDevices > 1 {
+                copyToOtherDevices(of: sender, to: recipient, messageID: messageID, sentAtMs: sentAtMs, body: body)
+            }
+            if let session = core.session(of: recipient) {
+                for index in session.devices.indices where !session.devices[index].congested {
+                    if let target = connections[session.devices[index].connection.raw], !target.isClosing {
+                        deliver(to: target, sender: sender.userID, messageID: messageID, sentAtMs: sentAtMs, body: body, shared: true)
+                    } else {
+                        copyLost(sender: sender, recipient: recipient, messageID: messageID, body: body)
+                    }
+                }
+                stats.relayedLive += 1
+            }
+            for node in core.remote[recipient]?.nodes ?? [] {
+                stats.forwarded += 1
+                cluster?.forward(to: node, sender: sender.userID, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs,
+                                 body: body, multiCopy: true)
+            }
         case .store:
             if senderDevices > 1 {
                 copyToOtherDevices(of: sender, to: recipient, messageID: messageID, sentAtMs: driver.wallNow, body: body)
@@ -152,7 +172,7 @@ extension ServerCore {
 
     /// Writes one DELIVER into the receiver's output (the body's only copy) and remembers it until acknowledged.
     func deliver(to target: ClientState, sender: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView,
-                 shared: Bool = false, inbound: Bool = false) {
+                 shared: Bool = false, inbound: Bool = false, multiCopy: Bool = false) {
         let seq = target.window.nextSeq()
         let out = target.output
         body.withUnsafeBytes { raw in
@@ -164,6 +184,7 @@ extension ServerCore {
                                           receivedNs: receiveClockNs)
             pending.shared = shared
             pending.inbound = inbound
+            pending.multiCopy = multiCopy
             target.window.append(pending)
         }
         target.messagesReceived &+= 1

@@ -122,11 +122,16 @@ public protocol ClusterSeam: AnyObject {
     func deviceLeft(user: UserID, deviceID: String)
     /// Hand a SEND to the node where the recipient is online; the answer comes back through
     /// `ServerCore.forwardAnswered` / `forwardUndeliverable` (exactly one of them, eventually).
-    func forward(to node: UInt16, sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView)
+    /// `multiCopy`: the recipient has devices on other nodes too (or here): that node must not store the
+    /// message when its copies are lost, only say so (`inboundLost`); the sending node stores it once all are.
+    func forward(to node: UInt16, sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView,
+                 multiCopy: Bool)
     /// A message another node handed here reached its final state (tell that node).
     func inboundSettled(sender: UserID, messageID: UInt64, status: SendStatus)
     /// A message another node handed here was refused for good (tell that node: its sender gets SEND_ERROR).
     func inboundFailed(sender: UserID, messageID: UInt64, code: ErrorCode, message: String)
+    /// A multi-copy message handed here: every copy here was lost (tell that node: it counts the copy lost).
+    func inboundLost(sender: UserID, messageID: UInt64)
 }
 
 /// The store reads the core makes on the loop (LMDB reads are memory-mapped and do not block on I/O

@@ -19,7 +19,8 @@ final class ClusterSim {
     enum Event {
         case joined(user: UserID, device: String, contacts: [UserID])
         case left(user: UserID, device: String)
-        case forward(sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: [UInt8])
+        case forward(sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: [UInt8], multiCopy: Bool)
+        case lost(sender: UserID, messageID: UInt64)
         case settled(sender: UserID, messageID: UInt64, status: SendStatus)
         case failed(sender: UserID, messageID: UInt64, code: ErrorCode, message: String)
     }
@@ -127,18 +128,22 @@ final class ClusterSim {
             target.core.remoteDeviceJoined(user: user, node: from, deviceID: device, contacts: contacts)
         case .left(let user, let device):
             target.core.remoteDeviceLeft(user: user, node: from, deviceID: device)
-        case .forward(let sender, let recipient, let messageID, let sentAtMs, let body):
+        case .forward(let sender, let recipient, let messageID, let sentAtMs, let body, let multiCopy):
             target.inboundOrigins[ClusterSim.key(sender, messageID), default: []].insert(envelope.from)
             body.withUnsafeBytes { raw in
                 target.core.inboundMessage(from: sender, to: recipient, messageID: messageID, sentAtMs: sentAtMs,
-                                           body: ByteView(borrowing: raw))
+                                           body: ByteView(borrowing: raw), multiCopy: multiCopy)
             }
         case .settled(let sender, let messageID, let status):
-            guard target.pending.removeValue(forKey: ClusterSim.key(sender, messageID)) != nil else { return }
+            guard target.pending.removeValue(forKey: ClusterSim.Key(sender: sender, messageID: messageID, node: envelope.from)) != nil else { return }
             target.core.forwardAnswered(sender: sender, messageID: messageID, status: status)
         case .failed(let sender, let messageID, let code, let message):
-            guard target.pending.removeValue(forKey: ClusterSim.key(sender, messageID)) != nil else { return }
+            guard target.pending.removeValue(forKey: ClusterSim.Key(sender: sender, messageID: messageID, node: envelope.from)) != nil else { return }
             target.core.forwardRefused(sender: sender, messageID: messageID, code: code, message: message)
+        case .lost(let sender, let messageID):
+            guard let forward = target.pending.removeValue(forKey: ClusterSim.Key(sender: sender, messageID: messageID, node: envelope.from)) else { return }
+            target.core.forwardUndeliverable(sender: sender, recipient: forward.recipient, messageID: messageID,
+                                             sentAtMs: forward.sentAtMs, body: forward.body)
         }
         target.endOfTurn()
     }
@@ -163,7 +168,8 @@ final class ClusterSim {
         }
     }
 
-    struct Key: Hashable { var sender: UserID; var messageID: UInt64 }
+    /// `node`: the destination of a pending forward (-1 for inbound origins, keyed per message).
+    struct Key: Hashable { var sender: UserID; var messageID: UInt64; var node: Int = -1 }
     static func key(_ sender: UserID, _ messageID: UInt64) -> Key { Key(sender: sender, messageID: messageID) }
 }
 
@@ -250,10 +256,17 @@ final class SimNode: SessionDriver, ClusterSeam {
     }
     func deviceJoined(user: UserID, deviceID: String, contacts: [UserID]) { broadcast(.joined(user: user, device: deviceID, contacts: contacts)) }
     func deviceLeft(user: UserID, deviceID: String) { broadcast(.left(user: user, device: deviceID)) }
-    func forward(to node: UInt16, sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView) {
-        pending[ClusterSim.key(sender, messageID)] = Pending(node: Int(node), recipient: recipient, sentAtMs: sentAtMs, body: body.array)
+    func forward(to node: UInt16, sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView,
+                 multiCopy: Bool) {
+        pending[ClusterSim.Key(sender: sender, messageID: messageID, node: Int(node))] =
+            Pending(node: Int(node), recipient: recipient, sentAtMs: sentAtMs, body: body.array)
         sim.queue.append(.init(from: index, to: Int(node), event: .forward(sender: sender, recipient: recipient, messageID: messageID,
-                                                                        sentAtMs: sentAtMs, body: body.array)))
+                                                                        sentAtMs: sentAtMs, body: body.array, multiCopy: multiCopy)))
+    }
+    func inboundLost(sender: UserID, messageID: UInt64) {
+        for origin in inboundOrigins.removeValue(forKey: ClusterSim.key(sender, messageID)) ?? [] {
+            sim.queue.append(.init(from: index, to: origin, event: .lost(sender: sender, messageID: messageID)))
+        }
     }
     func inboundSettled(sender: UserID, messageID: UInt64, status: SendStatus) {
         for origin in inboundOrigins.removeValue(forKey: ClusterSim.key(sender, messageID)) ?? [] {
@@ -518,6 +531,42 @@ final class SimClient {
         sim.nodes[1].endOfTurn()
         sim.settle()
         #expect(alice.presence.contains { $0 == (sim.id("carol"), false) }, "alice never saw carol go offline")
+    }
+
+    /// bob's phone is on node 1 and his laptop on node 2 (and, later, a tablet on the sender's own node): a
+    /// message reaches every device, the first acknowledgement answers the sender once, and when every device
+    /// drops without acknowledging it is stored exactly once.
+    @Test func devicesOnSeveralNodesAllReceiveAndTheMessageIsStoredOnceWhenAllDrop() throws {
+        let sim = try pair()
+        let phone = sim.connect("bob", node: 1, device: "phone", autoAck: false)
+        let laptop = sim.connect("bob", node: 2, device: "laptop", autoAck: false)
+        let alice = sim.connect("alice", node: 0)
+        sim.settle()
+        alice.write(.send(to: sim.id("bob"), messageID: 1, body: ByteView(Array("both".utf8))))
+        sim.settle()
+        #expect(phone.received(from: sim.id("alice")) == [1] && laptop.received(from: sim.id("alice")) == [1])
+        #expect(alice.acks[1] == nil)
+        laptop.autoAck = true
+        sim.settle()
+        #expect(alice.acks[1] == .delivered)
+        // A tablet on alice's node joins: the next message goes to the tablet here and to both other nodes.
+        let tablet = sim.connect("bob", node: 0, device: "tablet", autoAck: false)
+        laptop.autoAck = false
+        sim.settle()
+        alice.write(.send(to: sim.id("bob"), messageID: 2, body: ByteView(Array("everywhere".utf8))))
+        sim.settle()
+        for device in [phone, laptop, tablet] { #expect(device.delivered.contains { $0.id == 2 }, "\(device.node)") }
+        // Every device drops unacknowledged: stored once, answered once.
+        for device in [phone, laptop, tablet] {
+            device.gone = true
+            sim.nodes[device.node].core.peerGone(device.state, "dropped")
+            sim.nodes[device.node].endOfTurn()
+            sim.settle()
+        }
+        #expect(alice.acks[2] == .storedOffline)
+        let back = sim.connect("bob", node: 1, device: "phone")
+        sim.settle()
+        #expect(back.mail.map(\.id) == [2], "stored once: \(back.mail.map(\.id))")
     }
 
     @Test func contactChangesOnOneNodeReachTheOtherPartyOnAnother() throws {
