@@ -417,6 +417,13 @@ public final class RelayCore {
         return box
     }
 
+    /// Forgets an empty mailbox's cached usage (nothing queued, nothing acknowledged pending): read again from
+    /// the store when next needed. Keeps the cache from holding an entry per idle online user.
+    public func forgetEmptyMailbox(of user: UserID) {
+        guard let box = mailboxes[user], box.count == 0, box.bytes == 0, box.ackedThrough == 0 else { return }
+        mailboxes[user] = nil
+    }
+
     /// Mail left the mailbox (acknowledged by its recipient and deleted), or a store failed.
     public func mailRemoved(recipient: UserID, count: Int, bytes: Int) {
         guard var box = mailboxes[recipient] else { return }

@@ -187,7 +187,6 @@ extension ServerCore {
         connection.session = outcome.session
         leavePreLogin(connection)
         restoreSenderHistory(account.userID)
-        userNameCache[account.userID] = account.name
         if let old = outcome.takenOver, let oldConnection = connections[old.raw] {
             logger.info("session taken over", metadata: ["user": "\(account.name)", "old": "\(oldConnection.peerText)",
                                                          "new": "\(connection.peerText)"])
@@ -218,6 +217,7 @@ extension ServerCore {
         // Nor is mail another device acknowledged already.
         connection.mailCursor = max(pendingMailDeletes[account.userID] ?? 0, box.ackedThrough)
         sendMailPage(connection)
+        if box.count == 0 { core.forgetEmptyMailbox(of: account.userID) }
         unpark(connection, phase: .active)
         connection.lastActivity = driver.now
         scheduleTimer(connection, at: nextDeadline(connection))

@@ -9,6 +9,8 @@ import SwitchboardStore
 
 extension ServerCore {
     func userName(_ id: UserID) -> String {
+        // An online user's name is in its session (not copied into the cache at every login: memory per idle user).
+        if let session = core.session(of: id) { return session.name }
         if let name = userNameCache[id] { return name }
         let name = (try? store.userName(of: id)) ?? nil
         if let name {

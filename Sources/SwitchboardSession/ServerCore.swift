@@ -162,6 +162,13 @@ public final class ServerCore {
             connection.frameCursor = frameBoundary(connection, atOrBefore: true)
         }
         updateRetention(connection)
+        if out.readableBytes == 0 && connection.messagesReceived == 0 && connection.messagesSent == 0 && connection.mailPaging == .done
+            && connection.window.isEmpty && connection.phase == .active {
+            // Idle right after its login (answers written, no message sent or received yet): the output buffer goes back
+            // now rather than at the next maintenance sweep. Most connections of a large relay sit idle; one that
+            // gets a message allocates it again, once (after that it never qualifies again).
+            out.releaseIfEmpty()
+        }
         if connection.budget.readingPaused || connection.budget.congested { applyBudget(connection) }
         if connection.latencyTimedSeq < connection.window.lastSeq { timeWrittenDeliveries(connection) }
     }
