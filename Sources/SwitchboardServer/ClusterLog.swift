@@ -196,9 +196,20 @@ public final class ClusterLog {
         if closed { return .stopped("closed") }
         if feed == .idle || feed == .preparing && readyTarget == nil && feedError == nil { return .starting }
         if !nats.isConnected { return .unavailable("not connected to NATS") }
-        if let publishTrouble { return .unavailable("publishing to the log: \(publishTrouble)") }
+        if let trouble = unacknowledgedError { return .unavailable("publishing to the log: \(trouble)") }
         if feed != .active, let feedError { return .unavailable("following the log: \(feedError)") }
+        if feed != .active && announcedReady { return .unavailable("following the log: setting up a new consumer") }
         return announcedReady ? .ready : .catchingUp
+    }
+
+    /// The last error of the oldest entry still waiting for its PubAck after a failed attempt, if any.
+    var unacknowledgedError: String? {
+        for b in pendingHead..<pending.count where pending[b].failure == nil {
+            for entry in pending[b].entries where entry.ackedSeq == nil && entry.applied == nil {
+                if let error = entry.lastError { return error }
+            }
+        }
+        return nil
     }
 
     /// Stops following, applies what was received, fails what is still pending ("cluster log closed", in order,
@@ -441,6 +452,7 @@ public final class ClusterLog {
             pendingHead += 1
             pendingBytes -= item.bytes
             if item.accepted { acceptedBatches -= 1 }
+            if acceptedBatches == 0 { publishTrouble = nil }
             if pendingHead > 64 && pendingHead * 2 > pending.count {
                 pending.removeFirst(pendingHead)
                 pendingHead = 0

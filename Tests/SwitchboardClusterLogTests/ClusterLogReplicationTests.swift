@@ -37,12 +37,12 @@ func results(_ r: Result<[WriteResult], StoreErrorBox>?) -> [WriteResult] { (try
         let ra = results(a.committed[ta]?.results), rb = results(b.committed[tb]?.results)
         let aliceWins = [ra.first, rb.first].filter { if case .accountCreated? = $0 { return true }; return false }
         #expect(aliceWins.count == 1 && [ra.first, rb.first].contains(.nameTaken), "\(ra) \(rb)")
+        // Each node applies the other's entry as foreign.
+        #expect(try t.run { a.foreign.count == 1 && b.foreign.count == 1 })
         guard let alice = try a.store.account(named: "alice")?.userID, let dave = try a.store.account(named: "dave")?.userID,
               let carol = try a.store.account(named: "carol")?.userID else {
             Issue.record("accounts missing on a"); return
         }
-        // Each node applies the other's entry as foreign.
-        #expect(try t.run { a.foreign.count == 1 && b.foreign.count == 1 })
         #expect(try b.store.account(named: "alice")?.userID == alice && b.store.account(named: "dave")?.userID == dave)
 
         // Contacts across nodes: alice (via a) asks dave, dave (via b) accepts, dave asks carol.
@@ -98,7 +98,10 @@ func results(_ r: Result<[WriteResult], StoreErrorBox>?) -> [WriteResult] { (try
         }
         let mails = Int(messageID - 1000)
         #expect(storedSeqs.count == mails && Set(storedSeqs).count == mails, "every mail stored once, under its own seq")
-        #expect(try a.store.mail(for: dave, afterSeq: 0, limit: 1000).map(\.seq) == Array(1...UInt64(mails)))
+        #expect(try quiesce([a, b], t))
+        for node in [a, b] {
+            #expect(try node.store.mail(for: dave, afterSeq: 0, limit: 1000).map(\.seq) == Array(1...UInt64(mails)))
+        }
 
         // Deletes from both sides.
         let delete = a.submit([.deleteMail(recipient: dave, throughSeq: 10)])
@@ -136,5 +139,37 @@ func results(_ r: Result<[WriteResult], StoreErrorBox>?) -> [WriteResult] { (try
         #expect(b2.log.status.counters.entriesApplied == 5, "only the entries after its applied seq: \(b2.log.status)")
         #expect(try quiesce([a, b2, c], t))
         try expectEqualReplicas([a, b2, c])
+
+        // Figures (printed; the README quotes them): submit -> committed one at a time and pipelined, and the catch-up
+        // (apply) rate of a fresh replica.
+        var alone: [UInt64] = []
+        for i in 0..<50 {
+            let before = Clock.monotonicNs()
+            _ = try a.commit([.putMail(StoredMail(recipient: alice, seq: 1_000 + UInt64(i), sender: dave, messageID: 50_000 + UInt64(i),
+                                                  sentAtMs: 1, body: Array(repeating: 0x61, count: 100)))])
+            alone.append(Clock.monotonicNs() - before)
+        }
+        alone.sort()
+        let burst = 1_000
+        let pipelinedStart = Clock.monotonicNs()
+        var pipelined: [UInt64] = []
+        for i in 0..<burst {
+            pipelined.append(a.submit([.putMail(StoredMail(recipient: dave, seq: 10_000 + UInt64(i), sender: alice,
+                                                           messageID: 60_000 + UInt64(i), sentAtMs: 1, body: Array(repeating: 0x62, count: 100)))]))
+        }
+        #expect(try t.run(timeoutMs: 30_000) { pipelined.allSatisfy { a.committed[$0] != nil } })
+        let pipelinedNs = Clock.monotonicNs() - pipelinedStart
+        #expect(try quiesce([a, b2, c], t))
+        let entries = a.log.status.appliedSeq
+        let fresh = try Node("d", t, urls: cluster.urls(from: 0), directory: "\(data)/d")
+        defer { fresh.close() }
+        let catchUpStart = Clock.monotonicNs()
+        #expect(try t.run(timeoutMs: 30_000) { fresh.ready })
+        let catchUpNs = Clock.monotonicNs() - catchUpStart
+        try expectEqualReplicas([a, fresh])
+        print("figures: submit->committed alone p50 \(alone[25] / 1_000) µs, p90 \(alone[45] / 1_000) µs; "
+              + "\(burst) pipelined in \(pipelinedNs / 1_000_000) ms (\(pipelinedNs / UInt64(burst) / 1_000) µs each); "
+              + "catch-up of \(entries) entries by an empty replica \(catchUpNs / 1_000_000) ms "
+              + "(\(UInt64(entries) * 1_000_000_000 / max(1, catchUpNs)) entries/s, \(fresh.log.status.counters.consumersCreated) consumer)")
     }
 }
