@@ -22,16 +22,16 @@ final class ClusterNode {
     let process: ServerProcess
     var address: String { process.address }
 
-    init(name: String, nats: String, tlsFrom certificateDirectory: String?, extra: [String] = []) throws {
+    init(name: String, nats: String, tlsFrom certificateDirectory: String?, extra: [String] = [], directory: String? = nil) throws {
         self.name = name
-        directory = makeTempDirectory("sbnode-\(name)")
+        self.directory = directory ?? makeTempDirectory("sbnode-\(name)")
         logPath = directory + "/server.log"
         var arguments = ["--cluster", nats, "--node", name, "--cluster-commit-timeout", "20"] + extra
         if let certificateDirectory {
             let tls = DevelopmentCA.directory(forDataDirectory: certificateDirectory)
             arguments += ["--tls-cert", tls + "/server.pem", "--tls-key", tls + "/server.key"]
         }
-        process = try ServerProcess(directory: directory, extraArguments: arguments, stderrPath: logPath, logLevel: "info")
+        process = try ServerProcess(directory: self.directory, extraArguments: arguments, stderrPath: logPath, logLevel: "info")
     }
 
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
@@ -218,6 +218,38 @@ func exchange(_ sender: ChatSession, _ receiver: ChatSession, _ id: UInt64) thro
         #expect(blip == nil, "a takeover across nodes is not an offline blip")
         try alice.send(to: bobID, messageID: 9, body: Array("to the new session".utf8))
         #expect(try exchange(alice, bobElsewhere, 9) == .delivered)
+    }
+
+    /// A node added later from another node's `switchboard backup` (taken while that node runs) resumes the log
+    /// after the backup's last entry: what was written after the backup reaches it too.
+    @Test(.enabled(if: natsServerPath() != nil, "nats-server is not installed (make test installs it)"))
+    func aNodeStartedFromAnotherNodesBackupCatchesUpAndServes() throws {
+        let cluster = try TestCluster(name: "backup", basePort: 27500, nodes: 2)
+        let alice = try cluster.user("alice", on: 0)
+        let bob = try cluster.user("bob", on: 1)
+        try eventually { try alice.addContact("bob") }
+        try eventually { try bob.acceptContact("alice") }
+        let bobID = try userID(of: "bob", in: alice)
+        let folder = makeTempDirectory("sbnode-backup")
+        defer { removeDirectory(folder) }
+        let copy = folder + "/n2"
+        let backup = try runSwitchboardCLI(["backup", copy, "--data", cluster.nodes[1].directory])
+        #expect(backup.status == 0, "\(backup.err)")
+        // Written after the backup: a new account, and mail for bob (who logs out).
+        _ = try cluster.user("carol", on: 0)
+        bob.connection.close()
+        _ = try waitForEvent(alice) { if case .presence(bobID, false) = $0 { return true } else { return false } }
+        try alice.send(to: bobID, messageID: 1, body: Array("written after the backup".utf8))
+        #expect(try alice.awaitSendOutcome(1) == .storedOffline)
+        let order = (0..<3).map { cluster.nats.url(($0 + 2) % 3) }.joined(separator: ",")
+        let third = try ClusterNode(name: "n2", nats: order, tlsFrom: cluster.nodes[0].directory, directory: copy)
+        cluster.nodes.append(third)
+        #expect(third.log.contains("applied="), "\(third.log.suffix(2_000))")
+        let bobOnThird = try cluster.session(2)
+        let login = try bobOnThird.logIn(name: "bob", password: testPassword)
+        #expect(login.pendingMail == 1, "the mail stored after the backup reached the new node")
+        let carolOnThird = try cluster.session(2)
+        #expect(throws: Never.self) { try carolOnThird.logIn(name: "carol", password: testPassword) }
     }
 
     @Test(.enabled(if: natsServerPath() != nil, "nats-server is not installed (make test installs it)"))
