@@ -231,7 +231,12 @@ extension ClusterLog {
                     return
                 }
             }
-            if seq < nextSeq { return }  // a redelivery of an entry already queued or applied
+            if seq < nextSeq {
+                // A redelivery (our ack was lost or late): acknowledge it again once applied, else the next ack
+                // covers it (ack_policy "all").
+                if seq <= appliedSeq, let reply = message.replyTo { try? nats.publish(reply, payload: Array("+ACK".utf8)) }
+                return
+            }
             guard seq == nextSeq else {
                 restartFeed("entry \(seq) arrived, \(nextSeq) expected")
                 return

@@ -157,6 +157,8 @@ public final class ClusterLog {
         }
     }
 
+    deinit { close() }
+
     /// Ensures the stream (create, or update to this configuration), checks this replica against it, then
     /// catches up and follows it.
     public func start() {
