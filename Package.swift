@@ -94,7 +94,7 @@ let package = Package(
         // The cluster log (SwitchboardServer/ClusterLog.swift) against a real three-server nats-server cluster and
         // real LMDB replicas.
         .testTarget(name: "SwitchboardClusterLogTests",
-                    dependencies: ["SwitchboardServer", "SwitchboardCluster", "SwitchboardSession", "SwitchboardStore",
+                    dependencies: ["SwitchboardServer", "SwitchboardCluster", "SwitchboardSession", "SwitchboardStore", "NATSTestHarness",
                                    "SwitchboardIO", .product(name: "Logging", package: "swift-log")],
                     swiftSettings: strict),
         .testTarget(name: "SwitchboardRelayTests", dependencies: ["SwitchboardRelay"], swiftSettings: strict),

@@ -61,6 +61,8 @@ public final class NATSClusterProcess {
     }
 
     public var urls: String { clientPorts.map { "nats://127.0.0.1:\($0)" }.joined(separator: ",") }
+    /// The three URLs starting with server `i` (a client that connects to server i first).
+    public func urls(from i: Int) -> String { (0..<3).map { "nats://127.0.0.1:\(clientPorts[(i + $0) % 3])" }.joined(separator: ",") }
     public func url(_ i: Int) -> String { "nats://127.0.0.1:\(clientPorts[i])" }
 
     public func pid(_ i: Int) -> pid_t? {
@@ -68,10 +70,27 @@ public final class NATSClusterProcess {
         return pid_t(text.filter { $0.isNumber })
     }
 
-    /// kill -9 of one server.
+    /// kill -9 of one server; its `timeout` wrapper is reaped (so a restart and many kills leave no zombies).
     public func kill9(_ i: Int) {
         if let p = pid(i) { Glibc.kill(p, SIGKILL) }
         alive[i] = false
+        reap()
+    }
+
+    /// Reaps the wrappers that exited (each waits up to 250 ms unless every server is alive again).
+    private func reap() {
+        var status: Int32 = 0
+        var left: [pid_t] = []
+        for pid in wrappers {
+            var done = false
+            for _ in 0..<50 {
+                if waitpid(pid, &status, WNOHANG) != 0 { done = true; break }
+                if alive.allSatisfy({ $0 }) { break }
+                usleep(5_000)
+            }
+            if !done { left.append(pid) }
+        }
+        wrappers = left
     }
 
     public func stop() {

@@ -3,6 +3,7 @@
 // is in the stream and in every replica exactly once, the replicas are equal. All three servers stopped for less
 // than commitTimeoutMs: submits wait and complete after the restart; stopped for longer: a clear failure, then
 // recovery without restarting the cluster log.
+import NATSTestHarness
 import Glibc
 import SwitchboardCluster
 import SwitchboardIO

@@ -5,6 +5,7 @@
 // the log reports. `dump` is every record of a replica, raw, for byte-for-byte comparison of replicas.
 import Glibc
 import Logging
+import NATSTestHarness
 import SwitchboardCluster
 import SwitchboardIO
 @testable import SwitchboardServer
@@ -12,96 +13,11 @@ import SwitchboardSession
 @_spi(Testing) import SwitchboardStore
 import Testing
 
-struct HarnessError: Error, CustomStringConvertible { var description: String }
-
-func natsServerPath() -> String? {
-    for path in ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"] where access(path, X_OK) == 0 {
-        return path
-    }
-    return nil
-}
-
 let testRoot = "/tmp/clusterlog"
 
-final class NATSCluster {
-    let root: String
-    let clientPorts: [Int]
-    let monitorPorts: [Int]
-    private(set) var alive: [Bool]
-    private let binary: String
-    private var wrappers: [pid_t] = []
+/// The shared launcher (Tests/NATSTestHarness).
+typealias NATSCluster = NATSClusterProcess
 
-    /// Ports: clients base+1...3, routes base+11...13, monitoring base+21...23.
-    init(name: String, basePort: Int) throws {
-        guard let binary = natsServerPath() else { throw HarnessError(description: "nats-server not installed") }
-        self.binary = binary
-        root = "\(testRoot)/\(name)-\(getpid())"
-        clientPorts = (1...3).map { basePort + $0 }
-        monitorPorts = (1...3).map { basePort + 20 + $0 }
-        alive = [false, false, false]
-        _ = system("rm -rf '\(root)' && mkdir -p '\(root)'")
-        let routes = (1...3).map { "nats-route://127.0.0.1:\(basePort + 10 + $0)" }.joined(separator: ", ")
-        for i in 0..<3 {
-            let config = """
-            server_name: n\(i + 1)
-            listen: 127.0.0.1:\(clientPorts[i])
-            http: 127.0.0.1:\(monitorPorts[i])
-            pid_file: "\(root)/n\(i + 1).pid"
-            jetstream { store_dir: "\(root)/n\(i + 1)", max_memory_store: 64MB, max_file_store: 512MB }
-            cluster { name: sb, listen: 127.0.0.1:\(basePort + 11 + i), routes: [\(routes)] }
-            """
-            try writeFile("\(root)/n\(i + 1).conf", config)
-        }
-        for i in 0..<3 { try start(i) }
-    }
-
-    deinit { stop() }
-
-    func start(_ i: Int) throws {
-        let args = ["/usr/bin/timeout", "--signal=KILL", "180", binary, "-c", "\(root)/n\(i + 1).conf"]
-        wrappers.append(try spawn(args, outputTo: "\(root)/n\(i + 1).log.\(wrappers.count)"))
-        alive[i] = true
-    }
-
-    var urls: String { clientPorts.map { "nats://127.0.0.1:\($0)" }.joined(separator: ",") }
-    /// All three, starting with server i.
-    func urls(from i: Int) -> String { (0..<3).map { "nats://127.0.0.1:\(clientPorts[(i + $0) % 3])" }.joined(separator: ",") }
-
-    func pid(_ i: Int) -> pid_t? {
-        guard let text = readFile("\(root)/n\(i + 1).pid") else { return nil }
-        return pid_t(text.filter { $0.isNumber })
-    }
-
-    func kill9(_ i: Int) {
-        if let p = pid(i) { Glibc.kill(p, SIGKILL) }
-        alive[i] = false
-        reap()
-    }
-
-    private func reap() {
-        var status: Int32 = 0
-        var left: [pid_t] = []
-        for pid in wrappers {
-            var done = false
-            for _ in 0..<50 {
-                if waitpid(pid, &status, WNOHANG) != 0 { done = true; break }
-                if alive.allSatisfy({ $0 }) { break }
-                usleep(5_000)
-            }
-            if !done { left.append(pid) }
-        }
-        wrappers = left
-    }
-
-    func stop() {
-        for i in 0..<3 where alive[i] { kill9(i) }
-        wrappers = []
-    }
-
-    func removeFiles() { _ = system("rm -rf '\(root)'") }
-}
-
-/// One loop for every connection and log of a test; timers routed to each.
 final class TestLoop {
     let loop: EventLoop
     var connections: [NATSConnection] = []
@@ -294,52 +210,4 @@ let testPassword = PasswordHash(algorithm: 1, iterations: 1000, salt: Array(0..<
 
 // MARK: - small POSIX helpers
 
-func writeFile(_ path: String, _ text: String) throws {
-    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-    guard fd >= 0 else { throw HarnessError(description: "cannot write \(path)") }
-    defer { close(fd) }
-    let bytes = Array(text.utf8)
-    _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-}
-
-func readFile(_ path: String) -> String? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var out: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if n <= 0 { break }
-        out += chunk[0..<n]
-    }
-    return String(decoding: out, as: UTF8.self)
-}
-
-/// Starts a program with stdout+stderr to `outputTo` and stdin from /dev/null, signals reset; returns its pid.
-func spawn(_ args: [String], outputTo path: String) throws -> pid_t {
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-    posix_spawn_file_actions_adddup2(&actions, 1, 2)
-    var attributes = posix_spawnattr_t()
-    posix_spawnattr_init(&attributes)
-    defer { posix_spawnattr_destroy(&attributes) }
-    var emptyMask = sigset_t()
-    sigemptyset(&emptyMask)
-    posix_spawnattr_setsigmask(&attributes, &emptyMask)
-    var defaults = sigset_t()
-    sigemptyset(&defaults)
-    for s in [SIGPIPE, SIGHUP, SIGINT, SIGTERM] { sigaddset(&defaults, s) }
-    posix_spawnattr_setsigdefault(&attributes, &defaults)
-    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-    var argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
-    argv.append(nil)
-    defer { for p in argv { free(p) } }
-    var pid: pid_t = 0
-    let rc = posix_spawn(&pid, args[0], &actions, &attributes, argv, environ)
-    guard rc == 0 else { throw HarnessError(description: "posix_spawn \(args[0]) failed: \(rc)") }
-    return pid
-}
+// writeFile, readFile and spawn come from NATSTestHarness.

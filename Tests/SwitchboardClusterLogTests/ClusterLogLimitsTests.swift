@@ -2,6 +2,7 @@
 // applier's queue), and every way a replica must refuse to go on rather than diverge: an entry that does not
 // decode, a store error (a replica whose map is full), a stream that no longer holds entries it needs, a stream
 // behind it (recreated). Also the configuration checks. One real three-server cluster, one stream per case.
+import NATSTestHarness
 import Glibc
 import SwitchboardCluster
 import SwitchboardIO

@@ -3,6 +3,7 @@
 // one accountCreated; contacts change across nodes; mail to one recipient from both is renumbered identically;
 // deletes; then the replicas hold the same bytes. A third replica started late from an empty folder catches up
 // to the same bytes; a replica restarted from its folder resumes after its applied sequence (no double apply).
+import NATSTestHarness
 import Glibc
 import SwitchboardCluster
 import SwitchboardIO
