@@ -75,12 +75,40 @@ final class TestCluster {
         return session
     }
 
+    /// alice on node `a` and bob on node `b`, accepted contacts; bob's user id.
+    func friends(_ a: Int, _ b: Int) throws -> (alice: ChatSession, bob: ChatSession, bobID: UInt32) {
+        let alice = try user("alice", on: a)
+        let bob = try user("bob", on: b)
+        try eventually { try alice.addContact("bob") }
+        try eventually { try bob.acceptContact("alice") }
+        return (alice, bob, try userID(of: "bob", in: alice))
+    }
+
     func logs() -> String { nodes.map { "--- \($0.name)\n" + String($0.log.suffix(3_000)) }.joined(separator: "\n") }
 
     deinit {
         nodes.removeAll()
         nats.stop()
         nats.removeFiles()
+    }
+}
+
+/// Reads (and acknowledges) up to `limit` deliveries and mails from `receiver`'s raw connection, counting each
+/// message id it sees (a second copy shows as a count of 2).
+func readAndAcknowledge(_ receiver: ChatSession, into received: inout [UInt64: Int], limit: Int = 10, waitMs: Int32 = 20) throws {
+    var frames = 0
+    while frames < limit, let frame = try receiver.connection.nextFrame(timeoutMs: waitMs) {
+        frames += 1
+        switch frame {
+        case .deliver(let seq, _, let id, _, _):
+            received[id, default: 0] += 1
+            try receiver.connection.sendFrame(.deliveryAck(throughSeq: seq))
+        case .mail(let seq, _, _, let id, _, _):
+            received[id, default: 0] += 1
+            try receiver.connection.sendFrame(.mailAck(throughSeq: seq))
+        default:
+            break
+        }
     }
 }
 
@@ -225,11 +253,7 @@ func exchange(_ sender: ChatSession, _ receiver: ChatSession, _ id: UInt64) thro
     @Test(.enabled(if: natsServerPath() != nil, "nats-server is not installed (make test installs it)"))
     func aNodeStartedFromAnotherNodesBackupCatchesUpAndServes() throws {
         let cluster = try TestCluster(name: "backup", basePort: 27500, nodes: 2)
-        let alice = try cluster.user("alice", on: 0)
-        let bob = try cluster.user("bob", on: 1)
-        try eventually { try alice.addContact("bob") }
-        try eventually { try bob.acceptContact("alice") }
-        let bobID = try userID(of: "bob", in: alice)
+        let (alice, bob, bobID) = try cluster.friends(0, 1)
         let folder = makeTempDirectory("sbnode-backup")
         defer { removeDirectory(folder) }
         let copy = folder + "/n2"
@@ -258,11 +282,7 @@ func exchange(_ sender: ChatSession, _ receiver: ChatSession, _ id: UInt64) thro
     @Test(.enabled(if: natsServerPath() != nil, "nats-server is not installed (make test installs it)"))
     func killingTheSendersNodeDuringABurstLosesAndDuplicatesNothing() throws {
         let cluster = try TestCluster(name: "killnode", basePort: 27100, nodes: 3)
-        var alice = try cluster.user("alice", on: 0)
-        let bob = try cluster.user("bob", on: 1)
-        try eventually { try alice.addContact("bob") }
-        try eventually { try bob.acceptContact("alice") }
-        let bobID = try userID(of: "bob", in: alice)
+        var (alice, bob, bobID) = try cluster.friends(0, 1)
         let total: UInt64 = 300
         for id in 1...total { alice.queueSend(to: bobID, messageID: id, body: Array("burst \(id)".utf8)) }
         try alice.flush()
@@ -274,19 +294,9 @@ func exchange(_ sender: ChatSession, _ receiver: ChatSession, _ id: UInt64) thro
         // bob reads (and acknowledges) at most 10 deliveries per round, so that when the sender's node dies
         // most of the burst is still in flight somewhere: unacknowledged at bob, or acknowledged with the
         // answer on its way.
-        func pumpBob(_ ms: Int32, limit: Int = 10) throws {
-            var frames = 0
-            while frames < limit, let frame = try bob.connection.nextFrame(timeoutMs: ms) {
-                frames += 1
-                if case .deliver(let seq, _, let id, _, _) = frame {
-                    received[id, default: 0] += 1
-                    try bob.connection.sendFrame(.deliveryAck(throughSeq: seq))
-                }
-            }
-        }
         var inFlightAtKill = 0
         while acked.count < Int(total) && Clock.monotonicMs() < deadline {
-            try pumpBob(20)
+            try readAndAcknowledge(bob, into: &received)
             // Killed right after bob acknowledged a round: those answers are on their way to n0 and die
             // with it, so alice resends messages bob already has (they must not reach him twice).
             if !killed && received.count >= 60 {
@@ -314,7 +324,7 @@ func exchange(_ sender: ChatSession, _ receiver: ChatSession, _ id: UInt64) thro
                 try alice.flush()
             }
         }
-        try pumpBob(200, limit: .max)
+        try readAndAcknowledge(bob, into: &received, limit: .max, waitMs: 200)
         #expect(killed && reconnected, "the kill came after every acknowledgement: nothing was tested")
         #expect(inFlightAtKill > 0, "no delivered-but-unanswered message at the kill: the dedupe across nodes was not exercised")
         #expect(acked.count == Int(total), "acknowledged \(acked.count) of \(total)\n\(cluster.logs())")
@@ -328,11 +338,7 @@ func exchange(_ sender: ChatSession, _ receiver: ChatSession, _ id: UInt64) thro
     @Test(.enabled(if: natsServerPath() != nil, "nats-server is not installed (make test installs it)"))
     func killingTheSendersNATSServerDuringALiveBurstLosesAndDuplicatesNothing() throws {
         let cluster = try TestCluster(name: "killlink", basePort: 27400, nodes: 2)
-        let alice = try cluster.user("alice", on: 0)
-        let bob = try cluster.user("bob", on: 1)
-        try eventually { try alice.addContact("bob") }
-        try eventually { try bob.acceptContact("alice") }
-        let bobID = try userID(of: "bob", in: alice)
+        let (alice, bob, bobID) = try cluster.friends(0, 1)
         let total: UInt64 = 300
         for id in 1...total { alice.queueSend(to: bobID, messageID: id, body: Array("live \(id)".utf8)) }
         try alice.flush()
@@ -341,20 +347,7 @@ func exchange(_ sender: ChatSession, _ receiver: ChatSession, _ id: UInt64) thro
         var killed = false
         let deadline = Clock.monotonicMs() + 90_000
         while acked.count < Int(total) && Clock.monotonicMs() < deadline {
-            var frames = 0
-            while frames < 10, let frame = try bob.connection.nextFrame(timeoutMs: 20) {
-                frames += 1
-                switch frame {
-                case .deliver(let seq, _, let id, _, _):
-                    received[id, default: 0] += 1
-                    try bob.connection.sendFrame(.deliveryAck(throughSeq: seq))
-                case .mail(let seq, _, _, let id, _, _):
-                    received[id, default: 0] += 1
-                    try bob.connection.sendFrame(.mailAck(throughSeq: seq))
-                default:
-                    break
-                }
-            }
+            try readAndAcknowledge(bob, into: &received)
             if !killed && received.count >= 60 {
                 // n0 lists NATS server 0 first: its link breaks with forwards and answers in flight.
                 cluster.nats.kill9(0)
@@ -377,11 +370,7 @@ func exchange(_ sender: ChatSession, _ receiver: ChatSession, _ id: UInt64) thro
     @Test(.enabled(if: natsServerPath() != nil, "nats-server is not installed (make test installs it)"))
     func killingTheLogLeadersNATSServerLosesNoStoredMail() throws {
         let cluster = try TestCluster(name: "killnats", basePort: 27200, nodes: 2)
-        let alice = try cluster.user("alice", on: 0)
-        let bob = try cluster.user("bob", on: 1)
-        try eventually { try alice.addContact("bob") }
-        try eventually { try bob.acceptContact("alice") }
-        let bobID = try userID(of: "bob", in: alice)
+        let (alice, bob, bobID) = try cluster.friends(0, 1)
         bob.connection.close()
         _ = try waitForEvent(alice) { if case .presence(bobID, false) = $0 { return true } else { return false } }
         let leader = try cluster.nats.streamLeader("SB_LOG")
