@@ -48,6 +48,8 @@ public struct ClusterRouterStatistics: Sendable {
     public var nodesGone: UInt64 = 0
     public var publishFailures: UInt64 = 0
     public var malformed: UInt64 = 0
+    /// Heartbeats or events under this node's own name from another process.
+    public var duplicateNodeName: UInt64 = 0
 }
 
 final class ClusterRouter: ClusterSeam {
@@ -81,6 +83,7 @@ final class ClusterRouter: ClusterSeam {
     private unowned let core: ServerCore
     private var logger: Logger
     private(set) var epoch: UInt64
+    private var lastDuplicateNameLog: UInt64 = 0
     private var nodes: [NodeInfo] = []
     private var nodeIndex: [String: UInt16] = [:]
     private var pending: [ForwardKey: PendingForward] = [:]
@@ -302,7 +305,17 @@ final class ClusterRouter: ClusterSeam {
             statistics.malformed += 1
             return
         }
-        guard name != configuration.node else { return }  // our own presence and heartbeats
+        guard name != configuration.node else {
+            // Our own presence and heartbeats come back to us; another epoch under our name is a second node
+            // started with the same --node: both get each other's forwards. Said loudly, at most every 10 s.
+            if epoch != self.epoch && epoch / 1_000 != self.epoch / 1_000, loop.now &- lastDuplicateNameLog > 10_000 {
+                lastDuplicateNameLog = loop.now
+                statistics.duplicateNodeName += 1
+                logger.critical("another cluster node runs with this node's name: give every node a unique --node",
+                                metadata: ["node": "\(configuration.node)"])
+            }
+            return
+        }
         guard ClusterRouterConfiguration.validNodeName(name) else { statistics.malformed += 1; return }
         let index = heard(name, epoch: epoch)
         switch kind {

@@ -279,6 +279,21 @@ func exchange(_ sender: ChatSession, _ receiver: ChatSession, _ id: UInt64) thro
         #expect(throws: Never.self) { try carolOnThird.logIn(name: "carol", password: testPassword) }
     }
 
+    /// Two nodes started with the same --node would take each other's forwards: the operator is told.
+    @Test(.enabled(if: natsServerPath() != nil, "nats-server is not installed (make test installs it)"))
+    func aSecondNodeWithTheSameNameIsReported() throws {
+        let cluster = try TestCluster(name: "samename", basePort: 27600, nodes: 1)
+        let twin = try ClusterNode(name: "n0", nats: cluster.nats.urls(from: 1), tlsFrom: cluster.nodes[0].directory)
+        cluster.nodes.append(twin)
+        let reported = try eventually(8_000) { () -> Bool in
+            guard (cluster.nodes[0].log + twin.log).contains("another cluster node runs with this node's name") else {
+                throw ClientError("not reported yet")
+            }
+            return true
+        }
+        #expect(reported)
+    }
+
     @Test(.enabled(if: natsServerPath() != nil, "nats-server is not installed (make test installs it)"))
     func killingTheSendersNodeDuringABurstLosesAndDuplicatesNothing() throws {
         let cluster = try TestCluster(name: "killnode", basePort: 27100, nodes: 3)
