@@ -172,6 +172,7 @@ enum MetricsText {
             w.sample("switchboard_cluster_presence_events_total", "direction=\"in\"", router.presenceEventsIn)
             w.metric("switchboard_cluster_nodes_gone_total", "counter", "Times another node was declared gone (heartbeats stopped, restart).", router.nodesGone)
             w.metric("switchboard_cluster_malformed_total", "counter", "Cluster messages dropped as malformed.", router.malformed)
+            w.metric("switchboard_cluster_duplicate_node_name_total", "counter", "Messages seen from another process under this node's --node name (it must be unique).", router.duplicateNodeName)
         }
 
         // Operator surfaces.
