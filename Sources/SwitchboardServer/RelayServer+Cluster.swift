@@ -88,7 +88,11 @@ final class ClusterMode {
         return false
     }
 
+    /// After the loop stopped: the last presence events (every client was closed) go out in one nonblocking
+    /// write, so the other nodes see this node's users leave at once rather than after its heartbeats stop.
     func close() {
+        router.flush()
+        nats.flushOutput()
         log.close()
         nats.close()
     }
