@@ -85,11 +85,6 @@ extension RelayCore {
         return result
     }
 
-    /// Users whose devices on `node` are known here (the directory's view of that node).
-    public func remoteUsers(on node: UInt16) -> Int {
-        remote.values.reduce(0) { $0 + ($1.devices.contains { $0.node == node } ? 1 : 0) }
-    }
-
     /// The accepted contacts of `user` online here (for presence events this node publishes).
     public func acceptedContacts(of user: UserID) -> [UserID] {
         guard let session = sessions[user] else { return [] }
