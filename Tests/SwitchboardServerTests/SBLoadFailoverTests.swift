@@ -23,7 +23,7 @@ import Testing
         let directory = makeTempDirectory("sbload-failover")
         defer { removeDirectory(directory) }
         let errPath = directory + "/stderr.txt"
-        FileManager.default.createFile(atPath: errPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: errPath, contents: nil)
         // The accounts reach the nodes through the log within milliseconds: a login failure here would
         // fail the run before the kill, so wait until both nodes know the last account.
         for node in 0..<2 {
@@ -64,6 +64,7 @@ import Testing
               + " lost \(n("lost")) duplicates \(n("duplicates")) serverLost \(n("serverLost")) reconnects \(n("reconnects"))"
               + " \(report["reconnectsPerTarget"] ?? "-") resent \(n("resent"))"
               + " reconnect time p50 \(ms(reconnectTime?["p50"])) max \(ms(reconnectTime?["max"])); \(report["verdict"] ?? "no report")")
+        for line in (report["firstErrors"] as? [String] ?? []) { print("  sbload: \(line)") }
         #expect(process.terminationStatus == 0, "\(stderr.suffix(4_000))\n\(cluster.logs())")
         #expect(report["passed"] as? Bool == true, "\(report["verdict"] ?? stderr.suffix(4_000))")
         // 10 senders and 10 receivers were on n0 (cross: pair k's sender on k mod 2, its receiver on the other).
