@@ -165,6 +165,14 @@ struct Report: Codable {
     var serverErrors: UInt64 = 0
     var unexpectedAcks: UInt64 = 0
     var scheduleStalls: UInt64 = 0
+    /// --failover: connections that lost their server, logins again (per target and total), the time
+    /// from losing a server to being logged in again, and SENDs repeated after a reconnect.
+    var failover: Bool?
+    var serverLost: UInt64?
+    var reconnects: UInt64?
+    var reconnectsPerTarget: [UInt64]?
+    var reconnectTimeNs: Percentiles?
+    var resent: UInt64?
     var generatorCores: Double?
     var serverCores: Double?
     // offline
@@ -191,7 +199,7 @@ struct Report: Codable {
         case scenario, target, targets, connectionsPerTarget, loggedInPerTarget, spread, threads, pairs, connections, payloadBytes, window, rate, peer, qos, ackMode, measuredSeconds, sent,
              acknowledgedDelivered, acknowledgedStored, refused, received, throughputPerSecond, latencyNs, ackRoundTripNs,
              loginLatencyNs, lost, duplicates, corrupt, outOfOrder, unacknowledged, storedNotDrained, staleMail, disconnects,
-             serverErrors, unexpectedAcks, scheduleStalls, generatorCores, serverCores, storedPerSecond, drainedPerSecond,
+             serverErrors, unexpectedAcks, scheduleStalls, failover, serverLost, reconnects, reconnectsPerTarget, reconnectTimeNs, resent, generatorCores, serverCores, storedPerSecond, drainedPerSecond,
              mailDrained, loggedIn, loginSeconds, loginsPerSecond, serverRSSBeforeBytes, serverRSSAfterBytes,
              serverRSSAfterHoldBytes, serverRSSPerConnectionBytes, failedThreads, firstErrors, passed, verdict
     }
@@ -203,6 +211,10 @@ struct Report: Codable {
         connectionsPerTarget = plan.connectionsPerTarget
         loggedInPerTarget = Array(repeating: 0, count: plan.targets.count)
         if plan.targets.count > 1 { spread = plan.spread.rawValue }
+        if plan.failover {
+            failover = true
+            reconnectsPerTarget = Array(repeating: 0, count: plan.targets.count)
+        }
         switch plan.peer {
         case .switchboard: break
         case .redis: peer = "redis"; ackMode = "PUBLISH reply (accepted by the server; weaker than Switchboard's end-to-end SEND_ACK)"
@@ -225,7 +237,7 @@ struct Report: Codable {
 
     mutating func merge(_ results: [ThreadResult], window w: Window, failedThreads: Int) {
         var c = Counters()
-        var latency = Latency.make(), ack = Latency.make(), login = Latency.make()
+        var latency = Latency.make(), ack = Latency.make(), login = Latency.make(), reconnect = Latency.make()
         var firstLogin = UInt64.max, lastLogin: UInt64 = 0, phaseAEnd: UInt64 = 0
         for r in results {
             c.add(r.counters)
@@ -235,6 +247,10 @@ struct Report: Codable {
             phaseAEnd = max(phaseAEnd, r.phaseAEndNs)
             for e in r.firstErrors where firstErrors.count < 20 { firstErrors.append(e) }
             for (i, n) in r.loggedInPerTarget.enumerated() where i < loggedInPerTarget.count { loggedInPerTarget[i] += n }
+            reconnect.add(r.reconnectLatency)
+            if reconnectsPerTarget != nil {
+                for (i, n) in r.reconnectsPerTarget.enumerated() where i < reconnectsPerTarget!.count { reconnectsPerTarget![i] += n }
+            }
         }
         self.failedThreads = failedThreads
         sent = c.sent; acknowledgedDelivered = c.acked; acknowledgedStored = c.ackedStored; refused = c.refused
@@ -242,6 +258,10 @@ struct Report: Codable {
         staleMail = c.staleMail; disconnects = c.disconnects + c.connectFailures; serverErrors = c.serverErrors
         unexpectedAcks = c.unexpectedAcks; scheduleStalls = c.stalls; loggedIn = c.loggedIn
         loginLatencyNs = Percentiles(login)
+        if failover == true {
+            serverLost = c.serverLost; reconnects = c.reconnects; resent = c.resent
+            reconnectTimeNs = reconnect.totalCount > 0 ? Percentiles(reconnect) : nil
+        }
         switch scenario {
         case Scenario.relay.rawValue:
             measuredSeconds = w.seconds
@@ -332,6 +352,14 @@ struct Report: Codable {
         if scenario != "connect" {
             s += "integrity    lost \(lost)  duplicated \(duplicates)  corrupt \(corrupt)  out-of-order \(outOfOrder)  unacknowledged \(unacknowledged)  stored-not-drained \(storedNotDrained)\n"
             s += "cpu          generator \(cpu(generatorCores))  server \(cpu(serverCores))  (over the measured window)\n"
+        }
+        if failover == true {
+            s += "failover     \(serverLost ?? 0) connections lost their server, \(reconnects ?? 0) reconnected"
+            if let per = reconnectsPerTarget, targets.count > 1 {
+                s += " (" + targets.indices.map { "\(targets[$0]) \(per[$0])" }.joined(separator: ", ") + ")"
+            }
+            s += ", \(resent ?? 0) sends repeated\n"
+            if let t = reconnectTimeNs { s += "reconnect    \(t.line)\n" }
         }
         if scheduleStalls > 0 { s += "stalls       open-loop schedule stalled \(scheduleStalls) times (per-sender in-flight cap reached)\n" }
         for e in firstErrors.prefix(10) { s += "  ! \(e)\n" }

@@ -151,6 +151,14 @@ struct Relay: ParsableCommand {
     @Option(help: "Seconds of warm-up excluded from the figures.") var warmup: Double = 1
     @Option(help: "Stop after this many messages in total (warm-up included).") var count: UInt64?
     @Option(help: "Seconds to wait for outstanding acknowledgements after sending stops.") var drain: Double = 5
+    @Flag(help: ArgumentHelp("""
+        When a connection's server goes away (EOF, reset, refused), reconnect it to the next target (round robin from \
+        its own; back-off 50 ms doubling to 1 s), log in again and resend every unacknowledged message with the same \
+        id (the cluster drops what it already delivered). Recovered losses are reported as reconnects, not failures.
+        """))
+    var failover = false
+    @Option(help: "With --failover: most reconnect attempts per lost server before the connection counts as a disconnect.")
+    var failoverAttempts = 10
     @Option(help: "Open loop: spin instead of sleeping when the next send is under 2 ms away (precise schedule, 100% CPU).")
     var busyPoll = true
     @Option(help: """
@@ -181,6 +189,8 @@ struct Relay: ParsableCommand {
         } else if qos != 0 {
             throw ValidationError("--qos applies to mqtt:// targets only")
         }
+        if failover && peer != .switchboard { throw ValidationError("--failover applies to Switchboard targets only") }
+        guard failoverAttempts >= 1 && failoverAttempts <= 1000 else { throw ValidationError("--failover-attempts must be in [1, 1000]") }
     }
 
     func run() throws {
@@ -197,6 +207,8 @@ struct Relay: ParsableCommand {
         plan.peer = peer
         plan.qos = qos
         plan.releaseOnReceipt = peer == .nats || (peer == .mqtt && qos == 0)
+        plan.failover = failover
+        plan.failoverAttempts = failoverAttempts
         if peer != .switchboard { plan.targetLabel = label }
         throw ExitCode(Runner(plan: plan, common: common).execute())
     }

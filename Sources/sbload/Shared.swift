@@ -66,6 +66,11 @@ struct Plan: Sendable {
     /// Peers without an acknowledgement (MQTT QoS 0, NATS): a sender's slot is released when its
     /// receiver (same thread) gets the message.
     var releaseOnReceipt = false
+    /// Relay (Switchboard) only: a connection whose server goes away reconnects to the next target
+    /// (round robin from its own), logs in again and resends what was not acknowledged (same ids).
+    var failover = false
+    /// Most reconnect attempts per loss of a server (back-off 50 ms doubling to 1 s between them).
+    var failoverAttempts = 10
 
     /// The target of user `user` (an index into `targets`).
     func targetIndex(ofUser user: Int) -> Int { spread.target(ofUser: user, count: targets.count) }
@@ -125,6 +130,10 @@ struct Counters: Sendable {
     var connectFailures: UInt64 = 0
     var loggedIn: UInt64 = 0
     var stalls: UInt64 = 0
+    /// Failover: connections that lost their server, logins again after that, sends repeated.
+    var serverLost: UInt64 = 0
+    var reconnects: UInt64 = 0
+    var resent: UInt64 = 0
 
     mutating func add(_ o: Counters) {
         sent += o.sent; acked += o.acked; ackedStored += o.ackedStored; refused += o.refused
@@ -132,6 +141,7 @@ struct Counters: Sendable {
         staleMail += o.staleMail; duplicates += o.duplicates; corrupt += o.corrupt; outOfOrder += o.outOfOrder
         unexpectedAcks += o.unexpectedAcks; serverErrors += o.serverErrors; disconnects += o.disconnects
         connectFailures += o.connectFailures; loggedIn += o.loggedIn; stalls += o.stalls
+        serverLost += o.serverLost; reconnects += o.reconnects; resent += o.resent
     }
 
     var errors: UInt64 { duplicates + corrupt + unexpectedAcks + serverErrors + disconnects + connectFailures + refused }
@@ -158,6 +168,9 @@ struct ThreadResult: Sendable {
     var firstErrors: [String] = []
     /// Logins completed per target (index into `Plan.targets`).
     var loggedInPerTarget: [UInt64] = []
+    /// Failover: logins again per target, and the time from losing a server to being logged in again.
+    var reconnectsPerTarget: [UInt64] = []
+    var reconnectLatency = Latency.make()
 }
 
 enum Latency {

@@ -16,8 +16,15 @@ final class LoadConnection: EventHandler {
     let name: String
     let partnerName: String
     let pair: Int
-    /// Index into `Plan.targets` of the server this connection uses.
-    let target: Int
+    /// Index into `Plan.targets` of the server this connection uses (moves on with --failover).
+    var target: Int
+    /// Index in the worker's `all` (the failover timer's token).
+    var index = 0
+    // failover: between losing its server and being logged in again; attempts and back-off so far
+    var reconnecting = false
+    var attempts = 0
+    var backoffMs: UInt64 = 0
+    var lostAtNs: UInt64 = 0
     unowned let worker: Worker
     var fd: Int32 = -1
     /// TLS (owns `fd` once set); nil for plaintext.
@@ -133,6 +140,7 @@ final class Worker {
         self.coord = coord
         loop = try EventLoop(maxEventsPerWait: 4096)
         result.loggedInPerTarget = Array(repeating: 0, count: plan.targets.count)
+        result.reconnectsPerTarget = Array(repeating: 0, count: plan.targets.count)
         filler = Payload.filler(payloadBytes: plan.payload)
         loginConcurrency = max(1, plan.loginConcurrency / plan.threads)
         let units = plan.units(of: index)
@@ -152,6 +160,10 @@ final class Worker {
                 all.append(s)
                 all.append(r)
             }
+        }
+        for (i, c) in all.enumerated() { c.index = i }
+        if plan.failover {
+            loop.onTimer = { [unowned self] token in self.reconnectDue(Int(truncatingIfNeeded: token)) }
         }
     }
 
@@ -224,8 +236,12 @@ final class Worker {
         publishProgress(force: false)
     }
 
+    /// Failover is armed once every connection has logged in (a failure before that fails the run).
+    var failoverArmed = false
+
     private func runRelay() throws {
         try logIn(all)
+        failoverArmed = plan.failover
         coord.ready.add(1, ordering: .sequentiallyConsistent)
         try waitFor { coord.goNs.load(ordering: .acquiring) != 0 }
         let t0 = coord.goNs.load(ordering: .acquiring)
@@ -247,7 +263,9 @@ final class Worker {
         try drain(until: {
             self.senders.allSatisfy { $0.inflight == 0 }
                 && (self.peer == .switchboard || self.counters.received + self.counters.refused >= self.counters.sent)
+                && (!self.failoverArmed || self.failoverSettled())
         })
+        failoverArmed = false
         verifyRelay()
     }
 
@@ -364,6 +382,71 @@ final class Worker {
         }
     }
 
+    /// Failover: nobody is still reconnecting, and every message stored for an absent receiver has
+    /// reached it (as MAIL after its login elsewhere). Only checked while draining.
+    private func failoverSettled() -> Bool {
+        for c in all where c.reconnecting { return false }
+        for (s, r) in zip(senders, receivers) {
+            for seq in s.stored where seq >= r.expect || r.gaps.contains(seq) { return false }
+            var seq = s.base
+            while seq < s.nextSeq {
+                if s.ringStatus![Int(truncatingIfNeeded: seq) & s.ringMask] == LoadConnection.storedStatus
+                    && (seq >= r.expect || r.gaps.contains(seq)) { return false }
+                seq += 1
+            }
+        }
+        return true
+    }
+
+    // MARK: failover
+
+    /// `c` lost its server (or a reconnect attempt failed): try the next target after the back-off,
+    /// or give up after `failoverAttempts` (then it counts as a disconnect).
+    private func failOver(_ c: LoadConnection, _ why: String) {
+        let now = Clock.monotonicNs()
+        if !c.reconnecting {
+            c.reconnecting = true
+            c.attempts = 0
+            c.backoffMs = 50
+            c.lostAtNs = now
+            counters.serverLost += 1
+            if counters.serverLost <= 3 { note("\(c.name): \(why) (failing over)") }
+        }
+        if c.attempts >= plan.failoverAttempts {
+            c.reconnecting = false
+            counters.disconnects += 1
+            note("\(c.name): gave up after \(c.attempts) reconnect attempts (\(why))")
+            return
+        }
+        c.target = (c.target + 1) % plan.targets.count
+        loop.schedule(at: Clock.monotonicMs() + c.backoffMs, token: UInt64(c.index))
+        c.backoffMs = min(c.backoffMs * 2, 1000)
+    }
+
+    private func reconnectDue(_ index: Int) {
+        guard index < all.count else { return }
+        let c = all[index]
+        guard c.reconnecting, c.state == .closed, failoverArmed, !coord.stop.load(ordering: .relaxed) else { return }
+        c.attempts += 1
+        startConnect(c)
+    }
+
+    /// Logged in again: send again, with the same ids and send times, every message not acknowledged.
+    private func resendUnacknowledged(_ s: LoadConnection) {
+        guard s.ringStatus != nil else { return }
+        var seq = s.base
+        while seq < s.nextSeq {
+            let slot = Int(truncatingIfNeeded: seq) & s.ringMask
+            if s.ringStatus![slot] == LoadConnection.inflightStatus {
+                Payload.writeSend(into: s.output, to: s.partnerID, seq: seq, sentNs: s.ringSentNs![slot],
+                                  pair: UInt32(truncatingIfNeeded: s.pair), run: plan.run, filler: UnsafeRawBufferPointer(filler))
+                counters.resent += 1
+            }
+            seq += 1
+        }
+        enqueue(s)
+    }
+
     // MARK: verification
 
     private func verifyRelay() {
@@ -403,14 +486,18 @@ final class Worker {
         let sources = plan.sourceAddresses
         let source = sources.isEmpty ? nil : sources[c.user % sources.count]
         c.connectStartNs = Clock.monotonicNs()
+        // A new session: the server numbers deliveries and mail afresh.
+        c.gotLoginOK = false; c.contactsDone = false; c.mailDone = false
+        c.deliverHigh = 0; c.deliverAcked = 0; c.mailHigh = 0; c.mailAcked = 0
         do {
             c.fd = try Socket.connectNonBlocking(to: plan.targets[c.target], from: source)
             c.registration = try loop.register(fd: c.fd, interest: [.readable, .writable], handler: c)
         } catch {
             if c.fd >= 0 { Sys.close(c.fd); c.fd = -1 }
+            c.state = .closed
+            if c.reconnecting { failOver(c, "connect to \(plan.targets[c.target]): \(error)"); return }
             counters.connectFailures += 1
             note("connect \(c.name): \(error)")
-            c.state = .closed
             return
         }
         c.state = .connecting
@@ -421,9 +508,11 @@ final class Worker {
         if c.state == .connecting {
             let err = Socket.pendingError(c.fd)
             if err != 0 || events.contains(.error) {
-                counters.connectFailures += 1
-                note("connect \(c.name) to \(plan.targets[c.target]): \(String(cString: strerror(err)))")
+                let why = "connect \(c.name) to \(plan.targets[c.target]): \(String(cString: strerror(err)))"
                 close(c, byServer: false)
+                if c.reconnecting { failOver(c, why); return }
+                counters.connectFailures += 1
+                note(why)
                 return
             }
             guard events.contains(.writable) || events.contains(.readable) else { return }
@@ -431,9 +520,10 @@ final class Worker {
                 do {
                     c.tls = try TLSClientStream(fd: c.fd, context: tlsContext)
                 } catch {
+                    close(c, byServer: false)
+                    if c.reconnecting { failOver(c, "TLS setup: \(error)"); return }
                     counters.connectFailures += 1
                     note("TLS setup \(c.name): \(error)")
-                    close(c, byServer: false)
                     return
                 }
             }
@@ -595,8 +685,19 @@ final class Worker {
                 return
             }
             c.state = .ready
-            readyCount += 1
             inLogin -= 1
+            if c.reconnecting {
+                c.reconnecting = false
+                counters.reconnects += 1
+                result.reconnectsPerTarget[c.target] += 1
+                result.reconnectLatency.record(Clock.monotonicNs() &- c.lostAtNs)
+                if c.user & 1 == 0 {
+                    resendUnacknowledged(c)
+                    if !c.needsTopUp && closedQuota > 0 { c.needsTopUp = true; topUp.append(c) }
+                }
+                return
+            }
+            readyCount += 1
             counters.loggedIn += 1
             result.loggedInPerTarget[c.target] += 1
             result.loginLatency.record(Clock.monotonicNs() &- c.connectStartNs)
@@ -668,7 +769,9 @@ final class Worker {
                 if counters.corrupt <= 5 { note("\(r.name): misrouted message from \(from) (pair \(h.pair), id \(messageID))") }
                 return
             }
-            if mail { counters.mailReceived += 1 } else {
+            if mail { counters.mailReceived += 1 }
+            // relay (mail only comes after a failover): mail counts like a delivery.
+            if !mail || plan.scenario == .relay {
                 counters.received += 1
                 let latency = lastReadNs &- h.sentNs
                 interval.record(latency)
@@ -737,11 +840,13 @@ final class Worker {
     }
 
     private func serverClosed(_ c: LoadConnection, _ why: String) {
-        if c.state != .closed && !coord.stop.load(ordering: .relaxed) {
-            counters.disconnects += 1
-            note("\(c.name): \(why)")
-        }
+        let wasOpen = c.state != .closed
+        let canFailOver = failoverArmed && (c.state == .ready || c.reconnecting)
         close(c, byServer: true)
+        guard wasOpen && !coord.stop.load(ordering: .relaxed) else { return }
+        if canFailOver { failOver(c, why); return }
+        counters.disconnects += 1
+        note("\(c.name): \(why)")
     }
 
     func close(_ c: LoadConnection, byServer: Bool) {
