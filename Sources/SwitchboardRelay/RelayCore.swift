@@ -181,6 +181,12 @@ public final class RelayCore {
             contactStates[entry.userID] = entry.state
             names[entry.userID] = entry.name
         }
+        // The same device logged in elsewhere before: this login takes it over (its old node closes it without
+        // announcing a logout), so its entry in the directory goes now.
+        if let elsewhere = remote[user], elsewhere.devices.contains(where: { $0.deviceID == deviceID }) {
+            elsewhere.devices.removeAll { $0.deviceID == deviceID }
+            if elsewhere.devices.isEmpty { remote[user] = nil }
+        }
         var wasOnline = remote[user] != nil
         let session: Session
         if let existing = sessions[user] {

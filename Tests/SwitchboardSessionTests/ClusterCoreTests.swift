@@ -512,6 +512,15 @@ final class SimClient {
         sim.settle()
         #expect(phoneAgain.received(from: sim.id("alice")) == [6])
         #expect(alice.acks[6] == .delivered)
+        // The node that took the phone over keeps no entry for the old node's phone (it would read bob online
+        // there forever: the old node closes a taken-over connection without announcing a logout).
+        #expect(sim.nodes[2].core.core.remote[sim.id("bob")] == nil, "stale directory entry on the new node")
+        // The new phone logs out: alice must see bob offline.
+        phoneAgain.gone = true
+        sim.nodes[2].core.peerGone(phoneAgain.state, "bye")
+        sim.nodes[2].endOfTurn()
+        sim.settle()
+        #expect(alice.presence.last.map { $0 == (sim.id("bob"), false) } == true, "alice still sees bob online")
     }
 
     /// carol's node announced her with the contacts she had at login (none); she accepts alice afterwards and
