@@ -10,6 +10,13 @@ import SwitchboardProtocol
 import SwitchboardStore
 
 /// The server's handle for one connection (opaque to the core).
+/// A message as its sender names it.
+public struct MessageKey: Hashable, Sendable {
+    public var sender: UserID
+    public var messageID: UInt64
+    public init(sender: UserID, messageID: UInt64) { self.sender = sender; self.messageID = messageID }
+}
+
 public struct ConnectionID: Hashable, Sendable, CustomStringConvertible {
     public let raw: UInt64
     public init(_ raw: UInt64) { self.raw = raw }
@@ -129,6 +136,14 @@ public final class RelayCore {
     /// Cluster mode: recent ids of messages other nodes handed here for local receivers, per sender
     /// (kept apart from `recentIDs`, which is the sender's own window and is persisted).
     var inboundIDs = IDMap<UserID, SenderHistory>()
+    /// Cluster mode: one message that reached this node both ways while the first copy was in flight: the sender
+    /// resent it from a device here while the copy its previous node handed here was in flight (`localResends`:
+    /// answered here when that copy settles: its node may be gone, or the sender left it), or the previous node's
+    /// copy arrived while the resend from here was in flight (`inboundResends`: that node is answered when the local
+    /// one settles). Bounded by `maxCrossResends`; pruned of what is no longer in flight.
+    public internal(set) var localResends = Set<MessageKey>()
+    public internal(set) var inboundResends = Set<MessageKey>()
+    public static let maxCrossResends = 65_536
     private var connectionUsers: [ConnectionID: UserID] = [:]
     /// Behind a class on purpose: mutating a struct stored in a dictionary goes through nested
     /// `_modify` coroutines whose frames are heap-allocated (3 mallocs per message, measured with
@@ -149,6 +164,15 @@ public final class RelayCore {
         /// Highest MAIL_ACK of any device: mail at or below it is deleted (or being deleted) and is
         /// not counted again when another device acknowledges the same mail.
         public var ackedThrough: UInt64 = 0
+        /// Cluster mode: the store's high-water mark when this usage was read. Every replica stores a recipient's
+        /// mail under rising seqs in log order, so another node's mail at or below it was counted in that read
+        /// (its notice may come after the read: `foreignMailStored` must not count it twice).
+        public var loadedThrough: UInt64 = 0
+
+        /// The usage (not when it was read).
+        public static func == (a: MailboxState, b: MailboxState) -> Bool {
+            a.count == b.count && a.bytes == b.bytes && a.lastSeq == b.lastSeq && a.ackedThrough == b.ackedThrough
+        }
     }
 
     public init(limits: RelayLimits, loadMailboxUsage: @escaping (UserID) -> MailboxUsage) {
@@ -353,6 +377,8 @@ public final class RelayCore {
             // died before it could answer) and the sender now resends it from here.
             if !inboundIDs.isEmpty, let seen = inboundIDs[sender]?.ids.lookup(messageID) {
                 if case .completed(let status) = seen { return .acknowledgeDuplicate(status) }
+                // Answered here when the first copy settles (`takeLocalResend`).
+                if localResends.count < Self.maxCrossResends { localResends.insert(MessageKey(sender: sender, messageID: messageID)) }
                 return .dropInFlightDuplicate
             }
         }
@@ -418,7 +444,8 @@ public final class RelayCore {
     public func mailbox(of user: UserID) -> MailboxState {
         if let box = mailboxes[user] { return box }
         let usage = loadMailboxUsage(user)
-        let box = MailboxState(count: usage.count, bytes: usage.bytes, lastSeq: usage.lastSeq)
+        var box = MailboxState(count: usage.count, bytes: usage.bytes, lastSeq: usage.lastSeq)
+        box.loadedThrough = usage.lastSeq
         mailboxes[user] = box
         return box
     }

@@ -173,6 +173,13 @@ final class ClusterRouter: ClusterSeam {
         }
         guard pendingBytes + body.count <= configuration.maxForwardBytes else {
             statistics.forwardsRefused += 1
+            if multiCopy {
+                // One of several copies (the recipient has devices elsewhere too): a lost copy, not a refusal of the
+                // message; the last lost copy sends it to the mailbox.
+                core.forwardUndeliverable(sender: sender, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs,
+                                          body: body.array)
+                return
+            }
             core.forwardRefused(sender: sender, messageID: messageID, code: .busyRetryLater,
                                 message: "too many messages waiting for other servers of the cluster; try again later")
             return
@@ -184,8 +191,12 @@ final class ClusterRouter: ClusterSeam {
         body.withUnsafeBytes { record.bytes.append(contentsOf: $0) }
         queueForward(record.bytes, to: node)
         statistics.forwardsSent += 1
-        pending[key] = PendingForward(node: node, recipient: recipient, sentAtMs: sentAtMs,
-                                      deadline: loop.now + configuration.forwardTimeoutMs, record: record.bytes)
+        // The same key again (the sender reused an id its window had forgotten): the new one replaces the old.
+        if let replaced = pending.updateValue(PendingForward(node: node, recipient: recipient, sentAtMs: sentAtMs,
+                                                             deadline: loop.now + configuration.forwardTimeoutMs,
+                                                             record: record.bytes), forKey: key) {
+            pendingBytes -= replaced.record.count
+        }
         pendingBytes += record.bytes.count
     }
 

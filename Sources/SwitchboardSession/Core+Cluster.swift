@@ -78,7 +78,7 @@ extension ServerCore {
             }
             stats.relayedLive += 1
         case .store(let recipientID, let seq):
-            if multiCopy {
+            if multiCopy && !core.awaitsLocalResend(sender: sender, messageID: messageID) {
                 // No device here can take it: the sending node counts this copy lost (the quota slot is given back).
                 core.mailRemoved(recipient: recipientID, count: 1, bytes: body.count)
                 core.inboundFailed(sender: sender, messageID: messageID)
@@ -93,7 +93,13 @@ extension ServerCore {
             stats.duplicatesDropped += 1
             cluster?.inboundSettled(sender: sender, messageID: messageID, status: status)
         case .reject(let code, let message):
-            cluster?.inboundFailed(sender: sender, messageID: messageID, code: code, message: message)
+            if multiCopy {
+                // Refused here (the mailbox is full) while copies on other nodes may be delivered: a lost copy; the
+                // sending node refuses the message only when every copy is lost and its own store refuses it.
+                cluster?.inboundLost(sender: sender, messageID: messageID)
+                return
+            }
+            inboundFailedHere(sender: sender, messageID: messageID, code: code, message: message)
         case .forward, .deliverAndForward:
             break  // routeInbound never forwards again
         }
@@ -102,7 +108,8 @@ extension ServerCore {
     private func inboundCopyLost(sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView,
                                  multiCopy: Bool) {
         guard core.inboundDeliveryLost(sender: sender, messageID: messageID) != .othersRemain else { return }
-        if multiCopy {
+        // The sender resent it from a device here and waits here: stored here (its old node may be gone).
+        if multiCopy && !core.awaitsLocalResend(sender: sender, messageID: messageID) {
             core.inboundFailed(sender: sender, messageID: messageID)
             cluster?.inboundLost(sender: sender, messageID: messageID)
             return
@@ -112,9 +119,42 @@ extension ServerCore {
             queueMail(StoredMail(recipient: recipientID, seq: seq, sender: sender, messageID: messageID, sentAtMs: sentAtMs,
                                  body: body.array))
         case .reject(let code, let message):
-            cluster?.inboundFailed(sender: sender, messageID: messageID, code: code, message: message)
+            inboundFailedHere(sender: sender, messageID: messageID, code: code, message: message)
         default:
             break
+        }
+    }
+
+    /// A message another node handed here settled: that node is told, and so is the sender here if it resent the
+    /// message from a device here meanwhile (its old node may be gone, or its device left it).
+    func inboundSettledHere(sender: UserID, messageID: UInt64, status: SendStatus) {
+        cluster?.inboundSettled(sender: sender, messageID: messageID, status: status)
+        if let devices = core.takeLocalResend(sender: sender, messageID: messageID) {
+            sendAck(toDevicesOf: devices, messageID: messageID, status: status)
+        }
+    }
+
+    /// A message another node handed here was refused for good: that node is told, and the sender here if it
+    /// resent it from a device here.
+    func inboundFailedHere(sender: UserID, messageID: UInt64, code: ErrorCode, message: String) {
+        cluster?.inboundFailed(sender: sender, messageID: messageID, code: code, message: message)
+        if let devices = core.takeLocalResend(sender: sender, messageID: messageID) {
+            sendError(toDevicesOf: devices, messageID: messageID, code: code, message)
+        }
+    }
+
+    /// A message of a sender here settled: if the sender's previous node handed the same message here meanwhile,
+    /// that node is answered too (it waits for it).
+    @inline(__always)
+    func localSettledAnswersInbound(sender: UserID, messageID: UInt64, status: SendStatus) {
+        if core.takeInboundResend(sender: sender, messageID: messageID) {
+            cluster?.inboundSettled(sender: sender, messageID: messageID, status: status)
+        }
+    }
+
+    func localFailedAnswersInbound(sender: UserID, messageID: UInt64, code: ErrorCode, message: String) {
+        if core.takeInboundResend(sender: sender, messageID: messageID) {
+            cluster?.inboundFailed(sender: sender, messageID: messageID, code: code, message: message)
         }
     }
 
@@ -131,6 +171,7 @@ extension ServerCore {
     public func forwardAnswered(sender: UserID, messageID: UInt64, status: SendStatus) {
         if let devices = core.completed(sender: sender, messageID: messageID, status: status) {
             sendAck(toDevicesOf: devices, messageID: messageID, status: status)
+            localSettledAnswersInbound(sender: sender, messageID: messageID, status: status)
         }
     }
 
@@ -139,6 +180,7 @@ extension ServerCore {
         if let devices = core.failed(sender: sender, messageID: messageID) {
             sendError(toDevicesOf: devices, messageID: messageID, code: code, message)
         }
+        localFailedAnswersInbound(sender: sender, messageID: messageID, code: code, message: message)
     }
 
     /// A copy handed to another node is lost: that node never answered (it died, or the cluster is
@@ -154,6 +196,7 @@ extension ServerCore {
             if let devices = core.failed(sender: sender, messageID: messageID) {
                 sendError(toDevicesOf: devices, messageID: messageID, code: code, message)
             }
+            localFailedAnswersInbound(sender: sender, messageID: messageID, code: code, message: message)
         default:
             break
         }

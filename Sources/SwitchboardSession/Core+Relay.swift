@@ -199,10 +199,11 @@ extension ServerCore {
             metrics.deliveriesAcknowledged &+= 1
             if delivery.inbound {
                 if core.inboundCompleted(sender: delivery.sender, messageID: delivery.messageID, status: .delivered) {
-                    cluster?.inboundSettled(sender: delivery.sender, messageID: delivery.messageID, status: .delivered)
+                    inboundSettledHere(sender: delivery.sender, messageID: delivery.messageID, status: .delivered)
                 }
             } else if let sender = core.completed(sender: delivery.sender, messageID: delivery.messageID, status: .delivered) {
                 sendAck(toDevicesOf: sender, messageID: delivery.messageID, status: .delivered)
+                localSettledAnswersInbound(sender: delivery.sender, messageID: delivery.messageID, status: .delivered)
             }
             // The receiver's other devices' copies are settled now, even if the sender's window forgets the id.
             if delivery.shared, let session = connection.session {

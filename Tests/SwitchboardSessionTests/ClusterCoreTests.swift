@@ -482,6 +482,99 @@ final class SimClient {
         #expect(bob.received(from: sim.id("alice")) == [3], "and does not deliver it again")
     }
 
+    /// alice's node dies while bob (on node 1) holds her message unacknowledged; her client reconnects to bob's
+    /// own node and resends it. It is not delivered twice, and she is answered there when bob acknowledges (the
+    /// answer for the first copy goes to the dead node) — or when it is stored, if bob drops instead.
+    @Test(arguments: [false, true])
+    func resendOnTheRecipientsNodeWhileTheFirstCopyIsInFlightIsAnsweredThere(bobDrops: Bool) throws {
+        let sim = try pair()
+        let bob = sim.connect("bob", node: 1, autoAck: false)
+        let alice = sim.connect("alice", node: 0)
+        sim.settle()
+        alice.write(.send(to: sim.id("bob"), messageID: 7, body: ByteView(Array("first copy".utf8))))
+        sim.settle()
+        #expect(bob.received(from: sim.id("alice")) == [7])
+        sim.kill(0)
+        sim.settle()
+        let aliceAgain = sim.connect("alice", node: 1)
+        sim.settle()
+        aliceAgain.write(.send(to: sim.id("bob"), messageID: 7, body: ByteView(Array("first copy".utf8))))
+        sim.settle()
+        #expect(bob.received(from: sim.id("alice")) == [7], "the resend is not delivered again")
+        #expect(aliceAgain.acks[7] == nil, "not acknowledged before bob did")
+        if bobDrops {
+            bob.gone = true
+            sim.nodes[1].core.peerGone(bob.state, "dropped")
+            sim.nodes[1].endOfTurn()
+            sim.settle()
+            #expect(aliceAgain.acks[7] == .storedOffline)
+            let bobAgain = sim.connect("bob", node: 2)
+            sim.settle()
+            #expect(bobAgain.mail.map(\.id) == [7])
+        } else {
+            bob.autoAck = true
+            sim.settle()
+            #expect(aliceAgain.acks[7] == .delivered, "the resend waits for the first copy and is answered here")
+        }
+        #expect(sim.nodes[1].core.core.localResends.isEmpty)
+    }
+
+    /// The same with alice's node alive: her device moved to bob's node (its connection to node 0 dropped) and
+    /// resent; and the other way round: the resend from bob's node is delivered before node 0's forward of the
+    /// first copy arrives there. Either way bob gets it once, alice is answered on node 1, and node 0 is answered.
+    @Test(arguments: [false, true])
+    func senderMovedToTheRecipientsNodeGetsItsAnswerThere(forwardArrivesLast: Bool) throws {
+        let sim = try pair()
+        let bob = sim.connect("bob", node: 1, autoAck: false)
+        let alice = sim.connect("alice", node: 0)
+        sim.settle()
+        alice.write(.send(to: sim.id("bob"), messageID: 8, body: ByteView(Array("moving".utf8))))
+        if forwardArrivesLast {
+            sim.settle(deliverCluster: false)  // node 0's forward waits in the cluster
+        } else {
+            sim.settle()
+            #expect(bob.received(from: sim.id("alice")) == [8])
+        }
+        alice.gone = true
+        sim.nodes[0].core.peerGone(alice.state, "moved")
+        sim.nodes[0].endOfTurn()
+        let aliceAgain = sim.connect("alice", node: 1)
+        sim.settle(deliverCluster: !forwardArrivesLast)
+        aliceAgain.write(.send(to: sim.id("bob"), messageID: 8, body: ByteView(Array("moving".utf8))))
+        sim.settle()
+        #expect(bob.received(from: sim.id("alice")) == [8], "once: \(bob.received(from: sim.id("alice")))")
+        #expect(aliceAgain.acks[8] == nil)
+        bob.autoAck = true
+        sim.settle()
+        #expect(aliceAgain.acks[8] == .delivered)
+        #expect(sim.nodes[0].pending.isEmpty, "node 0's forward was answered: \(sim.nodes[0].pending)")
+        #expect(sim.nodes[1].core.core.localResends.isEmpty && sim.nodes[1].core.core.inboundResends.isEmpty)
+    }
+
+    /// bob's phone (node 1) and laptop (node 2) each get a copy; the laptop logs out before its copy arrives and
+    /// node 2 cannot store it (bob's mailbox is full as node 2 counts it). That is one lost copy, not a refusal of
+    /// the message: the phone's copy is delivered and alice gets `delivered`, no SEND_ERROR.
+    @Test func aCopyRefusedOnOneNodeIsALostCopyWhileAnotherIsDelivered() throws {
+        let sim = try pair()
+        let phone = sim.connect("bob", node: 1, device: "phone", autoAck: false)
+        let laptop = sim.connect("bob", node: 2, device: "laptop")
+        let alice = sim.connect("alice", node: 0)
+        sim.settle()
+        sim.nodes[2].core.core.limits.mailboxMaxMessages = 0
+        alice.write(.send(to: sim.id("bob"), messageID: 10, body: ByteView(Array("two copies".utf8))))
+        sim.settle(deliverCluster: false)
+        laptop.gone = true
+        sim.nodes[2].core.peerGone(laptop.state, "bye")
+        sim.nodes[2].endOfTurn()
+        sim.settle()
+        #expect(phone.received(from: sim.id("alice")) == [10])
+        #expect(alice.sendErrors[10] == nil, "SEND_ERROR \(alice.sendErrors[10] ?? 0) for a message another device holds")
+        phone.autoAck = true
+        sim.settle()
+        #expect(alice.acks[10] == .delivered)
+        #expect(alice.sendErrors.isEmpty)
+    }
+
     @Test func forwardsToANodeThatDiedGoToTheMailbox() throws {
         let sim = try pair()
         _ = sim.connect("bob", node: 1, autoAck: false)
@@ -611,6 +704,7 @@ final class SimClient {
         var sentBy: [String: [(to: String, id: UInt64)]] = [:]
         var acked: [(from: String, to: String, id: UInt64)] = []
         var killed = false
+        var resendOnLogin: [SimClient] = []
         func live(_ name: String) -> SimClient? {
             sim.clients.last { $0.user == name && !$0.gone && !$0.closed && $0.loggedIn && sim.nodes[$0.node].alive }
         }
@@ -631,7 +725,7 @@ final class SimClient {
                 let node = Int.random(in: 0..<3, using: &rng)
                 if sim.nodes[node].alive {
                     let device = "d\(Int.random(in: 0..<2, using: &rng))"
-                    sim.connect(name, node: node, device: device)
+                    resendOnLogin.append(sim.connect(name, node: node, device: device))
                     sim.trace.append("\(name) logs in on node \(node) as \(device)")
                 }
             case 2..<7:
@@ -671,6 +765,15 @@ final class SimClient {
             // Partial progress: sometimes hold the cluster messages back a step.
             sim.settle(deliverCluster: Int.random(in: 0..<3, using: &rng) != 0)
             collectAcks()
+            // A client that logged in resends what its user has not seen acknowledged (as clients do after a
+            // reconnect), maybe through the recipient's own node while the first copy is still in flight.
+            for client in resendOnLogin where client.loggedIn && !client.gone && !client.closed {
+                for sent in sentBy[client.user] ?? [] where !acked.contains(where: { $0.from == client.user && $0.id == sent.id }) {
+                    client.write(.send(to: sim.id(sent.to), messageID: sent.id, body: ByteView(Array("m\(sent.id)".utf8))))
+                    sim.trace.append("\(client.user) on node \(client.node) resends #\(sent.id) to \(sent.to)")
+                }
+            }
+            resendOnLogin.removeAll { $0.loggedIn || $0.gone || $0.closed }
         }
         sim.settle()
         collectAcks()
