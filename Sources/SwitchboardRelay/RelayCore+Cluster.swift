@@ -209,6 +209,9 @@ extension RelayCore {
         return devices(of: sender)
     }
 
+    /// Where `user`'s answers go here (nil when it has no device here).
+    public func devicesOf(_ user: UserID) -> SenderDevices? { devices(of: user) }
+
     /// Whether the sender resent this inbound message from a device here and waits for its answer here.
     public func awaitsLocalResend(sender: UserID, messageID: UInt64) -> Bool {
         !localResends.isEmpty && localResends.contains(MessageKey(sender: sender, messageID: messageID))

@@ -205,9 +205,26 @@ public final class RelayCore {
             contactStates[entry.userID] = entry.state
             names[entry.userID] = entry.name
         }
+        // The device limit counts the user's devices on every node (cluster mode): a device not online anywhere
+        // yet is refused at the limit; the same device logging in again takes its old connection over, here or
+        // on another node. (Two logins on two nodes at the same moment can each see the other's node one device
+        // short: the limit can be passed by one per node for as long as a presence event takes.)
+        let elsewhere = remote.isEmpty ? nil : remote[user]
+        let local = sessions[user]
+        if local?.devices.contains(where: { $0.deviceID == deviceID }) != true,
+           elsewhere?.devices.contains(where: { $0.deviceID == deviceID }) != true {
+            let localCount = local?.devices.count ?? 0
+            let remoteCount = elsewhere?.devices.count ?? 0
+            if localCount + remoteCount >= limits.maxDevicesPerUser {
+                var online = (local?.devices ?? []).map { $0.deviceName.isEmpty ? "(unnamed)" : $0.deviceName }
+                if remoteCount > 0 { online.append("\(remoteCount) on other servers") }
+                return LoginOutcome(takenOver: nil, contacts: [], notifyOnline: [],
+                                    refusal: "\(name) already has \(localCount + remoteCount) devices online (the limit is \(limits.maxDevicesPerUser)): \(online.joined(separator: ", ")); log out one of them first")
+            }
+        }
         // The same device logged in elsewhere before: this login takes it over (its old node closes it without
         // announcing a logout), so its entry in the directory goes now.
-        if let elsewhere = remote[user], elsewhere.devices.contains(where: { $0.deviceID == deviceID }) {
+        if let elsewhere, elsewhere.devices.contains(where: { $0.deviceID == deviceID }) {
             elsewhere.devices.removeAll { $0.deviceID == deviceID }
             if elsewhere.devices.isEmpty { remote[user] = nil }
         }
@@ -220,10 +237,6 @@ public final class RelayCore {
                 takenOver = previous
                 connectionUsers[previous] = nil
                 existing.devices.remove(at: index)
-            } else if existing.devices.count >= limits.maxDevicesPerUser {
-                let online = existing.devices.map { $0.deviceName.isEmpty ? "(unnamed)" : $0.deviceName }.joined(separator: ", ")
-                return LoginOutcome(takenOver: nil, contacts: [], notifyOnline: [],
-                                    refusal: "\(name) already has \(existing.devices.count) devices online (the limit is \(limits.maxDevicesPerUser)): \(online); log out one of them first")
             }
             existing.devices.append(device)
             existing.contacts = contactStates
@@ -362,7 +375,8 @@ public final class RelayCore {
     public func route(from sender: UserID, to recipient: UserID, messageID: UInt64, bodyBytes: Int,
                       senderDevices: inout Int) -> RouteDecision {
         guard let session = sessions[sender] else { return .reject(.notAllowedNow, "not logged in") }
-        senderDevices = session.deviceCount
+        // Devices on other nodes get their copies too (cluster mode; a single node loads and compares).
+        senderDevices = remote.isEmpty ? session.deviceCount : session.deviceCount + (remote[sender]?.devices.count ?? 0)
         guard session.contacts[recipient] == .accepted else {
             return .reject(.notAContact, "user \(recipient) is not an accepted contact")
         }

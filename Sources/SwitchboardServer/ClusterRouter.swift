@@ -103,6 +103,8 @@ final class ClusterRouter: ClusterSeam {
     /// (`flush`), or sooner when one passes `maxBatchBytes`.
     private var forwardBatches: [UInt16: (count: UInt32, bytes: [UInt8])] = [:]
     private var answerBatches: [UInt16: (count: UInt32, bytes: [UInt8])] = [:]
+    /// SENT_COPYs and final answers for the sender's devices on other nodes, per node, sent like the answers.
+    private var deviceBatches: [UInt16: (count: UInt32, bytes: [UInt8])] = [:]
     private let maxBatchBytes = 256 << 10
     let timerToken: UInt64
     private var subscribed = false
@@ -231,6 +233,7 @@ final class ClusterRouter: ClusterSeam {
             }
             answerBatches.removeAll(keepingCapacity: true)
         }
+        if !deviceBatches.isEmpty { for node in Array(deviceBatches.keys) { flushDeviceNotes(to: node) } }
     }
 
     func inboundSettled(sender: UserID, messageID: UInt64, status: SendStatus) {
@@ -243,6 +246,38 @@ final class ClusterRouter: ClusterSeam {
 
     func inboundLost(sender: UserID, messageID: UInt64) {
         answer(PendingKey(sender: sender, messageID: messageID)) { w in w.u8(2) }
+    }
+
+    func sentCopy(to node: UInt16, sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView) {
+        guard Int(node) < nodes.count, nodes[Int(node)].alive else { return }  // fire and forget, as on one node
+        deviceNote(to: node) { w in
+            w.u8(0); w.u32(sender); w.u64(messageID); w.u32(recipient); w.u64(sentAtMs); w.u32(UInt32(body.count))
+            body.withUnsafeBytes { w.bytes.append(contentsOf: $0) }
+        }
+    }
+
+    func senderAnswered(to node: UInt16, sender: UserID, messageID: UInt64, answer: SenderAnswer) {
+        guard Int(node) < nodes.count, nodes[Int(node)].alive else { return }
+        deviceNote(to: node) { w in
+            switch answer {
+            case .ack(let status): w.u8(1); w.u32(sender); w.u64(messageID); w.u8(status.rawValue)
+            case .error(let code, let text): w.u8(2); w.u32(sender); w.u64(messageID); w.u16(code.rawValue); w.string(text)
+            }
+        }
+    }
+
+    private func deviceNote(to node: UInt16, _ fill: (inout Writer) -> Void) {
+        deviceBatches[node, default: (0, [])].count += 1
+        Writer.append(to: &deviceBatches[node, default: (0, [])].bytes, fill)
+        if deviceBatches[node]!.bytes.count >= maxBatchBytes { flushDeviceNotes(to: node) }
+    }
+
+    private func flushDeviceNotes(to node: UInt16) {
+        guard let batch = deviceBatches.removeValue(forKey: node), batch.count > 0 else { return }
+        var w = Writer(kind: .deviceNotes, node: configuration.node, epoch: epoch)
+        w.u32(batch.count)
+        w.bytes += batch.bytes
+        publish("sb.node.\(nodes[Int(node)].name)", w.bytes)
     }
 
     private func answer(_ key: PendingKey, _ fill: (inout Writer) -> Void) {
@@ -390,6 +425,31 @@ final class ClusterRouter: ClusterSeam {
                     core.forwardRefused(sender: sender, messageID: messageID, code: ErrorCode(rawValue: code) ?? .internalError, message: text)
                 }
             }
+        case .deviceNotes:
+            guard let count = r.u32() else { return malformed() }
+            message.payload.withUnsafeBytes { raw in
+                for _ in 0..<count {
+                    guard let type = r.u8(), let sender = r.u32(), let messageID = r.u64() else { return malformed() }
+                    switch type {
+                    case 0:
+                        guard let recipient = r.u32(), let sentAtMs = r.u64(), let length = r.u32(),
+                              Int(length) <= raw.count - r.offset else { return malformed() }
+                        let body = UnsafeRawBufferPointer(rebasing: raw[r.offset..<(r.offset + Int(length))])
+                        r.offset += Int(length)
+                        core.remoteSentCopy(sender: sender, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs,
+                                            body: ByteView(borrowing: body))
+                    case 1:
+                        guard let raw = r.u8(), let status = SendStatus(rawValue: raw) else { return malformed() }
+                        core.remoteSenderAnswered(sender: sender, messageID: messageID, answer: .ack(status))
+                    case 2:
+                        guard let code = r.u16(), let text = r.string() else { return malformed() }
+                        core.remoteSenderAnswered(sender: sender, messageID: messageID,
+                                                  answer: .error(ErrorCode(rawValue: code) ?? .internalError, text))
+                    default:
+                        return malformed()
+                    }
+                }
+            }
         case .snapshotRequest:
             sendSnapshot(to: name)
         case .snapshot:
@@ -513,6 +573,8 @@ private struct Writer {
 private enum ClusterWireKind: UInt8 {
     case joined = 1, left = 2, heartbeat = 3
     case forwards = 14, answers = 15, snapshotRequest = 12, snapshot = 13
+    /// SENT_COPYs and SEND_ACK/SEND_ERRORs for a sender's devices on the receiving node.
+    case deviceNotes = 16
 }
 
 private struct Reader {

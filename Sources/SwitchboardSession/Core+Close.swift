@@ -85,7 +85,7 @@ extension ServerCore {
                     if let sender = core.failed(sender: from, messageID: messageID) {
                         sendError(toDevicesOf: sender, messageID: messageID, code: code, message)
                     }
-                    localFailedAnswersInbound(sender: from, messageID: messageID, code: code, message: message)
+                    localFailed(sender: from, messageID: messageID, code: code, message: message)
                 }
             default:
                 break

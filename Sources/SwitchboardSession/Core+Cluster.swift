@@ -143,18 +143,51 @@ extension ServerCore {
         }
     }
 
-    /// A message of a sender here settled: if the sender's previous node handed the same message here meanwhile,
-    /// that node is answered too (it waits for it).
+    /// A message of a sender here settled (its devices here were answered): its devices on other nodes are
+    /// answered too, and the sender's previous node if it handed the same message here meanwhile.
     @inline(__always)
-    func localSettledAnswersInbound(sender: UserID, messageID: UInt64, status: SendStatus) {
+    func localSettled(sender: UserID, messageID: UInt64, status: SendStatus) {
+        guard !core.remote.isEmpty || !core.inboundResends.isEmpty else { return }
+        answerDevicesElsewhere(of: sender, messageID: messageID, .ack(status))
         if core.takeInboundResend(sender: sender, messageID: messageID) {
             cluster?.inboundSettled(sender: sender, messageID: messageID, status: status)
         }
     }
 
-    func localFailedAnswersInbound(sender: UserID, messageID: UInt64, code: ErrorCode, message: String) {
+    /// The same for a message of a sender here refused for good.
+    func localFailed(sender: UserID, messageID: UInt64, code: ErrorCode, message: String) {
+        answerDevicesElsewhere(of: sender, messageID: messageID, .error(code, message))
         if core.takeInboundResend(sender: sender, messageID: messageID) {
             cluster?.inboundFailed(sender: sender, messageID: messageID, code: code, message: message)
+        }
+    }
+
+    private func answerDevicesElsewhere(of sender: UserID, messageID: UInt64, _ answer: SenderAnswer) {
+        guard !core.remote.isEmpty, let elsewhere = core.remote[sender] else { return }
+        for node in elsewhere.nodes { cluster?.senderAnswered(to: node, sender: sender, messageID: messageID, answer: answer) }
+    }
+
+    // MARK: the sender's devices here, for a message it sent through another node
+
+    /// SENT_COPY of a SEND another node accepted from a device of `sender`, to its devices here that take copies.
+    public func remoteSentCopy(sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView) {
+        guard let session = core.session(of: sender) else { return }
+        for device in session.devices where device.receivesCopies && !device.congested {
+            guard let other = connections[device.connection.raw], !other.isClosing else { continue }
+            let out = other.output
+            body.withUnsafeBytes { raw in
+                FrameEncoder.writeSentCopy(into: out, to: recipient, messageID: messageID, sentAtMs: sentAtMs, body: raw)
+            }
+            outputChanged(other)
+        }
+    }
+
+    /// The final answer of a message a device of `sender` sent through another node, for its devices here.
+    public func remoteSenderAnswered(sender: UserID, messageID: UInt64, answer: SenderAnswer) {
+        guard let devices = core.devicesOf(sender) else { return }
+        switch answer {
+        case .ack(let status): sendAck(toDevicesOf: devices, messageID: messageID, status: status)
+        case .error(let code, let message): sendError(toDevicesOf: devices, messageID: messageID, code: code, message)
         }
     }
 
@@ -171,7 +204,7 @@ extension ServerCore {
     public func forwardAnswered(sender: UserID, messageID: UInt64, status: SendStatus) {
         if let devices = core.completed(sender: sender, messageID: messageID, status: status) {
             sendAck(toDevicesOf: devices, messageID: messageID, status: status)
-            localSettledAnswersInbound(sender: sender, messageID: messageID, status: status)
+            localSettled(sender: sender, messageID: messageID, status: status)
         }
     }
 
@@ -180,7 +213,7 @@ extension ServerCore {
         if let devices = core.failed(sender: sender, messageID: messageID) {
             sendError(toDevicesOf: devices, messageID: messageID, code: code, message)
         }
-        localFailedAnswersInbound(sender: sender, messageID: messageID, code: code, message: message)
+        localFailed(sender: sender, messageID: messageID, code: code, message: message)
     }
 
     /// A copy handed to another node is lost: that node never answered (it died, or the cluster is
@@ -196,7 +229,7 @@ extension ServerCore {
             if let devices = core.failed(sender: sender, messageID: messageID) {
                 sendError(toDevicesOf: devices, messageID: messageID, code: code, message)
             }
-            localFailedAnswersInbound(sender: sender, messageID: messageID, code: code, message: message)
+            localFailed(sender: sender, messageID: messageID, code: code, message: message)
         default:
             break
         }

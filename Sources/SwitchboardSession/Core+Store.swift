@@ -154,7 +154,7 @@ extension ServerCore {
         }
         if let sender = core.completed(sender: mail.sender, messageID: mail.messageID, status: .storedOffline) {
             sendAck(toDevicesOf: sender, messageID: mail.messageID, status: .storedOffline)
-            localSettledAnswersInbound(sender: mail.sender, messageID: mail.messageID, status: .storedOffline)
+            localSettled(sender: mail.sender, messageID: mail.messageID, status: .storedOffline)
         }
     }
 
@@ -170,7 +170,7 @@ extension ServerCore {
         if let sender = core.failed(sender: mail.sender, messageID: mail.messageID) {
             sendError(toDevicesOf: sender, messageID: mail.messageID, code: code, text)
         }
-        localFailedAnswersInbound(sender: mail.sender, messageID: mail.messageID, code: code, message: text)
+        localFailed(sender: mail.sender, messageID: mail.messageID, code: code, message: text)
     }
 
     /// The store is out of room (LMDB map full or disk full): counted, and logged at most every 10 s.

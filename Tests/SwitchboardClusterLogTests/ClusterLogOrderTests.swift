@@ -18,7 +18,7 @@ import Testing
     func ownAndForeignEntriesAreReportedInLogOrder() throws {
         guard natsServerPath() != nil else { try Test.cancel("nats-server is not installed (apt-get install nats-server)") }
         let t = try TestLoop()
-        let cluster = try readyCluster("order", basePort: 27600, t)
+        let cluster = try readyCluster("order", basePort: 27700, t)
         let data = scratchDirectory("order")
         defer { cluster.stop(); cluster.removeFiles(); _ = system("rm -rf '\(data)'") }
 
