@@ -49,6 +49,8 @@ public struct NATSConfiguration: Sendable {
     /// Timer tokens used on the shared loop: `timerTokenBase + 0...3`. The loop's owner routes tokens to
     /// `NATSConnection.handleTimer(_:)` (which says whether the token was its own).
     public var timerTokenBase: UInt64 = 0x4E41_5453_0000_0000
+    /// Presented in CONNECT when the servers require authorization (nil: none).
+    public var credentials: NATSCredentials?
     /// Seed for back-off jitter and the inbox name.
     public var seed: UInt64 = Clock.monotonicNs()
 

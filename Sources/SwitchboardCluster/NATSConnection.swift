@@ -246,7 +246,7 @@ public final class NATSConnection: EventHandler {
             ("verbose", .bool(false)), ("pedantic", .bool(false)), ("tls_required", .bool(false)),
             ("name", .string(configuration.name)), ("lang", .string("swift-switchboard")), ("version", .string("0.1")),
             ("protocol", .int(1)), ("echo", .bool(true)), ("headers", .bool(true)), ("no_responders", .bool(true)),
-        ])
+        ] + (configuration.credentials?.connectFields ?? []))
         NATSEncoder.connect(connect.serialized, into: handshake)
         for sid in subscriptions.keys.sorted() {
             let s = subscriptions[sid]!

@@ -15,6 +15,7 @@ final class ClusterMode {
     let router: ClusterRouter
     private unowned let server: RelayServer
     private var everConnected = false
+    private var lastAuthorizationLog: UInt64 = 0
     private(set) var ready = false
     /// What the NATS link is doing, for the log and /healthz.
     private(set) var linkState = "connecting"
@@ -25,6 +26,7 @@ final class ClusterMode {
         self.server = server
         var configuration = NATSConfiguration(servers: try NATSServerList.parse(servers), name: "switchboard-\(node)")
         configuration.timerTokenBase = Self.natsTokenBase
+        configuration.credentials = server.configuration.clusterCredentials
         nats = NATSConnection(loop: server.loop, configuration: configuration)
         var logConfiguration = ClusterLogConfiguration()
         logConfiguration.replicas = server.configuration.clusterReplicas
@@ -74,6 +76,15 @@ final class ClusterMode {
             linkState = "connect to \(address) failed: \(reason)"
             logger.debug("cluster: NATS connect failed", metadata: ["server": "\(address)", "reason": "\(reason)"])
         case .serverError(let text):
+            if text.lowercased().contains("authorization") || text.lowercased().contains("authentication") {
+                // Said once per 10 s: the reconnect loop meets the same refusal every back-off.
+                guard server.loop.now &- lastAuthorizationLog > 10_000 || lastAuthorizationLog == 0 else { return }
+                lastAuthorizationLog = server.loop.now
+                linkState = "refused by NATS: \(text)"
+                logger.error("cluster: the NATS server refused this node's credentials; check --cluster-credentials (the node serves its local users meanwhile)",
+                             metadata: ["error": "\(text)", "credentials": "\(server.configuration.clusterCredentials == nil ? "none given" : "given")"])
+                return
+            }
             logger.warning("cluster: NATS server error", metadata: ["error": "\(text)"])
         case .reconnectScheduled, .closed:
             break

@@ -207,6 +207,8 @@ public struct ServeSettings: Sendable, Equatable {
                    "Join a cluster through NATS: nats://IP:PORT[,nats://IP:PORT...] (numeric addresses; every node of the cluster gets the same list). Off by default: one node on its own LMDB."),
         SettingKey("node", .path, nil, live: false,
                    "This node's name in the cluster (1-32 of A-Z a-z 0-9 _ -, unique per node). Required with --cluster."),
+        SettingKey("cluster-credentials", .path, nil, live: false,
+                   "A file (mode 0600) with the credentials the NATS servers require: 'token: ...', or 'user: ...' and 'password: ...' lines. Read at start."),
         SettingKey("cluster-replicas", .integer(1...5), .integer(3), live: false,
                    "Replicas of the cluster's write log in JetStream (3 survives the loss of one NATS server of three; 1 for a single NATS server).") { c, v in
             c.clusterReplicas = int(v)
@@ -358,8 +360,15 @@ public struct ServeSettings: Sendable, Equatable {
             }
             config.clusterServers = cluster
             config.clusterNode = node
+            if let path = string("cluster-credentials") {
+                do { config.clusterCredentials = try NATSCredentials.load(path: path) } catch {
+                    throw located("cluster-credentials", "\(error)")
+                }
+            }
         } else if string("node") != nil {
             throw located("node", "is only meaningful with --cluster")
+        } else if string("cluster-credentials") != nil {
+            throw located("cluster-credentials", "is only meaningful with --cluster")
         }
         return config
     }

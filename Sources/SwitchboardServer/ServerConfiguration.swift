@@ -4,6 +4,7 @@
 /// SwitchboardServer owns the running relay: it accepts connections on the event loop, moves bytes
 /// between sockets and per-connection buffers, feeds decoded frames to the relay core, carries out
 /// its decisions, and runs the helper threads for password hashing and LMDB group commits.
+import SwitchboardCluster
 import SwitchboardIO
 import SwitchboardProtocol
 import SwitchboardSession
@@ -37,6 +38,8 @@ public struct ServerConfiguration: Sendable {
     /// Cluster mode: the NATS servers ("nats://IP:PORT,...") and this node's name; nil: a single node.
     public var clusterServers: String?
     public var clusterNode: String?
+    /// What the NATS servers require in CONNECT (--cluster-credentials FILE), if anything.
+    public var clusterCredentials: NATSCredentials?
     public var clusterReplicas = 3
     public var clusterCommitTimeoutMs: UInt64 = 15_000
 

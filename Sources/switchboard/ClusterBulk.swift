@@ -13,7 +13,8 @@ import SwitchboardStore
 enum ClusterBulk {
     struct Failure: Error, CustomStringConvertible { let description: String }
 
-    static func run(servers: String, replicas: Int, names: [String], hash: PasswordHash, pairContacts: Bool) throws {
+    static func run(servers: String, replicas: Int, credentials: NATSCredentials?, names: [String], hash: PasswordHash,
+                    pairContacts: Bool) throws {
         let directory = NSTemporaryDirectory() + "switchboard-bulk-\(getpid())"
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let store = try Store(directory: directory, mapSizeBytes: 8 << 30, options: .clusterReplica)
@@ -21,6 +22,7 @@ enum ClusterBulk {
         let loop = try EventLoop()
         var natsConfiguration = NATSConfiguration(servers: try NATSServerList.parse(servers), name: "switchboard-bulk")
         natsConfiguration.timerTokenBase = 0x4E41_5453_0000_0000
+        natsConfiguration.credentials = credentials
         let nats = NATSConnection(loop: loop, configuration: natsConfiguration)
         var configuration = ClusterLogConfiguration()
         configuration.replicas = replicas
@@ -34,12 +36,22 @@ enum ClusterBulk {
         var outcomes: [StoreBatchResult] = []
         log.onReady = { ready = true }
         log.onCommitted = { outcomes.append($0) }
+        // A refusal of our credentials comes again at every reconnect: fail at once, saying so.
+        var refused: String?
+        let previous = nats.onEvent
+        nats.onEvent = { event in
+            previous?(event)
+            if case .serverError(let text) = event, text.lowercased().contains("authorization") { refused = text }
+        }
         nats.start()
         log.start()
         defer { log.close(); nats.close() }
         func run(_ what: String, timeoutMs: UInt64, until done: () -> Bool) throws {
             let deadline = Clock.monotonicMs() + timeoutMs
             while !done() {
+                if let refused {
+                    throw Failure(description: "the NATS server refused the credentials (\(refused)); check --cluster-credentials")
+                }
                 guard Clock.monotonicMs() < deadline else { throw Failure(description: "\(what): no answer from the cluster within \(timeoutMs / 1000) s (\(log.status))") }
                 try loop.runOnce(maxWaitMs: 20)
             }

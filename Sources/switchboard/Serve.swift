@@ -56,6 +56,7 @@ struct SettingFlags: ParsableArguments {
     @Option(help: h("node")) var node: String?
     @Option(help: h("cluster-replicas")) var clusterReplicas: Int64?
     @Option(help: h("cluster-commit-timeout")) var clusterCommitTimeout: Int64?
+    @Option(help: h("cluster-credentials")) var clusterCredentials: String?
 
     /// The flags that were given, as (key, value).
     var overrides: [(String, ConfigValue)] {
@@ -81,7 +82,7 @@ struct SettingFlags: ParsableArguments {
         if let plaintext { list.append(("plaintext", .boolean(plaintext))) }
         add("metrics", metrics); add("admin-socket", adminSocket)
         add("cluster", cluster); add("node", node); add("cluster-replicas", clusterReplicas)
-        add("cluster-commit-timeout", clusterCommitTimeout)
+        add("cluster-commit-timeout", clusterCommitTimeout); add("cluster-credentials", clusterCredentials)
         if let admin { list.append(("admin", .boolean(admin))) }
         return list
     }

@@ -4,6 +4,7 @@
 import ArgumentParser
 import Glibc
 import Logging
+import SwitchboardCluster
 import SwitchboardIO
 import SwitchboardProtocol
 import SwitchboardServer
@@ -83,6 +84,8 @@ struct Users: ParsableCommand {
         @Option(help: "Write through a running cluster's log instead (nats://IP:PORT,...): every node gets the accounts.")
         var cluster: String?
         @Option(help: "With --cluster: the log's replica count, as the nodes were started with.") var clusterReplicas = 3
+        @Option(help: "With --cluster: a file (mode 0600) with the NATS credentials ('token: ...', or 'user: ...' and 'password: ...').")
+        var clusterCredentials: String?
 
         func run() throws {
             guard let pw = password ?? ProcessEnvironment.get("SWITCHBOARD_PASSWORD") else {
@@ -92,7 +95,8 @@ struct Users: ParsableCommand {
             if let cluster {
                 let hash = PasswordHasher.hash(password: Array(pw.utf8), iterations: pbkdf2Iterations)
                 do {
-                    try ClusterBulk.run(servers: cluster, replicas: clusterReplicas, names: (0..<count).map { "\(prefix)\($0)" },
+                    let credentials = try clusterCredentials.map { path throws in try NATSCredentials.load(path: path) }
+                    try ClusterBulk.run(servers: cluster, replicas: clusterReplicas, credentials: credentials, names: (0..<count).map { "\(prefix)\($0)" },
                                         hash: hash, pairContacts: pairContacts)
                 } catch {
                     try fail("bulk-create through the cluster: \(error)")

@@ -29,7 +29,9 @@ public final class NATSClusterProcess {
     private var wrappers: [pid_t] = []
 
     /// Ports: clients base+1...3, routes base+11...13, monitoring base+21...23.
-    public init(name: String, basePort: Int) throws {
+    /// `clientAuthorization`: an `authorization { ... }` block's body for the client port of every server (routes
+    /// stay open between the servers), e.g. `token: "s3cr3t"`.
+    public init(name: String, basePort: Int, clientAuthorization: String? = nil) throws {
         guard let binary = natsServerPath() else { throw HarnessError(description: "nats-server not installed") }
         self.binary = binary
         root = "/tmp/nats/\(name)-\(getpid())"
@@ -46,7 +48,7 @@ public final class NATSClusterProcess {
             pid_file: "\(root)/n\(i + 1).pid"
             jetstream { store_dir: "\(root)/n\(i + 1)", max_memory_store: 64MB, max_file_store: 512MB }
             cluster { name: sb, listen: 127.0.0.1:\(basePort + 11 + i), routes: [\(routes)] }
-            """
+            """ + (clientAuthorization.map { "\nauthorization { \($0) }\n" } ?? "")
             try writeFile("\(root)/n\(i + 1).conf", config)
         }
         for i in 0..<3 { try start(i) }

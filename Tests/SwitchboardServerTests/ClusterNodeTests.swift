@@ -46,8 +46,9 @@ final class TestCluster {
 
     /// `count` nodes; node i lists the NATS servers starting with server i (so the nodes use different servers).
     /// With `metrics`, node i serves /metrics and /healthz on 127.0.0.1:basePort+90+i.
-    init(name: String, basePort: Int, nodes count: Int, metrics: Bool = false, extra: [String] = []) throws {
-        let nats = try NATSClusterProcess(name: name, basePort: basePort)
+    init(name: String, basePort: Int, nodes count: Int, metrics: Bool = false, extra: [String] = [],
+         natsAuthorization: String? = nil) throws {
+        let nats = try NATSClusterProcess(name: name, basePort: basePort, clientAuthorization: natsAuthorization)
         self.nats = nats
         try nats.waitUntilReady()
         var first: String?
@@ -309,6 +310,41 @@ func exchange(_ sender: ChatSession, _ receiver: ChatSession, _ id: UInt64) thro
         } catch {
             #expect("\(error)".contains("devices online"), "\(error)")
         }
+    }
+
+    /// NATS servers that require a token: nodes given it in a --cluster-credentials file relay across nodes; a wrong
+    /// token is said at once (bulk-create fails in seconds naming the refusal); a credentials file others may read is
+    /// refused before the node starts.
+    @Test(.enabled(if: natsServerPath() != nil, "nats-server is not installed (make test installs it)"))
+    func natsThatRequiresATokenIsJoinedWithTheCredentialsFile() throws {
+        let folder = makeTempDirectory("sbcreds")
+        defer { removeDirectory(folder) }
+        func credentials(_ name: String, _ text: String, mode: mode_t = 0o600) throws -> String {
+            let path = "\(folder)/\(name)"
+            try text.write(toFile: path, atomically: false, encoding: .utf8)
+            chmod(path, mode)
+            return path
+        }
+        let good = try credentials("good", "# the cluster's NATS token\ntoken: s3cr3t-token\n")
+        let wrong = try credentials("wrong", "token: not-the-token\n")
+        let open = try credentials("open", "token: s3cr3t-token\n", mode: 0o644)
+        let cluster = try TestCluster(name: "auth", basePort: 27900, nodes: 2, extra: ["--cluster-credentials", good],
+                                      natsAuthorization: "token: \"s3cr3t-token\"")
+        let (alice, bob, bobID) = try cluster.friends(0, 1)
+        try alice.send(to: bobID, messageID: 5, body: Array("through an authorized NATS".utf8))
+        #expect(try exchange(alice, bob, 5) == .delivered, "\(cluster.logs())")
+
+        let started = Clock.monotonicMs()
+        let refused = try runSwitchboard(["users", "bulk-create", "--cluster", cluster.nats.urls(from: 0), "--count", "1",
+                                          "--password", "password1", "--cluster-credentials", wrong], timeout: 30)
+        #expect(refused.status != 0 && refused.err.contains("refused the credentials"), "\(refused)")
+        #expect(Clock.monotonicMs() - started < 15_000, "a refusal is said at once, not after the catch-up timeout")
+
+        let data = makeTempDirectory("sbcreds-node")
+        defer { removeDirectory(data) }
+        let loose = try runSwitchboard(["serve", "--data", data, "--plaintext", "--listen", "127.0.0.1:0", "--cluster",
+                                        cluster.nats.urls(from: 0), "--node", "n9", "--cluster-credentials", open], timeout: 30)
+        #expect(loose.status != 0 && loose.err.contains("chmod 600"), "\(loose)")
     }
 
     @Test(.enabled(if: natsServerPath() != nil, "nats-server is not installed (make test installs it)"))
