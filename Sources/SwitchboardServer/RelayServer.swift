@@ -159,6 +159,15 @@ public final class RelayServer: EventHandler, SessionDriver {
     }
 
     /// Cluster mode: the replica applied the whole log; clients waiting in the backlog are accepted now.
+    /// Why the server stopped before it served anyone (e.g. a second node with the same name); `serve` exits 1.
+    public private(set) var startRefusal: String?
+
+    func refuseToStart(_ why: String) {
+        startRefusal = why
+        driverLogger.critical("refusing to start", metadata: ["why": "\(why)"])
+        beginShutdown()
+    }
+
     func clusterReady() {
         guard listenRegistration == nil, listenFD >= 0, !core.shuttingDown else { return }
         do {
@@ -377,8 +386,9 @@ public final class RelayServer: EventHandler, SessionDriver {
         let client = connection.client
         // Bytes of a partial frame (or of frames held while reading was paused) live in the client's own
         // buffer; otherwise read into the shared buffer and keep only what is left.
-        let target = client.input.isEmpty ? readBuffer : client.input
-        let region = target.writableRegion(minimum: client.input.isEmpty ? readChunk : 4096)
+        let buffered = client.hasInput
+        let target = buffered ? client.input : readBuffer
+        let region = target.writableRegion(minimum: buffered ? 4096 : readChunk)
         let result: IOResult
         do {
             result = try connection.transport.read(into: region)

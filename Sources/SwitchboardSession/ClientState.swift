@@ -48,7 +48,25 @@ public final class ClientState {
     public var session: Session?
     /// Whose mailbox unacknowledged deliveries go to when this connection closes (kept after a takeover).
     public var rerouteOwner: UserID = 0
-    public let input = ByteBuffer()
+    /// Bytes of an incomplete frame, or frames held while reading was paused. The object exists only once a
+    /// connection needed it (most never do: whole frames are handled from the loop's read buffer) and is given
+    /// back by the periodic maintenance when empty: an idle connection holds none (112 B each).
+    public private(set) var pendingInput: ByteBuffer?
+    public var input: ByteBuffer {
+        if let buffer = pendingInput { return buffer }
+        let buffer = ByteBuffer()
+        pendingInput = buffer
+        return buffer
+    }
+    /// Whether bytes wait in `input` (false without allocating it).
+    @inline(__always) public var hasInput: Bool {
+        guard let buffer = pendingInput else { return false }
+        return !buffer.isEmpty
+    }
+    /// Gives the input buffer (object and storage) back when it holds nothing.
+    public func releaseInputIfEmpty() {
+        if let buffer = pendingInput, buffer.isEmpty { pendingInput = nil }
+    }
     public let output = ByteBuffer()
     public var window = DeliveryWindow()
     public var isPendingWrite = false

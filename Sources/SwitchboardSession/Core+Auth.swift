@@ -122,7 +122,7 @@ extension ServerCore {
     func resumeReading(_ connection: ClientState) {
         guard !connection.isClosing, !connection.readingPaused else { return }
         driver.interestChanged(connection)
-        if !connection.input.isEmpty { process(connection, from: connection.input) }
+        if connection.hasInput { process(connection, from: connection.input) }
         if driver.hasBufferedInput(connection) && !connection.isClosing { driver.readAgain(connection) }
     }
 

@@ -91,8 +91,8 @@ extension ServerCore {
                 break
             }
         }
-        connection.input.clear()
-        connection.input.releaseIfEmpty()
+        connection.pendingInput?.clear()
+        connection.releaseInputIfEmpty()
         // The peer's last bytes: what was queued before its first unwritten DELIVER (those went to the
         // mailbox above), at most 64 KiB of it; for a slow consumer only the rest of the frame being
         // written. Then the ERROR. A cut is always at a frame boundary.

@@ -84,7 +84,7 @@ extension ServerCore {
         // Idle connections give their buffer memory back.
         for connection in connections.values where !connection.isClosing && connection.window.isEmpty {
             connection.output.releaseIfEmpty()
-            connection.input.releaseIfEmpty()
+            connection.releaseInputIfEmpty()
         }
         if now - lastDedupePrune > 3_600_000 || lastDedupePrune == 0 {
             lastDedupePrune = now
