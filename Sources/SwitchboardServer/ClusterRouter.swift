@@ -107,6 +107,8 @@ final class ClusterRouter: ClusterSeam {
     private var deviceBatches: [UInt16: (count: UInt32, bytes: [UInt8])] = [:]
     private let maxBatchBytes = 256 << 10
     let timerToken: UInt64
+    /// Another process publishes under this node's name (a second node started with the same --node).
+    var onDuplicateName: (() -> Void)?
     private var subscribed = false
 
     init(configuration: ClusterRouterConfiguration, nats: NATSConnection, loop: EventLoop, core: ServerCore, logger: Logger,
@@ -360,6 +362,7 @@ final class ClusterRouter: ClusterSeam {
                 logger.critical("another cluster node runs with this node's name: give every node a unique --node",
                                 metadata: ["node": "\(configuration.node)"])
             }
+            if epoch != self.epoch && epoch / 1_000 != self.epoch / 1_000 { onDuplicateName?() }
             return
         }
         guard ClusterRouterConfiguration.validNodeName(name) else { statistics.malformed += 1; return }

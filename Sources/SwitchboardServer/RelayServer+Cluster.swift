@@ -20,6 +20,13 @@ final class ClusterMode {
     /// What the NATS link is doing, for the log and /healthz.
     private(set) var linkState = "connecting"
     static let routerToken = ServerCore.reservedTokens - 8
+    static let openToken = ServerCore.reservedTokens - 9
+    /// Loop ms when the node joined NATS' subjects; clients are accepted no sooner than `nameCheckMs` after it
+    /// (two heartbeat periods: long enough to hear another process that runs under this node's name).
+    private var startedAtMs: UInt64 = 0
+    private var caughtUp = false
+    private(set) var duplicateNameHeard = false
+    static let nameCheckMs: UInt64 = 2_000
     static let natsTokenBase: UInt64 = 0x4E41_5453_0000_0000
 
     init(server: RelayServer, servers: String, node: String) throws {
@@ -45,16 +52,34 @@ final class ClusterMode {
         log.onReady = { [unowned self] in self.becameReady() }
         server.core.cluster = router
         server.core.replicatedStore = true
+        router.onDuplicateName = { [unowned self] in
+            guard !self.ready, !self.duplicateNameHeard else { return }
+            // Not serving yet: this is the second process with the name. It refuses to start; the first goes on.
+            self.duplicateNameHeard = true
+            self.server.refuseToStart("another cluster node is running with --node \(node) (its heartbeats arrive under this name); give every node a unique --node")
+        }
     }
 
     func start() throws {
+        startedAtMs = server.loop.now
         try router.start()
         nats.start()
         log.start()
     }
 
     private func becameReady() {
-        guard !ready else { return }
+        caughtUp = true
+        openWhenChecked()
+    }
+
+    /// Opens the listener once the replica caught up and the name check had its time.
+    private func openWhenChecked() {
+        guard caughtUp, !ready, !duplicateNameHeard else { return }
+        let due = startedAtMs + Self.nameCheckMs
+        guard server.loop.now >= due else {
+            server.loop.schedule(at: due, token: Self.openToken)
+            return
+        }
         ready = true
         server.driverLogger.info("cluster replica caught up; accepting clients", metadata: ["node": "\(router.configuration.node)"])
         server.clusterReady()
@@ -94,6 +119,7 @@ final class ClusterMode {
     /// Routes the loop's timer tokens that belong to the cluster mode.
     func timerFired(_ token: UInt64) -> Bool {
         if token == Self.routerToken { router.timerFired(); return true }
+        if token == Self.openToken { openWhenChecked(); return true }
         if nats.handleTimer(token) { return true }
         if log.handleTimer(token) { return true }
         return false

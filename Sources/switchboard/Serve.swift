@@ -140,5 +140,6 @@ struct Serve: ParsableCommand {
         if let metricsAddress = server.metricsAddress { print("switchboard metrics on http://\(metricsAddress)/metrics") }
         fflushStdout()
         try server.run()
+        if let why = server.startRefusal { try fail(why) }
     }
 }
