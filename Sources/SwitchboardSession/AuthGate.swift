@@ -15,7 +15,10 @@
 //   name under attack only gets slower (a growing delay, capped) from addresses it has never logged in
 //   from, and logins from an address the user logged in from recently skip the delay and the queue.
 // Tables are bounded: entries expire with their window and `sweep` removes them; the known-address
-// memory is capped at `maxKnownUsers` users of `knownAddressesPerUser` addresses each.
+// memory is capped at `maxKnownUsers` (user, address) pairs, at most `knownAddressesPerUser` (≤ 16) per user.
+// The known addresses live in one flat table of fixed-size entries (keyed hashes of the user and the
+// address, no string or per-user table stored): every logged-in user costs a slot of that table, not a
+// heap block of its own, so a login storm leaves no small blocks pinning the heap.
 
 public struct AuthGateLimits: Sendable, Equatable {
     /// Wrong passwords checked per (user, address) per window before that address is locked out for that user.
@@ -119,14 +122,19 @@ public struct AuthGate<Payload> {
     private var failuresByAddress: [String: Window] = [:]
     private var registrationsByAddress: [String: Window] = [:]
     private var users: [String: UserState] = [:]
-    /// user -> (address -> last successful login)
-    private var known: [String: [String: UInt64]] = [:]
+    /// (hash of the user) | slot 0..<16  ->  (hash of the address, last successful login from it).
+    /// Hashes are keyed per process (Swift's Hasher), so nobody can aim a user name at another's slots.
+    private struct KnownAddress { var address: UInt64; var at: UInt64 }
+    private var known: [UInt64: KnownAddress] = [:]
+    private static var knownSlotBits: UInt64 { 4 }
     public private(set) var hashing = 0
 
     public init(limits: AuthGateLimits) { self.limits = limits }
 
     public func hashing(address: String) -> Int { hashingByAddress[address] ?? 0 }
     public func queued(address: String) -> Int { queues[address]?.attempts.count ?? 0 }
+    /// (user, address) pairs remembered as known.
+    public var knownAddressCount: Int { known.count }
     /// Table sizes, for the memory-bound tests.
     public var tableEntries: Int {
         queues.count + hashingByAddress.count + pendingByPair.count + pendingLoginsByAddress.count + failuresByPair.count
@@ -304,14 +312,11 @@ public struct AuthGate<Payload> {
         registrationsByAddress = registrationsByAddress.filter { now - $0.value.start < window }
         users = users.filter { $0.value.hashing || now - $0.value.failures.start < window }
         let ttl = limits.knownAddressTTLms
-        known = known.compactMapValues { addresses in
-            let fresh = addresses.filter { now - $0.value < ttl }
-            return fresh.isEmpty ? nil : fresh
-        }
+        if known.contains(where: { now - $0.value.at >= ttl }) { known = known.filter { now - $0.value.at < ttl } }
         if known.count > limits.maxKnownUsers {
-            // Forget the users whose latest login is oldest.
-            let ordered = known.map { ($0.key, $0.value.values.max() ?? 0) }.sorted { $0.1 < $1.1 }
-            for (user, _) in ordered.prefix(known.count - limits.maxKnownUsers) { known[user] = nil }
+            // Forget the oldest logins.
+            let ordered = known.map { ($0.key, $0.value.at) }.sorted { $0.1 < $1.1 }
+            for (key, _) in ordered.prefix(known.count - limits.maxKnownUsers) { known[key] = nil }
         }
     }
 
@@ -352,17 +357,47 @@ public struct AuthGate<Payload> {
     }
 
     private func isKnown(user: String, address: String, now: UInt64) -> Bool {
-        guard let at = known[user]?[address] else { return false }
-        return now - at < limits.knownAddressTTLms
+        let base = Self.knownBase(user), target = Self.knownHash(address)
+        for slot in 0..<knownSlots {
+            if let entry = known[base | UInt64(slot)], entry.address == target { return now - entry.at < limits.knownAddressTTLms }
+        }
+        return false
     }
 
     private mutating func remember(user: String, address: String, now: UInt64) {
-        var addresses = known[user] ?? [:]
-        addresses[address] = now
-        if addresses.count > limits.knownAddressesPerUser,
-           let oldest = addresses.min(by: { $0.value < $1.value })?.key {
-            addresses[oldest] = nil
+        let base = Self.knownBase(user), target = Self.knownHash(address)
+        var free: UInt64?
+        var oldest: (key: UInt64, at: UInt64)?
+        for slot in 0..<knownSlots {
+            let key = base | UInt64(slot)
+            guard let entry = known[key] else {
+                if free == nil { free = key }
+                continue
+            }
+            if entry.address == target {
+                known[key]!.at = now
+                return
+            }
+            if oldest == nil || entry.at < oldest!.at { oldest = (key, entry.at) }
         }
-        known[user] = addresses
+        // A new address: an empty slot, or the user's oldest one (at most `knownAddressesPerUser` per user).
+        guard let key = free ?? oldest?.key else { return }
+        known[key] = KnownAddress(address: target, at: now)
+    }
+
+    private var knownSlots: Int { max(1, min(limits.knownAddressesPerUser, 1 << Int(Self.knownSlotBits))) }
+
+    private static func knownBase(_ user: String) -> UInt64 {
+        var hasher = Hasher()
+        hasher.combine(0x75 as UInt8)
+        hasher.combine(user)
+        return UInt64(UInt(bitPattern: hasher.finalize())) << knownSlotBits
+    }
+
+    private static func knownHash(_ address: String) -> UInt64 {
+        var hasher = Hasher()
+        hasher.combine(0x61 as UInt8)
+        hasher.combine(address)
+        return UInt64(UInt(bitPattern: hasher.finalize()))
     }
 }

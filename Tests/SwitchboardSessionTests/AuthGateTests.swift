@@ -173,6 +173,40 @@ extension AuthDispatch {
         #expect(gate.next(now: 0)?.hashed?.connection == 500)
     }
 
+    /// The known addresses: the last `knownAddressesPerUser` addresses a user logged in from are trusted (the oldest
+    /// is forgotten first), each for `knownAddressTTLms`; at most `maxKnownUsers` pairs are kept (the oldest go).
+    @Test func knownAddressesAreBoundedPerUserInTimeAndInAll() {
+        var limits = AuthGateLimits()
+        limits.knownAddressesPerUser = 3
+        limits.maxKnownUsers = 50
+        limits.knownAddressTTLms = 1_000_000
+        var gate = Gate(limits: limits)
+        func trusted(_ user: String, _ address: String, at now: UInt64) -> Bool {
+            guard gate.submit(login(99, user, from: address, right: true, at: now), now: now) == .queued,
+                  let attempt = gate.next(now: now)?.hashed else { return false }
+            gate.finished(attempt, .success, now: now)
+            return attempt.trusted
+        }
+        var now: UInt64 = 1
+        for i in 0..<4 {
+            #expect(!trusted("alice", "10.0.0.\(i)", at: now), "a first login from an address is not trusted")
+            now += 10
+        }
+        // 10.0.0.0 was the oldest of four: forgotten; 1...3 are known (and each login refreshes its own).
+        #expect(trusted("alice", "10.0.0.3", at: now) && trusted("alice", "10.0.0.1", at: now))
+        #expect(!trusted("alice", "10.0.0.0", at: now), "the oldest address was not forgotten")
+        #expect(!trusted("bob", "10.0.0.1", at: now), "another user's address is not bob's")
+        // The TTL: a sweep after it forgets them.
+        gate.sweep(now: now + limits.knownAddressTTLms)
+        #expect(!trusted("alice", "10.0.0.1", at: now + limits.knownAddressTTLms))
+        // The overall cap: 100 users log in; after a sweep at most 50 pairs remain, the newest.
+        gate = Gate(limits: limits)
+        for i in 0..<100 { _ = trusted("u\(i)", "10.1.0.1", at: 5_000 + UInt64(i)) }
+        gate.sweep(now: 6_000)
+        #expect(gate.knownAddressCount == 50, "\(gate.knownAddressCount)")
+        #expect(trusted("u99", "10.1.0.1", at: 6_001) && !trusted("u0", "10.1.0.1", at: 6_002))
+    }
+
     @Test func tablesShrinkAfterTheWindow() {
         var gate = Gate(limits: AuthGateLimits())
         for i in 0..<2_000 {
