@@ -272,6 +272,9 @@ public struct AuthGate<Payload> {
         hashing -= 1
         decrement(&hashingByAddress, attempt.address)
         users[attempt.user, default: UserState()].hashing = false
+        // A user with no failures to remember needs no entry (every successful login would otherwise keep one
+        // until the window's sweep).
+        if let state = users[attempt.user], state.failures.count == 0, state.lastFailureAt == 0 { users[attempt.user] = nil }
         releasePending(attempt)
         guard attempt.kind == .login else { return }
         let pair = PairKey(user: attempt.user, address: attempt.address)
