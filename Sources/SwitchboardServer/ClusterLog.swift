@@ -499,8 +499,19 @@ public final class ClusterLog {
 
     /// Another node's entry (or ours of a failed batch) applied here: reported now, or after our entries before it.
     func foreignApplied(_ applied: Store.AppliedLogEntry) {
-        if order.foreign(applied) { reportForeign(applied) }
+        if order.foreign(applied) { reportForeign(applied); return }
+        if order.heldCount > Self.maxHeldForeign {
+            // One of our batches waits long (its entries are applied but an earlier batch of ours is not: a
+            // publish retrying through a NATS outage): memory wins over order. Said in the log.
+            counters.orderReleases += 1
+            logger.warning("cluster log: other nodes' entries reported ahead of one of ours still waiting",
+                           metadata: ["held": "\(order.heldCount)"])
+            reportHeld(order.releaseAll())
+        }
     }
+
+    /// Other nodes' entries held back for order at most (then reported, out of order, rather than held on).
+    static let maxHeldForeign = 16_384
 
     func reportHeld(_ entries: ArraySlice<Store.AppliedLogEntry>) {
         guard !entries.isEmpty else { return }

@@ -114,6 +114,8 @@ public struct ClusterLogCounters: Equatable, Sendable {
     /// PubAcks that said "duplicate" (a resend of an entry already stored).
     public var duplicateAcks: UInt64 = 0
     public var entriesApplied: UInt64 = 0
+    /// Times other nodes' entries held back for log order were reported early (LogOrderGate's bound).
+    public var orderReleases: UInt64 = 0
     /// Entries of other nodes (or ours that we had given up on) applied here.
     public var foreignEntriesApplied: UInt64 = 0
     public var consumersCreated: UInt64 = 0
@@ -186,6 +188,9 @@ struct LogOrderGate {
     mutating func releaseReady() -> ArraySlice<Store.AppliedLogEntry> {
         release(before: head < own.count ? own[head] : .max)
     }
+
+    /// Every held entry (the bound on what is held was reached).
+    mutating func releaseAll() -> ArraySlice<Store.AppliedLogEntry> { release(before: .max) }
 
     /// Our entry at `seq` was reported (its batch delivered).
     mutating func ownDelivered(_ seq: UInt64) {

@@ -76,6 +76,7 @@ extension Store {
         public var seq: UInt64
         public var ops: [WriteOp]
         public var results: [WriteResult]
+        public init(seq: UInt64, ops: [WriteOp], results: [WriteResult]) { self.seq = seq; self.ops = ops; self.results = results }
     }
 
     /// The sequence of the last log entry applied to this store; 0 if none ever was.

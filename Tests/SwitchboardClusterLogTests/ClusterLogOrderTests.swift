@@ -79,3 +79,47 @@ import Testing
         }
     }
 }
+
+/// LogOrderGate alone (no NATS): what is held, what is released before which of our entries, and the bound.
+@Suite struct LogOrderGateTests {
+    func entry(_ seq: UInt64) -> Store.AppliedLogEntry { Store.AppliedLogEntry(seq: seq, ops: [], results: []) }
+
+    @Test func foreignEntriesWaitForOurEarlierOnes() {
+        var gate = LogOrderGate()
+        let first = gate.foreign(entry(1))
+        #expect(first, "nothing of ours waits: reported at once")
+        gate.ownApplied(10)
+        let eleven = gate.foreign(entry(11))
+        #expect(!eleven)
+        gate.ownApplied(12)
+        let thirteen = gate.foreign(entry(13))
+        #expect(!thirteen)
+        let before10 = gate.release(before: 10)
+        #expect(before10.isEmpty, "nothing comes before our 10")
+        gate.ownDelivered(10)
+        let before12 = gate.release(before: 12)
+        #expect(before12.map(\.seq) == [11])
+        gate.compactHeld()
+        gate.ownDelivered(12)
+        let ready13 = gate.releaseReady()
+        #expect(ready13.map(\.seq) == [13])
+        gate.compactHeld()
+        #expect(gate.isOpen && gate.heldCount == 0)
+        // Delivered out of log order (a batch whose entry was resent lands later in the log): removed from the middle.
+        gate.ownApplied(20); gate.ownApplied(21)
+        let twentyTwo = gate.foreign(entry(22))
+        #expect(!twentyTwo)
+        gate.ownDelivered(21)
+        let none = gate.releaseReady()
+        #expect(none.isEmpty, "20 still waits")
+        gate.ownDelivered(20)
+        let ready22 = gate.releaseReady()
+        #expect(ready22.map(\.seq) == [22])
+        gate.compactHeld()
+        gate.ownApplied(30)
+        for seq in 31...40 { _ = gate.foreign(entry(UInt64(seq))) }
+        let held = gate.heldCount
+        let all = gate.releaseAll()
+        #expect(held == 10 && all.count == 10)
+    }
+}
