@@ -125,7 +125,7 @@ import Testing
 
     @Test func everyKeyHasADefaultOrIsAnOptionalPathAndASetterUnlessHandledByName() {
         let handledByName: Set = ["listen", "data", "log-level", "log-format", "tls-cert", "tls-key", "tls-ca", "metrics",
-                                  "cluster", "node"]
+                                  "cluster", "node", "cluster-credentials"]
         for key in ServeSettings.keys {
             #expect(key.defaultValue != nil || { if case .path = key.kind { return true } else { return false } }(), "\(key.name)")
             #expect(key.apply != nil || handledByName.contains(key.name), "\(key.name) has no setter")
