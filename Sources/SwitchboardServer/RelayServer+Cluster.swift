@@ -19,6 +19,7 @@ final class ClusterMode {
     /// What the NATS link is doing, for the log and /healthz.
     private(set) var linkState = "connecting"
     static let routerToken = ServerCore.reservedTokens - 8
+    static let routerWorkToken = ServerCore.reservedTokens - 9
     static let natsTokenBase: UInt64 = 0x4E41_5453_0000_0000
 
     init(server: RelayServer, servers: String, node: String) throws {
@@ -32,7 +33,8 @@ final class ClusterMode {
         log = try ClusterLog(loop: server.loop, nats: nats, store: server.store, node: node, configuration: logConfiguration,
                              logger: server.driverLogger)
         router = ClusterRouter(configuration: ClusterRouterConfiguration(node: node), nats: nats, loop: server.loop,
-                               core: server.core, logger: server.driverLogger, timerToken: Self.routerToken)
+                               host: server.core, logger: server.driverLogger, timerToken: Self.routerToken,
+                               workToken: Self.routerWorkToken)
         let previous = nats.onEvent
         nats.onEvent = { [unowned self] event in
             previous?(event)
@@ -82,7 +84,7 @@ final class ClusterMode {
 
     /// Routes the loop's timer tokens that belong to the cluster mode.
     func timerFired(_ token: UInt64) -> Bool {
-        if token == Self.routerToken { router.timerFired(); return true }
+        if router.handleTimer(token) { return true }
         if nats.handleTimer(token) { return true }
         if log.handleTimer(token) { return true }
         return false
@@ -95,5 +97,27 @@ final class ClusterMode {
         nats.flushOutput()
         log.close()
         nats.close()
+    }
+}
+
+/// The router's view of the core: local sessions for snapshots and heartbeats, the directory, and the core's
+/// cluster calls (Core+Cluster.swift).
+extension ServerCore: ClusterRouterHost {
+    var localUserCount: Int { core.onlineCount }
+
+    func localUserIDs() -> [UserID] {
+        var users: [UserID] = []
+        users.reserveCapacity(core.sessions.count)
+        for (user, _) in core.sessions { users.append(user) }
+        return users
+    }
+
+    func localDevices(of user: UserID) -> (devices: [String], contacts: [UserID])? {
+        guard let session = core.sessions[user] else { return nil }
+        return (session.devices.map(\.deviceID), core.acceptedContacts(of: user))
+    }
+
+    func remoteDevices(of user: UserID) -> [(node: UInt16, deviceID: String)] {
+        core.remote[user]?.devices ?? []
     }
 }
