@@ -92,6 +92,7 @@ extension ClusterRouter {
             return
         }
         reconcile.nextChunk += 1
+        reconcile.deadline = loop.now + configuration.snapshotRetryMs  // it measures silence: a large snapshot takes longer
         for _ in 0..<count {
             guard let user = r.u32(), let contactCount = r.u32(), contactCount <= 1_000_000 else {
                 reconciles[index] = reconcile
@@ -195,7 +196,7 @@ extension ClusterRouter {
         var budget = configuration.snapshotBytesPerTurn
         var next = 0
         while budget > 0 && !snapshotJobs.isEmpty {
-            guard nats.pendingBytes <= configuration.snapshotMaxQueuedBytes else { return deferSnapshots() }
+            guard nats.pendingBytes <= snapshotRoom else { return deferSnapshots() }
             let k = next % snapshotJobs.count
             var job = snapshotJobs[k]
             var w = ClusterWriter(kind: .snapshotChunk, node: configuration.node, epoch: epoch)
@@ -248,6 +249,10 @@ extension ClusterRouter {
             }
         }
     }
+
+    /// How much NATS may hold unwritten before a chunk waits: a quarter of its bound at most, so forwards and
+    /// presence always find room.
+    private var snapshotRoom: Int { min(configuration.snapshotMaxQueuedBytes, nats.configuration.maxOutboundBytes / 4) }
 
     /// The NATS queue is too full for the next chunk: try again in a few ms (a timer wakes the loop).
     private func deferSnapshots() {

@@ -45,7 +45,7 @@ public struct ClusterRouterConfiguration: Sendable {
     /// Users of a gone node dropped from the directory per loop turn (each may read its contacts in LMDB and
     /// push presence to its online contacts here).
     public var directoryBatch = 1_000
-    /// A snapshot not complete this long after it was asked for is asked again; a heartbeat whose user count
+    /// A snapshot that sends no chunk for this long (after it was asked for, or since its last chunk) is asked again; a heartbeat whose user count
     /// disagrees with the directory (on two heartbeats in a row) asks one at most this often per node.
     public var snapshotRetryMs: UInt64 = 10_000
     public init(node: String) { self.node = node }
