@@ -164,11 +164,13 @@ extension ClusterRouter {
                 let user = job.order[job.position]
                 job.position += 1
                 guard job.doomed.contains(user) else { continue }
+                var had = false
                 for entry in host.remoteDevices(of: user) where entry.node == index {
                     host.remoteDeviceLeft(user: user, node: index, deviceID: entry.deviceID)
+                    had = true
                 }
                 nodes[Int(index)].members.remove(user)
-                statistics.directoryUsersDropped += 1
+                if had { statistics.directoryUsersDropped += 1 }
                 budget -= 1
             }
             if job.position < job.order.count { drops[index] = job }

@@ -466,6 +466,8 @@ func exchange(_ sender: ChatSession, _ receiver: ChatSession, _ id: UInt64) thro
         let after = try scrape(monitor)
         #expect(after["switchboard_cluster_nats_connected"] == 1 && after["switchboard_cluster_nodes_alive"] == 1)
         #expect((after["switchboard_cluster_forwards_total{result=\"answered\"}"] ?? 0) >= 1)
+        // The router published nothing while the link was down (its heartbeats at least were skipped, not queued).
+        #expect((after["switchboard_cluster_publishes_skipped_offline_total"] ?? 0) >= 1)
         print("cluster: live cross-node relay again \(Clock.monotonicMs() - recovered) ms after NATS restarted")
     }
 }
