@@ -115,6 +115,15 @@ extension RelayCore {
         case .some(.completed(let status)): return .acknowledgeDuplicate(status)
         case .none: break
         }
+        // The sender resent it from a device here (its previous node's copy was slower than its reconnection).
+        switch recentIDs[sender]?.ids.lookup(messageID) {
+        case .some(.inFlight):
+            // The sending node is answered when the local one settles (`takeInboundResend`).
+            if inboundResends.count < Self.maxCrossResends { inboundResends.insert(MessageKey(sender: sender, messageID: messageID)) }
+            return .dropInFlightDuplicate
+        case .some(.completed(let status)): return .acknowledgeDuplicate(status)
+        case .none: break
+        }
         if let target = sessions[recipient] {
             if let only = target.soleReachable {
                 rememberInbound(sender: sender, messageID: messageID, pendingCopies: 1)
@@ -169,7 +178,7 @@ extension RelayCore {
     /// Another node stored mail for `recipient` (applied from the cluster log): counted toward its quota
     /// here, and later seqs assigned here stay above it.
     public func foreignMailStored(recipient: UserID, seq: UInt64, bytes: Int) {
-        guard var box = mailboxes[recipient] else { return }
+        guard var box = mailboxes[recipient], seq > box.loadedThrough else { return }
         box.count += 1
         box.bytes += bytes
         box.lastSeq = max(box.lastSeq, seq)
@@ -183,6 +192,7 @@ extension RelayCore {
         box.count = usage.count
         box.bytes = usage.bytes
         box.lastSeq = max(box.lastSeq, usage.lastSeq)
+        box.loadedThrough = usage.lastSeq
         mailboxes[user] = box
     }
 
@@ -192,12 +202,47 @@ extension RelayCore {
         mailboxes[recipient] = nil
     }
 
+    /// The sender resent this inbound message from a device here while it was in flight: its devices here, to
+    /// answer now that it settled (once).
+    public func takeLocalResend(sender: UserID, messageID: UInt64) -> SenderDevices? {
+        guard !localResends.isEmpty, localResends.remove(MessageKey(sender: sender, messageID: messageID)) != nil else { return nil }
+        return devices(of: sender)
+    }
+
+    /// Where `user`'s answers go here (nil when it has no device here).
+    public func devicesOf(_ user: UserID) -> SenderDevices? { devices(of: user) }
+
+    /// Whether the sender resent this inbound message from a device here and waits for its answer here.
+    public func awaitsLocalResend(sender: UserID, messageID: UInt64) -> Bool {
+        !localResends.isEmpty && localResends.contains(MessageKey(sender: sender, messageID: messageID))
+    }
+
+    /// The sender's previous node handed this message here while the sender's resend from here was in flight:
+    /// true once, when that node is to be answered too.
+    @inline(__always)
+    public func takeInboundResend(sender: UserID, messageID: UInt64) -> Bool {
+        !inboundResends.isEmpty && inboundResends.remove(MessageKey(sender: sender, messageID: messageID)) != nil
+    }
+
     /// Drops inbound ids of senders with nothing in flight here (called by the periodic maintenance:
     /// the memory is only for resends that arrive while a message is still fresh).
     public func pruneInbound() {
         var idle: [UserID] = []
         for (sender, history) in inboundIDs where history.ids.inFlightCount == 0 { idle.append(sender) }
         if idle.count > 4_096 { for sender in idle.prefix(idle.count - 4_096) { inboundIDs[sender] = nil } }
+        // Waiters whose first copy is no longer in flight here (it settled without a word, or was forgotten).
+        if !localResends.isEmpty {
+            localResends = localResends.filter { key in
+                if case .inFlight? = inboundIDs[key.sender]?.ids.lookup(key.messageID) { return true }
+                return false
+            }
+        }
+        if !inboundResends.isEmpty {
+            inboundResends = inboundResends.filter { key in
+                if case .inFlight? = recentIDs[key.sender]?.ids.lookup(key.messageID) { return true }
+                return false
+            }
+        }
     }
 }
 

@@ -10,6 +10,13 @@ import SwitchboardProtocol
 import SwitchboardStore
 
 /// The server's handle for one connection (opaque to the core).
+/// A message as its sender names it.
+public struct MessageKey: Hashable, Sendable {
+    public var sender: UserID
+    public var messageID: UInt64
+    public init(sender: UserID, messageID: UInt64) { self.sender = sender; self.messageID = messageID }
+}
+
 public struct ConnectionID: Hashable, Sendable, CustomStringConvertible {
     public let raw: UInt64
     public init(_ raw: UInt64) { self.raw = raw }
@@ -129,6 +136,14 @@ public final class RelayCore {
     /// Cluster mode: recent ids of messages other nodes handed here for local receivers, per sender
     /// (kept apart from `recentIDs`, which is the sender's own window and is persisted).
     var inboundIDs = IDMap<UserID, SenderHistory>()
+    /// Cluster mode: one message that reached this node both ways while the first copy was in flight: the sender
+    /// resent it from a device here while the copy its previous node handed here was in flight (`localResends`:
+    /// answered here when that copy settles: its node may be gone, or the sender left it), or the previous node's
+    /// copy arrived while the resend from here was in flight (`inboundResends`: that node is answered when the local
+    /// one settles). Bounded by `maxCrossResends`; pruned of what is no longer in flight.
+    public internal(set) var localResends = Set<MessageKey>()
+    public internal(set) var inboundResends = Set<MessageKey>()
+    public static let maxCrossResends = 65_536
     private var connectionUsers: [ConnectionID: UserID] = [:]
     /// Behind a class on purpose: mutating a struct stored in a dictionary goes through nested
     /// `_modify` coroutines whose frames are heap-allocated (3 mallocs per message, measured with
@@ -149,6 +164,15 @@ public final class RelayCore {
         /// Highest MAIL_ACK of any device: mail at or below it is deleted (or being deleted) and is
         /// not counted again when another device acknowledges the same mail.
         public var ackedThrough: UInt64 = 0
+        /// Cluster mode: the store's high-water mark when this usage was read. Every replica stores a recipient's
+        /// mail under rising seqs in log order, so another node's mail at or below it was counted in that read
+        /// (its notice may come after the read: `foreignMailStored` must not count it twice).
+        public var loadedThrough: UInt64 = 0
+
+        /// The usage (not when it was read).
+        public static func == (a: MailboxState, b: MailboxState) -> Bool {
+            a.count == b.count && a.bytes == b.bytes && a.lastSeq == b.lastSeq && a.ackedThrough == b.ackedThrough
+        }
     }
 
     public init(limits: RelayLimits, loadMailboxUsage: @escaping (UserID) -> MailboxUsage) {
@@ -181,9 +205,26 @@ public final class RelayCore {
             contactStates[entry.userID] = entry.state
             names[entry.userID] = entry.name
         }
+        // The device limit counts the user's devices on every node (cluster mode): a device not online anywhere
+        // yet is refused at the limit; the same device logging in again takes its old connection over, here or
+        // on another node. (Two logins on two nodes at the same moment can each see the other's node one device
+        // short: the limit can be passed by one per node for as long as a presence event takes.)
+        let elsewhere = remote.isEmpty ? nil : remote[user]
+        let local = sessions[user]
+        if local?.devices.contains(where: { $0.deviceID == deviceID }) != true,
+           elsewhere?.devices.contains(where: { $0.deviceID == deviceID }) != true {
+            let localCount = local?.devices.count ?? 0
+            let remoteCount = elsewhere?.devices.count ?? 0
+            if localCount + remoteCount >= limits.maxDevicesPerUser {
+                var online = (local?.devices ?? []).map { $0.deviceName.isEmpty ? "(unnamed)" : $0.deviceName }
+                if remoteCount > 0 { online.append("\(remoteCount) on other servers") }
+                return LoginOutcome(takenOver: nil, contacts: [], notifyOnline: [],
+                                    refusal: "\(name) already has \(localCount + remoteCount) devices online (the limit is \(limits.maxDevicesPerUser)): \(online.joined(separator: ", ")); log out one of them first")
+            }
+        }
         // The same device logged in elsewhere before: this login takes it over (its old node closes it without
         // announcing a logout), so its entry in the directory goes now.
-        if let elsewhere = remote[user], elsewhere.devices.contains(where: { $0.deviceID == deviceID }) {
+        if let elsewhere, elsewhere.devices.contains(where: { $0.deviceID == deviceID }) {
             elsewhere.devices.removeAll { $0.deviceID == deviceID }
             if elsewhere.devices.isEmpty { remote[user] = nil }
         }
@@ -196,10 +237,6 @@ public final class RelayCore {
                 takenOver = previous
                 connectionUsers[previous] = nil
                 existing.devices.remove(at: index)
-            } else if existing.devices.count >= limits.maxDevicesPerUser {
-                let online = existing.devices.map { $0.deviceName.isEmpty ? "(unnamed)" : $0.deviceName }.joined(separator: ", ")
-                return LoginOutcome(takenOver: nil, contacts: [], notifyOnline: [],
-                                    refusal: "\(name) already has \(existing.devices.count) devices online (the limit is \(limits.maxDevicesPerUser)): \(online); log out one of them first")
             }
             existing.devices.append(device)
             existing.contacts = contactStates
@@ -338,7 +375,8 @@ public final class RelayCore {
     public func route(from sender: UserID, to recipient: UserID, messageID: UInt64, bodyBytes: Int,
                       senderDevices: inout Int) -> RouteDecision {
         guard let session = sessions[sender] else { return .reject(.notAllowedNow, "not logged in") }
-        senderDevices = session.deviceCount
+        // Devices on other nodes get their copies too (cluster mode; a single node loads and compares).
+        senderDevices = remote.isEmpty ? session.deviceCount : session.deviceCount + (remote[sender]?.devices.count ?? 0)
         guard session.contacts[recipient] == .accepted else {
             return .reject(.notAContact, "user \(recipient) is not an accepted contact")
         }
@@ -353,6 +391,8 @@ public final class RelayCore {
             // died before it could answer) and the sender now resends it from here.
             if !inboundIDs.isEmpty, let seen = inboundIDs[sender]?.ids.lookup(messageID) {
                 if case .completed(let status) = seen { return .acknowledgeDuplicate(status) }
+                // Answered here when the first copy settles (`takeLocalResend`).
+                if localResends.count < Self.maxCrossResends { localResends.insert(MessageKey(sender: sender, messageID: messageID)) }
                 return .dropInFlightDuplicate
             }
         }
@@ -418,7 +458,8 @@ public final class RelayCore {
     public func mailbox(of user: UserID) -> MailboxState {
         if let box = mailboxes[user] { return box }
         let usage = loadMailboxUsage(user)
-        let box = MailboxState(count: usage.count, bytes: usage.bytes, lastSeq: usage.lastSeq)
+        var box = MailboxState(count: usage.count, bytes: usage.bytes, lastSeq: usage.lastSeq)
+        box.loadedThrough = usage.lastSeq
         mailboxes[user] = box
         return box
     }

@@ -268,7 +268,7 @@ extension ClusterLog {
                     appliedSeq = job.entry.seq
                     counters.entriesApplied += 1
                     if let msgID = job.msgID, attachApplied(job.entry, msgID: msgID) { continue }
-                    reportForeign(job.entry)
+                    foreignApplied(job.entry)
                 }
                 // ack_policy "all": acknowledging the last one acknowledges everything before it.
                 if !closed, let last = jobs.last(where: { $0.generation == generation }), feed == .active || feed == .creating {
@@ -280,6 +280,9 @@ extension ClusterLog {
                 stop(reason)
             }
         }
+        // Our batches this completed are reported now, not on a later turn, so other nodes' entries applied after
+        // them (held until then) are not delayed.
+        deliverCompleted()
         if feed == .paused && queuedBytes <= configuration.maxApplyQueueBytes / 2 && !closed {
             feed = .creating
             restartFeed("the apply queue drained below \(configuration.maxApplyQueueBytes / 2) bytes")

@@ -79,6 +79,8 @@ public final class ClusterLog {
     var entryOwners: [String: (batch: UInt64, entry: Int)] = [:]
     var nextEntryNumber: UInt64 = 1
     var pendingBytes = 0
+    /// Keeps our entries and other nodes' in log order when they are reported (see LogOrderGate).
+    var order = LogOrderGate()
     /// Batches accepted (publishing) and not yet completed; refused ones wait in `pending` only for their turn.
     var acceptedBatches = 0
     var lastPublishedSeq: UInt64 = 0
@@ -437,6 +439,7 @@ public final class ClusterLog {
         guard let owner = entryOwners.removeValue(forKey: msgID), let b = batchIndex(owner.batch),
               pending[b].failure == nil else { return false }
         pending[b].entries[owner.entry].applied = applied
+        order.ownApplied(applied.seq)
         if pending[b].isDone { scheduleDelivery() }
         return true
     }
@@ -460,6 +463,9 @@ public final class ClusterLog {
                 pendingHead = 0
             }
             let nanos = Clock.monotonicNs() - item.submittedNs
+            // Other nodes' entries that came before this batch's in the log are reported before it.
+            if let first = item.entries.compactMap({ $0.applied?.seq }).min() { reportHeld(order.release(before: first)) }
+            for entry in item.entries { if let applied = entry.applied { order.ownDelivered(applied.seq) } }
             if let failure = item.failure {
                 counters.batchesFailed += 1
                 for entry in item.entries { if let applied = entry.applied { reportForeign(applied) } }
@@ -488,6 +494,18 @@ public final class ClusterLog {
                 onCommitted?(StoreBatchResult(batch: batch, results: .success(results), commitNanos: nanos))
             }
         }
+        reportHeld(order.releaseReady())
+    }
+
+    /// Another node's entry (or ours of a failed batch) applied here: reported now, or after our entries before it.
+    func foreignApplied(_ applied: Store.AppliedLogEntry) {
+        if order.foreign(applied) { reportForeign(applied) }
+    }
+
+    func reportHeld(_ entries: ArraySlice<Store.AppliedLogEntry>) {
+        guard !entries.isEmpty else { return }
+        for applied in entries { reportForeign(applied) }
+        order.compactHeld()
     }
 
     func reportForeign(_ applied: Store.AppliedLogEntry) {

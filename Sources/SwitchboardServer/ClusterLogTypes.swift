@@ -1,6 +1,7 @@
 // What the cluster log is told (ClusterLogConfiguration) and what it tells (ClusterLogStatus, counters). The
 // log itself is ClusterLog.swift; its design is in Sources/SwitchboardCluster/README.md, "The replicated log".
 import SwitchboardIO
+import SwitchboardStore
 
 public struct ClusterLogConfiguration: Sendable, Equatable {
     /// The JetStream stream that holds the log, and its one subject.
@@ -144,5 +145,64 @@ public struct ClusterLogStatus: Sendable, CustomStringConvertible {
     public var description: String {
         "\(state), applied \(appliedSeq), stream last \(streamLastSeq) (lag \(lag)), \(pendingBatches) batches / "
             + "\(pendingBytes) bytes pending"
+    }
+}
+
+/// Keeps what a node is told of the log in the log's order. Our entries are reported inside onCommitted, which
+/// waits for the whole batch and for every batch submitted before it; another node's entry applied after one of
+/// ours that is not reported yet waits here until ours is (the core applies contact changes and mail notices from
+/// both callbacks to its memory: told out of order, it would hold a state the store does not). Held entries are
+/// bounded by the commit timeout: a batch of ours is delivered (committed or failed) within it.
+struct LogOrderGate {
+    /// Log seqs of our entries applied here whose batch is not delivered yet, ascending (the applier applies in log
+    /// order), from `head` on.
+    private var own: [UInt64] = []
+    private var head = 0
+    /// Other nodes' entries applied after one in `own`, in log order, from `heldHead` on.
+    private var held: [Store.AppliedLogEntry] = []
+    private var heldHead = 0
+
+    var heldCount: Int { held.count - heldHead }
+    var isOpen: Bool { head == own.count && heldHead == held.count }
+
+    mutating func ownApplied(_ seq: UInt64) { own.append(seq) }
+
+    /// Another node's entry: true when it may be reported now, else it is held.
+    mutating func foreign(_ entry: Store.AppliedLogEntry) -> Bool {
+        if isOpen { return true }
+        held.append(entry)
+        return false
+    }
+
+    /// The held entries that come before log seq `seq` in the log (report them before anything at `seq`).
+    mutating func release(before seq: UInt64) -> ArraySlice<Store.AppliedLogEntry> {
+        let start = heldHead
+        while heldHead < held.count, held[heldHead].seq < seq { heldHead += 1 }
+        let released = held[start..<heldHead]
+        return released
+    }
+
+    /// The held entries now reportable: those before our oldest entry still waiting (all when none waits).
+    mutating func releaseReady() -> ArraySlice<Store.AppliedLogEntry> {
+        release(before: head < own.count ? own[head] : .max)
+    }
+
+    /// Our entry at `seq` was reported (its batch delivered).
+    mutating func ownDelivered(_ seq: UInt64) {
+        if head < own.count, own[head] == seq {
+            head += 1
+        } else if let index = own[head...].firstIndex(of: seq) {
+            own.remove(at: index)
+        }
+        if head == own.count { own.removeAll(keepingCapacity: true); head = 0 } else if head > 64, head * 2 > own.count {
+            own.removeFirst(head); head = 0
+        }
+    }
+
+    /// Drops what `release` handed out (call after reporting it).
+    mutating func compactHeld() {
+        if heldHead == held.count { held.removeAll(keepingCapacity: held.count <= 1_024); heldHead = 0 } else if heldHead > 64, heldHead * 2 > held.count {
+            held.removeFirst(heldHead); heldHead = 0
+        }
     }
 }

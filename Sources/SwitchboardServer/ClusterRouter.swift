@@ -112,6 +112,8 @@ final class ClusterRouter: ClusterSeam {
     /// (`flush`), or sooner when one passes `maxBatchBytes`.
     private var forwardBatches: [UInt16: (count: UInt32, bytes: [UInt8])] = [:]
     private var answerBatches: [UInt16: (count: UInt32, bytes: [UInt8])] = [:]
+    /// SENT_COPYs and final answers for the sender's devices on other nodes, per node, sent like the answers.
+    private var deviceBatches: [UInt16: (count: UInt32, bytes: [UInt8])] = [:]
     private let maxBatchBytes = 256 << 10
     let timerToken: UInt64
     /// Wakes the loop when snapshot output waits for the NATS queue to drain.
@@ -193,6 +195,13 @@ final class ClusterRouter: ClusterSeam {
         }
         guard pendingBytes + body.count <= configuration.maxForwardBytes else {
             statistics.forwardsRefused += 1
+            if multiCopy {
+                // One of several copies (the recipient has devices elsewhere too): a lost copy, not a refusal of the
+                // message; the last lost copy sends it to the mailbox.
+                host.forwardUndeliverable(sender: sender, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs,
+                                          body: body.array)
+                return
+            }
             host.forwardRefused(sender: sender, messageID: messageID, code: .busyRetryLater,
                                 message: "too many messages waiting for other servers of the cluster; try again later")
             return
@@ -204,8 +213,12 @@ final class ClusterRouter: ClusterSeam {
         body.withUnsafeBytes { record.bytes.append(contentsOf: $0) }
         queueForward(record.bytes, to: node)
         statistics.forwardsSent += 1
-        pending[key] = PendingForward(node: node, recipient: recipient, sentAtMs: sentAtMs,
-                                      deadline: loop.now + configuration.forwardTimeoutMs, record: record.bytes)
+        // The same key again (the sender reused an id its window had forgotten): the new one replaces the old.
+        if let replaced = pending.updateValue(PendingForward(node: node, recipient: recipient, sentAtMs: sentAtMs,
+                                                             deadline: loop.now + configuration.forwardTimeoutMs,
+                                                             record: record.bytes), forKey: key) {
+            pendingBytes -= replaced.record.count
+        }
         pendingBytes += record.bytes.count
     }
 
@@ -242,6 +255,7 @@ final class ClusterRouter: ClusterSeam {
             }
             answerBatches.removeAll(keepingCapacity: true)
         }
+        if !deviceBatches.isEmpty { for node in Array(deviceBatches.keys) { flushDeviceNotes(to: node) } }
         if !drops.isEmpty { dropBatch() }
         if !snapshotJobs.isEmpty { sendSnapshotChunks() }
     }
@@ -256,6 +270,38 @@ final class ClusterRouter: ClusterSeam {
 
     func inboundLost(sender: UserID, messageID: UInt64) {
         answer(PendingKey(sender: sender, messageID: messageID)) { w in w.u8(2) }
+    }
+
+    func sentCopy(to node: UInt16, sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView) {
+        guard Int(node) < nodes.count, nodes[Int(node)].alive else { return }  // fire and forget, as on one node
+        deviceNote(to: node) { w in
+            w.u8(0); w.u32(sender); w.u64(messageID); w.u32(recipient); w.u64(sentAtMs); w.u32(UInt32(body.count))
+            body.withUnsafeBytes { w.bytes.append(contentsOf: $0) }
+        }
+    }
+
+    func senderAnswered(to node: UInt16, sender: UserID, messageID: UInt64, answer: SenderAnswer) {
+        guard Int(node) < nodes.count, nodes[Int(node)].alive else { return }
+        deviceNote(to: node) { w in
+            switch answer {
+            case .ack(let status): w.u8(1); w.u32(sender); w.u64(messageID); w.u8(status.rawValue)
+            case .error(let code, let text): w.u8(2); w.u32(sender); w.u64(messageID); w.u16(code.rawValue); w.string(text)
+            }
+        }
+    }
+
+    private func deviceNote(to node: UInt16, _ fill: (inout ClusterWriter) -> Void) {
+        deviceBatches[node, default: (0, [])].count += 1
+        ClusterWriter.append(to: &deviceBatches[node, default: (0, [])].bytes, fill)
+        if deviceBatches[node]!.bytes.count >= maxBatchBytes { flushDeviceNotes(to: node) }
+    }
+
+    private func flushDeviceNotes(to node: UInt16) {
+        guard let batch = deviceBatches.removeValue(forKey: node), batch.count > 0 else { return }
+        var w = ClusterWriter(kind: .deviceNotes, node: configuration.node, epoch: epoch)
+        w.u32(batch.count)
+        w.bytes += batch.bytes
+        publish("sb.node.\(nodes[Int(node)].name)", w.bytes)
     }
 
     private func answer(_ key: PendingKey, _ fill: (inout ClusterWriter) -> Void) {
@@ -419,6 +465,31 @@ final class ClusterRouter: ClusterSeam {
                     host.forwardAnswered(sender: sender, messageID: messageID, status: status)
                 } else if let (code, text) = refusal {
                     host.forwardRefused(sender: sender, messageID: messageID, code: ErrorCode(rawValue: code) ?? .internalError, message: text)
+                }
+            }
+        case .deviceNotes:
+            guard let count = r.u32() else { return malformed() }
+            message.payload.withUnsafeBytes { raw in
+                for _ in 0..<count {
+                    guard let type = r.u8(), let sender = r.u32(), let messageID = r.u64() else { return malformed() }
+                    switch type {
+                    case 0:
+                        guard let recipient = r.u32(), let sentAtMs = r.u64(), let length = r.u32(),
+                              Int(length) <= raw.count - r.offset else { return malformed() }
+                        let body = UnsafeRawBufferPointer(rebasing: raw[r.offset..<(r.offset + Int(length))])
+                        r.offset += Int(length)
+                        host.remoteSentCopy(sender: sender, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs,
+                                            body: ByteView(borrowing: body))
+                    case 1:
+                        guard let raw = r.u8(), let status = SendStatus(rawValue: raw) else { return malformed() }
+                        host.remoteSenderAnswered(sender: sender, messageID: messageID, answer: .ack(status))
+                    case 2:
+                        guard let code = r.u16(), let text = r.string() else { return malformed() }
+                        host.remoteSenderAnswered(sender: sender, messageID: messageID,
+                                                  answer: .error(ErrorCode(rawValue: code) ?? .internalError, text))
+                    default:
+                        return malformed()
+                    }
                 }
             }
         case .snapshotRequest:

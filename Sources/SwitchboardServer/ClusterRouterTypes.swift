@@ -2,6 +2,7 @@
 // core it drives (`ClusterRouterHost`). The router itself is ClusterRouter.swift.
 import SwitchboardIO
 import SwitchboardProtocol
+import SwitchboardSession
 import SwitchboardStore
 
 public struct ClusterRouterConfiguration: Sendable {
@@ -80,4 +81,6 @@ protocol ClusterRouterHost: AnyObject {
     func forwardAnswered(sender: UserID, messageID: UInt64, status: SendStatus)
     func forwardRefused(sender: UserID, messageID: UInt64, code: ErrorCode, message: String)
     func forwardUndeliverable(sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: [UInt8])
+    func remoteSentCopy(sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView)
+    func remoteSenderAnswered(sender: UserID, messageID: UInt64, answer: SenderAnswer)
 }

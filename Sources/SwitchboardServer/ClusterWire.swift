@@ -31,9 +31,11 @@ struct ClusterWriter {
 enum ClusterWireKind: UInt8 {
     case joined = 1, left = 2, heartbeat = 3
     case forwards = 14, answers = 15
+    /// SENT_COPYs and SEND_ACK/SEND_ERRORs for a sender's devices on the receiving node.
+    case deviceNotes = 16
     /// A request for the node's online devices (with the requester's request id) and one chunk of the answer
-    /// (request id, chunk index, flags: bit 0 = last chunk, then the devices). 12/13 were the one-shot snapshot.
-    case snapshotRequest = 16, snapshotChunk = 17
+    /// (request id, chunk index, flags: bit 0 = last chunk, then the users). 12/13 were the one-shot snapshot.
+    case snapshotRequest = 18, snapshotChunk = 19
 }
 
 struct ClusterReader {

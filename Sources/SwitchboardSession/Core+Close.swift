@@ -54,7 +54,7 @@ extension ServerCore {
                                     : core.deliveryLost(sender: from, messageID: messageID) {
             case .othersRemain: return
             case .last:
-                if delivery.inbound && delivery.multiCopy {
+                if delivery.inbound && delivery.multiCopy && !core.awaitsLocalResend(sender: from, messageID: messageID) {
                     // Other nodes hold copies too: the sending node decides about the mailbox.
                     core.inboundFailed(sender: from, messageID: messageID)
                     cluster?.inboundLost(sender: from, messageID: messageID)
@@ -77,10 +77,15 @@ extension ServerCore {
                 storeBatch.append(.putMail(mail), .mail(mail))
                 storeBacklogBytes += mail.body.count
             case .reject(let code, let message):
-                if delivery.inbound {
-                    cluster?.inboundFailed(sender: from, messageID: messageID, code: code, message: message)
-                } else if let sender = core.failed(sender: from, messageID: messageID) {
-                    sendError(toDevicesOf: sender, messageID: messageID, code: code, message)
+                if delivery.inbound && delivery.multiCopy && !core.awaitsLocalResend(sender: from, messageID: messageID) {
+                    cluster?.inboundLost(sender: from, messageID: messageID)  // refused here: a lost copy
+                } else if delivery.inbound {
+                    inboundFailedHere(sender: from, messageID: messageID, code: code, message: message)
+                } else {
+                    if let sender = core.failed(sender: from, messageID: messageID) {
+                        sendError(toDevicesOf: sender, messageID: messageID, code: code, message)
+                    }
+                    localFailed(sender: from, messageID: messageID, code: code, message: message)
                 }
             default:
                 break

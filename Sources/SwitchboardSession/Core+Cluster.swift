@@ -78,7 +78,7 @@ extension ServerCore {
             }
             stats.relayedLive += 1
         case .store(let recipientID, let seq):
-            if multiCopy {
+            if multiCopy && !core.awaitsLocalResend(sender: sender, messageID: messageID) {
                 // No device here can take it: the sending node counts this copy lost (the quota slot is given back).
                 core.mailRemoved(recipient: recipientID, count: 1, bytes: body.count)
                 core.inboundFailed(sender: sender, messageID: messageID)
@@ -93,7 +93,13 @@ extension ServerCore {
             stats.duplicatesDropped += 1
             cluster?.inboundSettled(sender: sender, messageID: messageID, status: status)
         case .reject(let code, let message):
-            cluster?.inboundFailed(sender: sender, messageID: messageID, code: code, message: message)
+            if multiCopy {
+                // Refused here (the mailbox is full) while copies on other nodes may be delivered: a lost copy; the
+                // sending node refuses the message only when every copy is lost and its own store refuses it.
+                cluster?.inboundLost(sender: sender, messageID: messageID)
+                return
+            }
+            inboundFailedHere(sender: sender, messageID: messageID, code: code, message: message)
         case .forward, .deliverAndForward:
             break  // routeInbound never forwards again
         }
@@ -102,7 +108,8 @@ extension ServerCore {
     private func inboundCopyLost(sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView,
                                  multiCopy: Bool) {
         guard core.inboundDeliveryLost(sender: sender, messageID: messageID) != .othersRemain else { return }
-        if multiCopy {
+        // The sender resent it from a device here and waits here: stored here (its old node may be gone).
+        if multiCopy && !core.awaitsLocalResend(sender: sender, messageID: messageID) {
             core.inboundFailed(sender: sender, messageID: messageID)
             cluster?.inboundLost(sender: sender, messageID: messageID)
             return
@@ -112,9 +119,75 @@ extension ServerCore {
             queueMail(StoredMail(recipient: recipientID, seq: seq, sender: sender, messageID: messageID, sentAtMs: sentAtMs,
                                  body: body.array))
         case .reject(let code, let message):
-            cluster?.inboundFailed(sender: sender, messageID: messageID, code: code, message: message)
+            inboundFailedHere(sender: sender, messageID: messageID, code: code, message: message)
         default:
             break
+        }
+    }
+
+    /// A message another node handed here settled: that node is told, and so is the sender here if it resent the
+    /// message from a device here meanwhile (its old node may be gone, or its device left it).
+    func inboundSettledHere(sender: UserID, messageID: UInt64, status: SendStatus) {
+        cluster?.inboundSettled(sender: sender, messageID: messageID, status: status)
+        if let devices = core.takeLocalResend(sender: sender, messageID: messageID) {
+            sendAck(toDevicesOf: devices, messageID: messageID, status: status)
+        }
+    }
+
+    /// A message another node handed here was refused for good: that node is told, and the sender here if it
+    /// resent it from a device here.
+    func inboundFailedHere(sender: UserID, messageID: UInt64, code: ErrorCode, message: String) {
+        cluster?.inboundFailed(sender: sender, messageID: messageID, code: code, message: message)
+        if let devices = core.takeLocalResend(sender: sender, messageID: messageID) {
+            sendError(toDevicesOf: devices, messageID: messageID, code: code, message)
+        }
+    }
+
+    /// A message of a sender here settled (its devices here were answered): its devices on other nodes are
+    /// answered too, and the sender's previous node if it handed the same message here meanwhile.
+    @inline(__always)
+    func localSettled(sender: UserID, messageID: UInt64, status: SendStatus) {
+        guard !core.remote.isEmpty || !core.inboundResends.isEmpty else { return }
+        answerDevicesElsewhere(of: sender, messageID: messageID, .ack(status))
+        if core.takeInboundResend(sender: sender, messageID: messageID) {
+            cluster?.inboundSettled(sender: sender, messageID: messageID, status: status)
+        }
+    }
+
+    /// The same for a message of a sender here refused for good.
+    func localFailed(sender: UserID, messageID: UInt64, code: ErrorCode, message: String) {
+        answerDevicesElsewhere(of: sender, messageID: messageID, .error(code, message))
+        if core.takeInboundResend(sender: sender, messageID: messageID) {
+            cluster?.inboundFailed(sender: sender, messageID: messageID, code: code, message: message)
+        }
+    }
+
+    private func answerDevicesElsewhere(of sender: UserID, messageID: UInt64, _ answer: SenderAnswer) {
+        guard !core.remote.isEmpty, let elsewhere = core.remote[sender] else { return }
+        for node in elsewhere.nodes { cluster?.senderAnswered(to: node, sender: sender, messageID: messageID, answer: answer) }
+    }
+
+    // MARK: the sender's devices here, for a message it sent through another node
+
+    /// SENT_COPY of a SEND another node accepted from a device of `sender`, to its devices here that take copies.
+    public func remoteSentCopy(sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView) {
+        guard let session = core.session(of: sender) else { return }
+        for device in session.devices where device.receivesCopies && !device.congested {
+            guard let other = connections[device.connection.raw], !other.isClosing else { continue }
+            let out = other.output
+            body.withUnsafeBytes { raw in
+                FrameEncoder.writeSentCopy(into: out, to: recipient, messageID: messageID, sentAtMs: sentAtMs, body: raw)
+            }
+            outputChanged(other)
+        }
+    }
+
+    /// The final answer of a message a device of `sender` sent through another node, for its devices here.
+    public func remoteSenderAnswered(sender: UserID, messageID: UInt64, answer: SenderAnswer) {
+        guard let devices = core.devicesOf(sender) else { return }
+        switch answer {
+        case .ack(let status): sendAck(toDevicesOf: devices, messageID: messageID, status: status)
+        case .error(let code, let message): sendError(toDevicesOf: devices, messageID: messageID, code: code, message)
         }
     }
 
@@ -131,6 +204,7 @@ extension ServerCore {
     public func forwardAnswered(sender: UserID, messageID: UInt64, status: SendStatus) {
         if let devices = core.completed(sender: sender, messageID: messageID, status: status) {
             sendAck(toDevicesOf: devices, messageID: messageID, status: status)
+            localSettled(sender: sender, messageID: messageID, status: status)
         }
     }
 
@@ -139,6 +213,7 @@ extension ServerCore {
         if let devices = core.failed(sender: sender, messageID: messageID) {
             sendError(toDevicesOf: devices, messageID: messageID, code: code, message)
         }
+        localFailed(sender: sender, messageID: messageID, code: code, message: message)
     }
 
     /// A copy handed to another node is lost: that node never answered (it died, or the cluster is
@@ -154,6 +229,7 @@ extension ServerCore {
             if let devices = core.failed(sender: sender, messageID: messageID) {
                 sendError(toDevicesOf: devices, messageID: messageID, code: code, message)
             }
+            localFailed(sender: sender, messageID: messageID, code: code, message: message)
         default:
             break
         }

@@ -112,6 +112,12 @@ extension ServerCore {
     /// closing and not congested (a copy is never acknowledged, retained or stored: a device that
     /// misses it does not get it later). Called only when the sender has other devices.
     func copyToOtherDevices(of sender: ClientState, to recipient: UInt32, messageID: UInt64, sentAtMs: UInt64, body: ByteView) {
+        if !core.remote.isEmpty, let elsewhere = core.remote[sender.userID] {
+            for node in elsewhere.nodes {
+                cluster?.sentCopy(to: node, sender: sender.userID, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs,
+                                  body: body)
+            }
+        }
         guard let session = sender.session, session.devices.count > 1 else { return }
         for device in session.devices where device.connection != sender.id && device.receivesCopies && !device.congested {
             guard let other = connections[device.connection.raw], !other.isClosing else { continue }
@@ -199,10 +205,11 @@ extension ServerCore {
             metrics.deliveriesAcknowledged &+= 1
             if delivery.inbound {
                 if core.inboundCompleted(sender: delivery.sender, messageID: delivery.messageID, status: .delivered) {
-                    cluster?.inboundSettled(sender: delivery.sender, messageID: delivery.messageID, status: .delivered)
+                    inboundSettledHere(sender: delivery.sender, messageID: delivery.messageID, status: .delivered)
                 }
             } else if let sender = core.completed(sender: delivery.sender, messageID: delivery.messageID, status: .delivered) {
                 sendAck(toDevicesOf: sender, messageID: delivery.messageID, status: .delivered)
+                localSettled(sender: delivery.sender, messageID: delivery.messageID, status: .delivered)
             }
             // The receiver's other devices' copies are settled now, even if the sender's window forgets the id.
             if delivery.shared, let session = connection.session {

@@ -149,11 +149,12 @@ extension ServerCore {
     func ackStored(_ mail: StoredMail) {
         if cluster != nil, core.isInboundInFlight(sender: mail.sender, messageID: mail.messageID),
            core.inboundCompleted(sender: mail.sender, messageID: mail.messageID, status: .storedOffline) {
-            cluster?.inboundSettled(sender: mail.sender, messageID: mail.messageID, status: .storedOffline)
+            inboundSettledHere(sender: mail.sender, messageID: mail.messageID, status: .storedOffline)
             return
         }
         if let sender = core.completed(sender: mail.sender, messageID: mail.messageID, status: .storedOffline) {
             sendAck(toDevicesOf: sender, messageID: mail.messageID, status: .storedOffline)
+            localSettled(sender: mail.sender, messageID: mail.messageID, status: .storedOffline)
         }
     }
 
@@ -162,13 +163,14 @@ extension ServerCore {
            core.inboundCompleted(sender: mail.sender, messageID: mail.messageID, status: .storedOffline) {
             core.inboundFailed(sender: mail.sender, messageID: mail.messageID)
             let text = code == .internalError ? "could not store the message: \(why)" : why
-            cluster?.inboundFailed(sender: mail.sender, messageID: mail.messageID, code: code, message: text)
+            inboundFailedHere(sender: mail.sender, messageID: mail.messageID, code: code, message: text)
             return
         }
+        let text = code == .internalError ? "could not store the message: \(why)" : why
         if let sender = core.failed(sender: mail.sender, messageID: mail.messageID) {
-            let text = code == .internalError ? "could not store the message: \(why)" : why
             sendError(toDevicesOf: sender, messageID: mail.messageID, code: code, text)
         }
+        localFailed(sender: mail.sender, messageID: mail.messageID, code: code, message: text)
     }
 
     /// The store is out of room (LMDB map full or disk full): counted, and logged at most every 10 s.

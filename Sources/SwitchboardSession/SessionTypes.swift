@@ -132,6 +132,17 @@ public protocol ClusterSeam: AnyObject {
     func inboundFailed(sender: UserID, messageID: UInt64, code: ErrorCode, message: String)
     /// A multi-copy message handed here: every copy here was lost (tell that node: it counts the copy lost).
     func inboundLost(sender: UserID, messageID: UInt64)
+    /// A SEND of `sender` accepted here: its devices on `node` get SENT_COPY (fire and forget, as on one node: a
+    /// device that misses it does not get it later).
+    func sentCopy(to node: UInt16, sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView)
+    /// The final answer (SEND_ACK or SEND_ERROR) of a message of `sender` accepted here, for its devices on `node`.
+    func senderAnswered(to node: UInt16, sender: UserID, messageID: UInt64, answer: SenderAnswer)
+}
+
+/// What a sender's devices are told of a message in the end.
+public enum SenderAnswer: Equatable, Sendable {
+    case ack(SendStatus)
+    case error(ErrorCode, String)
 }
 
 /// The store reads the core makes on the loop (LMDB reads are memory-mapped and do not block on I/O

@@ -22,6 +22,25 @@ import Testing
         #expect(f.route(Seed.alice, Seed.bob, id: 5).isMailboxFull)
     }
 
+    /// Cluster mode: another node's mail is applied to the store before its notice reaches the core; a usage read
+    /// in between already counts it, and the notice must not count it again (it would fill the quota early).
+    @Test func foreignMailReadBeforeItsNoticeIsCountedOnce() {
+        let f = RelayFixture(limits: RelayLimits(mailboxMaxMessages: 3),
+                             usage: [Seed.bob: MailboxUsage(count: 2, bytes: 20, lastSeq: 7)])
+        #expect(f.core.mailbox(of: Seed.bob).count == 2)
+        f.core.foreignMailStored(recipient: Seed.bob, seq: 7, bytes: 10)   // applied before the read
+        #expect(f.core.mailbox(of: Seed.bob) == RelayCore.MailboxState(count: 2, bytes: 20, lastSeq: 7))
+        f.core.foreignMailStored(recipient: Seed.bob, seq: 8, bytes: 5)    // applied after it
+        #expect(f.core.mailbox(of: Seed.bob) == RelayCore.MailboxState(count: 3, bytes: 25, lastSeq: 8))
+        f.login(Seed.alice, Seed.aliceConn)
+        #expect(f.route(Seed.alice, Seed.bob, id: 1).isMailboxFull)
+        // A refresh at login reads again: what it counted is not counted again either.
+        f.core.refreshMailbox(of: Seed.bob, usage: MailboxUsage(count: 2, bytes: 15, lastSeq: 9))
+        f.core.foreignMailStored(recipient: Seed.bob, seq: 9, bytes: 5)
+        #expect(f.core.mailbox(of: Seed.bob) == RelayCore.MailboxState(count: 2, bytes: 15, lastSeq: 9))
+        #expect(f.route(Seed.alice, Seed.bob, id: 1) == .store(recipient: Seed.bob, mailSeq: 10))
+    }
+
     @Test func persistedUsageCountsAgainstTheQuota() {
         let f = RelayFixture(limits: RelayLimits(mailboxMaxMessages: 3),
                              usage: [Seed.bob: MailboxUsage(count: 2, bytes: 20, lastSeq: 17)])

@@ -46,7 +46,7 @@ final class TestCluster {
 
     /// `count` nodes; node i lists the NATS servers starting with server i (so the nodes use different servers).
     /// With `metrics`, node i serves /metrics and /healthz on 127.0.0.1:basePort+90+i.
-    init(name: String, basePort: Int, nodes count: Int, metrics: Bool = false) throws {
+    init(name: String, basePort: Int, nodes count: Int, metrics: Bool = false, extra: [String] = []) throws {
         let nats = try NATSClusterProcess(name: name, basePort: basePort)
         self.nats = nats
         try nats.waitUntilReady()
@@ -55,7 +55,7 @@ final class TestCluster {
         for i in 0..<count {
             let order = (0..<3).map { nats.url(($0 + i) % 3) }.joined(separator: ",")
             let node = try ClusterNode(name: "n\(i)", nats: order, tlsFrom: first,
-                                       extra: metrics ? ["--metrics", "127.0.0.1:\(basePort + 90 + i)"] : [])
+                                       extra: (metrics ? ["--metrics", "127.0.0.1:\(basePort + 90 + i)"] : []) + extra)
             if first == nil { first = node.directory }
             started.append(node)
         }
@@ -280,6 +280,37 @@ func exchange(_ sender: ChatSession, _ receiver: ChatSession, _ id: UInt64) thro
     }
 
     /// Two nodes started with the same --node would take each other's forwards: the operator is told.
+    /// alice's phone on n0 and laptop on n1, bob on n2 (real processes, TLS, NATS): what the phone sends is copied
+    /// to the laptop (SENT_COPY through the cluster), and its SEND_ACK reaches both devices; --max-devices 2 counts
+    /// both nodes' devices, so a tablet on n2 is refused.
+    @Test(.enabled(if: natsServerPath() != nil, "nats-server is not installed (make test installs it)"))
+    func aSendersDevicesOnTwoNodesSeeTheSameConversation() throws {
+        let cluster = try TestCluster(name: "devices", basePort: 27800, nodes: 3, extra: ["--max-devices", "2"])
+        // alice's first session (LOGIN, her implicit device) on n0 is the phone.
+        let (phone, bob, bobID) = try cluster.friends(0, 2)
+        let laptop = try cluster.session(1)
+        _ = try laptop.logIn(name: "alice", password: testPassword, device: DeviceIdentity(id: "laptop", name: "laptop"))
+        usleep(300_000)  // n0 has heard of the laptop on n1
+        try phone.send(to: bobID, messageID: 77, body: Array("from the phone".utf8))
+        guard case .message(let seq, _, 77, _, _)? = try waitForEvent(bob, isMessage) else {
+            Issue.record("bob got no message\n\(cluster.logs())"); return
+        }
+        let copy = try waitForEvent(laptop) { if case .sentCopy(bobID, 77, _, _) = $0 { return true } else { return false } }
+        #expect(copy != nil, "the laptop on n1 got no SENT_COPY\n\(cluster.logs())")
+        try bob.acknowledgeDeliveries(through: seq)
+        #expect(try phone.awaitSendOutcome(77) == .delivered)
+        let ack = try waitForEvent(laptop) { if case .sendAck(77, .delivered) = $0 { return true } else { return false } }
+        #expect(ack != nil, "the laptop on n1 got no SEND_ACK")
+        // Two devices online, on two nodes: a third, on a third node, is over the limit.
+        let tablet = try cluster.session(2)
+        do {
+            _ = try tablet.logIn(name: "alice", password: testPassword, device: DeviceIdentity(id: "tablet", name: "tablet"))
+            Issue.record("a device over --max-devices 2 was let in")
+        } catch {
+            #expect("\(error)".contains("devices online"), "\(error)")
+        }
+    }
+
     @Test(.enabled(if: natsServerPath() != nil, "nats-server is not installed (make test installs it)"))
     func aSecondNodeWithTheSameNameIsReported() throws {
         let cluster = try TestCluster(name: "samename", basePort: 27600, nodes: 1)

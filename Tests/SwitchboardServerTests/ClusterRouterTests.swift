@@ -17,6 +17,7 @@ import SwitchboardCluster
 import SwitchboardIO
 import SwitchboardProtocol
 @testable import SwitchboardServer
+import SwitchboardSession
 import SwitchboardStore
 import Testing
 
@@ -71,6 +72,9 @@ final class FakeHost: ClusterRouterHost {
     func forwardUndeliverable(sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: [UInt8]) {
         undeliverable.append(messageID)
     }
+
+    func remoteSentCopy(sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView) {}
+    func remoteSenderAnswered(sender: UserID, messageID: UInt64, answer: SenderAnswer) {}
 
     func endTurn() {
         maxCallsPerTurn = max(maxCallsPerTurn, callsThisTurn)

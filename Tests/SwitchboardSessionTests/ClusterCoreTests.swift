@@ -23,6 +23,8 @@ final class ClusterSim {
         case lost(sender: UserID, messageID: UInt64)
         case settled(sender: UserID, messageID: UInt64, status: SendStatus)
         case failed(sender: UserID, messageID: UInt64, code: ErrorCode, message: String)
+        case sentCopy(sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: [UInt8])
+        case senderAnswer(sender: UserID, messageID: UInt64, answer: SenderAnswer)
     }
     struct Envelope { var from: Int; var to: Int; var event: Event }
 
@@ -144,6 +146,13 @@ final class ClusterSim {
             guard let forward = target.pending.removeValue(forKey: ClusterSim.Key(sender: sender, messageID: messageID, node: envelope.from)) else { return }
             target.core.forwardUndeliverable(sender: sender, recipient: forward.recipient, messageID: messageID,
                                              sentAtMs: forward.sentAtMs, body: forward.body)
+        case .sentCopy(let sender, let recipient, let messageID, let sentAtMs, let body):
+            body.withUnsafeBytes { raw in
+                target.core.remoteSentCopy(sender: sender, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs,
+                                           body: ByteView(borrowing: raw))
+            }
+        case .senderAnswer(let sender, let messageID, let answer):
+            target.core.remoteSenderAnswered(sender: sender, messageID: messageID, answer: answer)
         }
         target.endOfTurn()
     }
@@ -273,6 +282,13 @@ final class SimNode: SessionDriver, ClusterSeam {
             sim.queue.append(.init(from: index, to: origin, event: .settled(sender: sender, messageID: messageID, status: status)))
         }
     }
+    func sentCopy(to node: UInt16, sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView) {
+        sim.queue.append(.init(from: index, to: Int(node), event: .sentCopy(sender: sender, recipient: recipient, messageID: messageID,
+                                                                         sentAtMs: sentAtMs, body: body.array)))
+    }
+    func senderAnswered(to node: UInt16, sender: UserID, messageID: UInt64, answer: SenderAnswer) {
+        sim.queue.append(.init(from: index, to: Int(node), event: .senderAnswer(sender: sender, messageID: messageID, answer: answer)))
+    }
     func inboundFailed(sender: UserID, messageID: UInt64, code: ErrorCode, message: String) {
         for origin in inboundOrigins.removeValue(forKey: ClusterSim.key(sender, messageID)) ?? [] {
             sim.queue.append(.init(from: index, to: origin, event: .failed(sender: sender, messageID: messageID, code: code, message: message)))
@@ -299,6 +315,8 @@ final class SimClient {
     var acks: [UInt64: SendStatus] = [:]
     var sendErrors: [UInt64: UInt16] = [:]
     var chatStatus: [UInt32: Bool] = [:]
+    var sentCopies: [(to: UInt32, id: UInt64)] = []
+    var errors: [UInt16] = []
     var pendingDeliveryAck: UInt64?
     var pendingMailAck: UInt64?
     private let scratch = ByteBuffer(capacity: 1 << 16)
@@ -356,7 +374,10 @@ final class SimClient {
                 case .sendAck(let id, let status): acks[id] = SendStatus(rawValue: status)
                 case .sendError(let id, let code, _): sendErrors[id] = code
                 case .chatStatus(_, let user, let online, _): chatStatus[user] = online
-                case .error(_, let code, _): if code == ErrorCode.sessionTakenOver.rawValue { closeCode = .sessionTakenOver }
+                case .sentCopy(let to, let id, _, _): sentCopies.append((to, id))
+                case .error(_, let code, _):
+                    errors.append(code)
+                    if code == ErrorCode.sessionTakenOver.rawValue { closeCode = .sessionTakenOver }
                 default: break
                 }
             }
@@ -480,6 +501,152 @@ final class SimClient {
         sim.settle()
         #expect(aliceAgain.acks[3] == .delivered, "bob's node remembers it delivered (alice, 3)")
         #expect(bob.received(from: sim.id("alice")) == [3], "and does not deliver it again")
+    }
+
+    /// alice's node dies while bob (on node 1) holds her message unacknowledged; her client reconnects to bob's
+    /// own node and resends it. It is not delivered twice, and she is answered there when bob acknowledges (the
+    /// answer for the first copy goes to the dead node) — or when it is stored, if bob drops instead.
+    @Test(arguments: [false, true])
+    func resendOnTheRecipientsNodeWhileTheFirstCopyIsInFlightIsAnsweredThere(bobDrops: Bool) throws {
+        let sim = try pair()
+        let bob = sim.connect("bob", node: 1, autoAck: false)
+        let alice = sim.connect("alice", node: 0)
+        sim.settle()
+        alice.write(.send(to: sim.id("bob"), messageID: 7, body: ByteView(Array("first copy".utf8))))
+        sim.settle()
+        #expect(bob.received(from: sim.id("alice")) == [7])
+        sim.kill(0)
+        sim.settle()
+        let aliceAgain = sim.connect("alice", node: 1)
+        sim.settle()
+        aliceAgain.write(.send(to: sim.id("bob"), messageID: 7, body: ByteView(Array("first copy".utf8))))
+        sim.settle()
+        #expect(bob.received(from: sim.id("alice")) == [7], "the resend is not delivered again")
+        #expect(aliceAgain.acks[7] == nil, "not acknowledged before bob did")
+        if bobDrops {
+            bob.gone = true
+            sim.nodes[1].core.peerGone(bob.state, "dropped")
+            sim.nodes[1].endOfTurn()
+            sim.settle()
+            #expect(aliceAgain.acks[7] == .storedOffline)
+            let bobAgain = sim.connect("bob", node: 2)
+            sim.settle()
+            #expect(bobAgain.mail.map(\.id) == [7])
+        } else {
+            bob.autoAck = true
+            sim.settle()
+            #expect(aliceAgain.acks[7] == .delivered, "the resend waits for the first copy and is answered here")
+        }
+        #expect(sim.nodes[1].core.core.localResends.isEmpty)
+    }
+
+    /// The same with alice's node alive: her device moved to bob's node (its connection to node 0 dropped) and
+    /// resent; and the other way round: the resend from bob's node is delivered before node 0's forward of the
+    /// first copy arrives there. Either way bob gets it once, alice is answered on node 1, and node 0 is answered.
+    @Test(arguments: [false, true])
+    func senderMovedToTheRecipientsNodeGetsItsAnswerThere(forwardArrivesLast: Bool) throws {
+        let sim = try pair()
+        let bob = sim.connect("bob", node: 1, autoAck: false)
+        let alice = sim.connect("alice", node: 0)
+        sim.settle()
+        alice.write(.send(to: sim.id("bob"), messageID: 8, body: ByteView(Array("moving".utf8))))
+        if forwardArrivesLast {
+            sim.settle(deliverCluster: false)  // node 0's forward waits in the cluster
+        } else {
+            sim.settle()
+            #expect(bob.received(from: sim.id("alice")) == [8])
+        }
+        alice.gone = true
+        sim.nodes[0].core.peerGone(alice.state, "moved")
+        sim.nodes[0].endOfTurn()
+        let aliceAgain = sim.connect("alice", node: 1)
+        sim.settle(deliverCluster: !forwardArrivesLast)
+        aliceAgain.write(.send(to: sim.id("bob"), messageID: 8, body: ByteView(Array("moving".utf8))))
+        sim.settle()
+        #expect(bob.received(from: sim.id("alice")) == [8], "once: \(bob.received(from: sim.id("alice")))")
+        #expect(aliceAgain.acks[8] == nil)
+        bob.autoAck = true
+        sim.settle()
+        #expect(aliceAgain.acks[8] == .delivered)
+        #expect(sim.nodes[0].pending.isEmpty, "node 0's forward was answered: \(sim.nodes[0].pending)")
+        #expect(sim.nodes[1].core.core.localResends.isEmpty && sim.nodes[1].core.core.inboundResends.isEmpty)
+    }
+
+    /// bob's phone (node 1) and laptop (node 2) each get a copy; the laptop logs out before its copy arrives and
+    /// node 2 cannot store it (bob's mailbox is full as node 2 counts it). That is one lost copy, not a refusal of
+    /// the message: the phone's copy is delivered and alice gets `delivered`, no SEND_ERROR.
+    @Test func aCopyRefusedOnOneNodeIsALostCopyWhileAnotherIsDelivered() throws {
+        let sim = try pair()
+        let phone = sim.connect("bob", node: 1, device: "phone", autoAck: false)
+        let laptop = sim.connect("bob", node: 2, device: "laptop")
+        let alice = sim.connect("alice", node: 0)
+        sim.settle()
+        sim.nodes[2].core.core.limits.mailboxMaxMessages = 0
+        alice.write(.send(to: sim.id("bob"), messageID: 10, body: ByteView(Array("two copies".utf8))))
+        sim.settle(deliverCluster: false)
+        laptop.gone = true
+        sim.nodes[2].core.peerGone(laptop.state, "bye")
+        sim.nodes[2].endOfTurn()
+        sim.settle()
+        #expect(phone.received(from: sim.id("alice")) == [10])
+        #expect(alice.sendErrors[10] == nil, "SEND_ERROR \(alice.sendErrors[10] ?? 0) for a message another device holds")
+        phone.autoAck = true
+        sim.settle()
+        #expect(alice.acks[10] == .delivered)
+        #expect(alice.sendErrors.isEmpty)
+    }
+
+    /// alice's phone is on node 0 and her laptop on node 1; bob is on node 2. What the phone sends is copied to
+    /// the laptop (SENT_COPY) and its SEND_ACK reaches both, as on one node; the same when bob is on the laptop's
+    /// node and when he is offline (stored); the laptop's own sends come back to the phone the same way.
+    @Test func theSendersDevicesOnOtherNodesGetCopiesAndAnswers() throws {
+        let sim = try pair()
+        let phone = sim.connect("alice", node: 0, device: "phone")
+        let laptop = sim.connect("alice", node: 1, device: "laptop")
+        let bob = sim.connect("bob", node: 2)
+        sim.settle()
+        phone.write(.send(to: sim.id("bob"), messageID: 1, body: ByteView(Array("from the phone".utf8))))
+        sim.settle()
+        #expect(bob.received(from: sim.id("alice")) == [1])
+        #expect(laptop.sentCopies.map(\.id) == [1] && laptop.sentCopies.first?.to == sim.id("bob"))
+        #expect(phone.acks[1] == .delivered && laptop.acks[1] == .delivered)
+        laptop.write(.send(to: sim.id("bob"), messageID: 2, body: ByteView(Array("from the laptop".utf8))))
+        sim.settle()
+        #expect(phone.sentCopies.map(\.id) == [2] && phone.acks[2] == .delivered && laptop.acks[2] == .delivered)
+        // bob offline: stored; both devices hear it.
+        bob.gone = true
+        sim.nodes[2].core.peerGone(bob.state, "bye")
+        sim.nodes[2].endOfTurn()
+        sim.settle()
+        phone.write(.send(to: sim.id("bob"), messageID: 3, body: ByteView(Array("stored".utf8))))
+        sim.settle()
+        #expect(laptop.sentCopies.map(\.id) == [1, 3] && phone.acks[3] == .storedOffline && laptop.acks[3] == .storedOffline)
+        // A refusal reaches every device too (bob's mailbox is full as node 0 counts it).
+        sim.nodes[0].core.core.limits.mailboxMaxMessages = 1
+        phone.write(.send(to: sim.id("bob"), messageID: 4, body: ByteView(Array("full".utf8))))
+        sim.settle()
+        #expect(phone.sendErrors[4] == ErrorCode.mailboxFull.rawValue)
+        #expect(laptop.sendErrors[4] == nil, "refused before it was accepted: not copied, not answered elsewhere (as on one node)")
+        // A resend is not copied again.
+        phone.write(.send(to: sim.id("bob"), messageID: 3, body: ByteView(Array("stored".utf8))))
+        sim.settle()
+        #expect(laptop.sentCopies.map(\.id) == [1, 3])
+    }
+
+    /// --max-devices counts a user's devices on every node: with a limit of 2 and devices on nodes 0 and 1, a
+    /// third on node 2 is refused (tooManyDevices, naming the devices); the same device again takes over.
+    @Test func theDeviceLimitCountsDevicesOnEveryNode() throws {
+        let sim = try pair()
+        for node in sim.nodes { node.core.core.limits.maxDevicesPerUser = 2 }
+        let phone = sim.connect("alice", node: 0, device: "phone")
+        _ = sim.connect("alice", node: 1, device: "laptop")
+        sim.settle()
+        let tablet = sim.connect("alice", node: 2, device: "tablet")
+        sim.settle()
+        #expect(!tablet.loggedIn && tablet.errors.contains(ErrorCode.tooManyDevices.rawValue), "errors \(tablet.errors)")
+        let phoneAgain = sim.connect("alice", node: 2, device: "phone")
+        sim.settle()
+        #expect(phoneAgain.loggedIn && phone.closeCode == .sessionTakenOver)
     }
 
     @Test func forwardsToANodeThatDiedGoToTheMailbox() throws {
@@ -611,6 +778,7 @@ final class SimClient {
         var sentBy: [String: [(to: String, id: UInt64)]] = [:]
         var acked: [(from: String, to: String, id: UInt64)] = []
         var killed = false
+        var resendOnLogin: [SimClient] = []
         func live(_ name: String) -> SimClient? {
             sim.clients.last { $0.user == name && !$0.gone && !$0.closed && $0.loggedIn && sim.nodes[$0.node].alive }
         }
@@ -631,7 +799,7 @@ final class SimClient {
                 let node = Int.random(in: 0..<3, using: &rng)
                 if sim.nodes[node].alive {
                     let device = "d\(Int.random(in: 0..<2, using: &rng))"
-                    sim.connect(name, node: node, device: device)
+                    resendOnLogin.append(sim.connect(name, node: node, device: device))
                     sim.trace.append("\(name) logs in on node \(node) as \(device)")
                 }
             case 2..<7:
@@ -671,6 +839,15 @@ final class SimClient {
             // Partial progress: sometimes hold the cluster messages back a step.
             sim.settle(deliverCluster: Int.random(in: 0..<3, using: &rng) != 0)
             collectAcks()
+            // A client that logged in resends what its user has not seen acknowledged (as clients do after a
+            // reconnect), maybe through the recipient's own node while the first copy is still in flight.
+            for client in resendOnLogin where client.loggedIn && !client.gone && !client.closed {
+                for sent in sentBy[client.user] ?? [] where !acked.contains(where: { $0.from == client.user && $0.id == sent.id }) {
+                    client.write(.send(to: sim.id(sent.to), messageID: sent.id, body: ByteView(Array("m\(sent.id)".utf8))))
+                    sim.trace.append("\(client.user) on node \(client.node) resends #\(sent.id) to \(sent.to)")
+                }
+            }
+            resendOnLogin.removeAll { $0.loggedIn || $0.gone || $0.closed }
         }
         sim.settle()
         collectAcks()
