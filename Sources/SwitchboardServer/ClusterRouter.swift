@@ -1,20 +1,28 @@
 // Cluster mode: the node's presence directory and cross-node relay over core NATS, on the loop thread.
 // The core decides (Core+Cluster.swift, RelayCore+Cluster.swift); this moves its decisions between
-// nodes and turns what other nodes say into core calls.
+// nodes and turns what other nodes say into core calls (through `ClusterRouterHost`). The directory's
+// upkeep (snapshots in chunks, reconciliation after a link break, dropping a gone node's users in batches)
+// is in ClusterRouter+Directory.swift, the wire format in ClusterWire.swift.
 //
 // Subjects (all under `sb.`):
 //   sb.presence       every node: a device joined/left (user, device id, the user's accepted contacts)
 //   sb.hb             every node, every `heartbeatMs`: node name, epoch, online users
-//   sb.node.<name>    one node: forwarded SENDs, their answers, directory snapshot requests and replies
-// A node is known by (name, epoch); the epoch changes at every start and every NATS reconnect, and a new
-// epoch (or a first heartbeat) makes the others drop what they knew of that node and ask it for a
-// snapshot of its online devices. NATS delivers one publisher's messages in order, so the snapshot
-// follows every event the node published before it. A node whose heartbeats stop for `nodeTimeoutMs`
-// is gone: its users read offline, SENDs handed to it and not answered go to the recipient's mailbox
-// from here. Forwards wait for an answer at most `forwardTimeoutMs` (then the same), and at most
-// `maxForwardBytes` of them are pending (beyond it a SEND gets SEND_ERROR busyRetryLater).
-// Invariants: never blocks (publishes go to NATSConnection's bounded queue); each forward completes
-// exactly once (answer, node gone, timeout, or refusal when it could not even be queued).
+//   sb.node.<name>    one node: forwarded SENDs, their answers, directory snapshot requests and chunks
+// A node is known by (name, epoch); the epoch changes at every start and every NATS reconnect. A new epoch
+// (or a first heartbeat, or our own reconnect) makes the others reconcile what they know of that node with
+// a fresh snapshot of its online devices: only entries that really changed produce presence. NATS delivers
+// one publisher's messages in order, so each snapshot chunk follows every event the node published before it.
+// A node whose heartbeats stop for `nodeTimeoutMs` is gone: its users read offline (dropped in batches of
+// `directoryBatch` per loop turn), SENDs handed to it and not answered go to the recipient's mailbox from
+// here. Forwards wait for an answer at most `forwardTimeoutMs` (then the same), and at most `maxForwardBytes`
+// of them are pending (beyond it a SEND gets SEND_ERROR busyRetryLater).
+// Invariants: never blocks (publishes go to NATSConnection's bounded queue); nothing is published while the
+// NATS link is not connected (the connection would replay it after a reconnect, after this node gave up on
+// it: a forward already sent to the mailbox, a stale "joined"); what that skips is rebuilt by the epoch
+// logic (pending forwards are resent when their node is heard again, presence by snapshots); each forward
+// completes exactly once (answer, node gone, timeout, or refusal when it could not even be queued); no loop
+// turn does more than `directoryBatch` users of directory upkeep or queues more than `snapshotBytesPerTurn`
+// of snapshot.
 import Logging
 import SwitchboardCluster
 import SwitchboardIO
@@ -22,41 +30,11 @@ import SwitchboardProtocol
 import SwitchboardSession
 import SwitchboardStore
 
-public struct ClusterRouterConfiguration: Sendable {
-    public var node: String
-    public var heartbeatMs: UInt64 = 1_000
-    public var nodeTimeoutMs: UInt64 = 3_500
-    public var forwardTimeoutMs: UInt64 = 30_000
-    public var maxForwardBytes = 64 << 20
-    public init(node: String) { self.node = node }
-
-    /// Node names are NATS subject tokens: 1-32 of A-Z a-z 0-9 _ -.
-    public static func validNodeName(_ name: String) -> Bool {
-        !name.isEmpty && name.utf8.count <= 32
-            && name.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || $0 == 0x5F || $0 == 0x2D }
-    }
-}
-
-public struct ClusterRouterStatistics: Sendable {
-    public var forwardsSent: UInt64 = 0
-    public var forwardsAnswered: UInt64 = 0
-    public var forwardsToMailbox: UInt64 = 0
-    public var forwardsRefused: UInt64 = 0
-    public var inboundReceived: UInt64 = 0
-    public var presenceEventsIn: UInt64 = 0
-    public var presenceEventsOut: UInt64 = 0
-    public var nodesGone: UInt64 = 0
-    public var publishFailures: UInt64 = 0
-    public var malformed: UInt64 = 0
-    /// Heartbeats or events under this node's own name from another process.
-    public var duplicateNodeName: UInt64 = 0
-}
-
 final class ClusterRouter: ClusterSeam {
-    private struct PendingKey: Hashable { var sender: UserID; var messageID: UInt64 }
+    struct PendingKey: Hashable { var sender: UserID; var messageID: UInt64 }
     /// A forward waiting for its answer: one per destination node (a multi-copy message goes to several).
-    private struct ForwardKey: Hashable { var sender: UserID; var messageID: UInt64; var node: UInt16 }
-    private struct PendingForward {
+    struct ForwardKey: Hashable { var sender: UserID; var messageID: UInt64; var node: UInt16 }
+    struct PendingForward {
         var node: UInt16
         var recipient: UserID
         var sentAtMs: UInt64
@@ -67,27 +45,58 @@ final class ClusterRouter: ClusterSeam {
         var body: ArraySlice<UInt8> { record[Self.headerBytes...] }
         static let headerBytes = 29
     }
-    private struct NodeInfo {
+    struct NodeInfo {
         var name: String
         var epoch: UInt64 = 0
         var lastHeardMs: UInt64 = 0
         var alive = false
-        var users = 0
-        /// Not heard since our NATS link broke (loop ms): its forwards wait for it up to `nodeTimeoutMs`.
+        /// Users online there, by its last heartbeat.
+        var reportedUsers = 0
+        /// Not heard since our NATS link broke (loop ms): its forwards and directory entries wait for it up to
+        /// `nodeTimeoutMs`.
         var unheardSince: UInt64 = 0
+        /// The users the directory has with a device on this node (kept in step with the core's directory by
+        /// `resync` after every change the router makes or sees): what a reconciliation or a drop walks, and
+        /// what a heartbeat's count is compared with.
+        var members = Set<UserID>()
+        /// When a heartbeat first disagreed with `members.count` (0: it agrees), and when a snapshot was last asked.
+        var mismatchSince: UInt64 = 0
+        var lastRequestMs: UInt64 = 0
+    }
+    /// A snapshot asked of a node: its chunks confirm users; those still unconfirmed at the last chunk are dropped.
+    struct Reconcile {
+        var requestID: UInt32
+        var nextChunk: UInt32 = 0
+        var unconfirmed: Set<UserID>
+        var deadline: UInt64
+    }
+    /// Users of one node leaving the directory, `directoryBatch` per turn; a user re-confirmed meanwhile (a
+    /// "joined" from that node) leaves `doomed` and is skipped.
+    struct DropJob {
+        var order: [UserID]
+        var position = 0
+        var doomed: Set<UserID>
+    }
+    /// A snapshot this node is sending: the users online when it was asked, walked a chunk at a time.
+    struct SnapshotJob {
+        var requester: String
+        var requestID: UInt32
+        var users: [UserID]
+        var position = 0
+        var chunk: UInt32 = 0
     }
 
     let configuration: ClusterRouterConfiguration
-    private let nats: NATSConnection
-    private let loop: EventLoop
-    private unowned let core: ServerCore
-    private var logger: Logger
+    let nats: NATSConnection
+    let loop: EventLoop
+    unowned let host: ClusterRouterHost
+    var logger: Logger
     private(set) var epoch: UInt64
     private var lastDuplicateNameLog: UInt64 = 0
-    private var nodes: [NodeInfo] = []
+    var nodes: [NodeInfo] = []
     private var nodeIndex: [String: UInt16] = [:]
-    private var pending: [ForwardKey: PendingForward] = [:]
-    private var pendingBytes = 0
+    var pending: [ForwardKey: PendingForward] = [:]
+    var pendingBytes = 0
     /// Inbound messages in flight here: where to send the answer (usually one node; more after a resend
     /// through another node).
     private var inboundReplies: [PendingKey: Origins] = [:]
@@ -98,7 +107,7 @@ final class ClusterRouter: ClusterSeam {
         var more: [UInt16] = []
         func contains(_ node: UInt16) -> Bool { first == node || more.contains(node) }
     }
-    private(set) var statistics = ClusterRouterStatistics()
+    var statistics = ClusterRouterStatistics()
     /// Forwards and answers of this turn, per destination node: one NATS message each at the end of the turn
     /// (`flush`), or sooner when one passes `maxBatchBytes`.
     private var forwardBatches: [UInt16: (count: UInt32, bytes: [UInt8])] = [:]
@@ -109,16 +118,24 @@ final class ClusterRouter: ClusterSeam {
     let timerToken: UInt64
     /// Another process publishes under this node's name (a second node started with the same --node).
     var onDuplicateName: (() -> Void)?
-    private var subscribed = false
+    /// Wakes the loop when snapshot output waits for the NATS queue to drain.
+    let workToken: UInt64
+    var reconciles: [UInt16: Reconcile] = [:]
+    var drops: [UInt16: DropJob] = [:]
+    var snapshotJobs: [SnapshotJob] = []
+    var nextRequestID: UInt32 = 1
+    /// Snapshot output resumes at this loop time (after the NATS queue was found too full).
+    var snapshotResumeAt: UInt64 = 0
 
-    init(configuration: ClusterRouterConfiguration, nats: NATSConnection, loop: EventLoop, core: ServerCore, logger: Logger,
-         timerToken: UInt64) {
+    init(configuration: ClusterRouterConfiguration, nats: NATSConnection, loop: EventLoop, host: ClusterRouterHost, logger: Logger,
+         timerToken: UInt64, workToken: UInt64) {
         self.configuration = configuration
         self.nats = nats
         self.loop = loop
-        self.core = core
+        self.host = host
         self.logger = logger
         self.timerToken = timerToken
+        self.workToken = workToken
         epoch = Clock.wallMs() &* 1_000 &+ (Clock.monotonicNs() % 1_000)
     }
 
@@ -129,39 +146,42 @@ final class ClusterRouter: ClusterSeam {
         try nats.subscribe("sb.presence") { [unowned self] in self.received($0) }
         try nats.subscribe("sb.hb") { [unowned self] in self.received($0) }
         try nats.subscribe(ownSubject) { [unowned self] in self.received($0) }
-        subscribed = true
         loop.schedule(at: loop.now + configuration.heartbeatMs, token: timerToken)
     }
 
     /// The NATS link came back after a break: what others know of this node may be stale, and what this
-    /// node knows of them certainly is (events were missed). A new epoch makes every node forget this
-    /// one and ask for a snapshot; here every other node is forgotten until its next heartbeat.
+    /// node knows of them certainly is (events were missed). A new epoch makes every node reconcile what it
+    /// has of this one; here every other node is reconciled when next heard (its entries stay meanwhile, so
+    /// users who did not change read online throughout). Their pending forwards are not given up: a forward
+    /// or its answer may have been lost with the link, so each is sent again (same id; the receiving node
+    /// answers a duplicate without delivering it twice) once its node is heard; a node silent for
+    /// `nodeTimeoutMs` is gone (forwards to the mailbox, users dropped). Snapshots being sent stop: every
+    /// requester asks again when it hears the new epoch.
     func natsReconnected() {
         epoch &+= 1
-        // What we knew of the others may be stale: forget it until each is heard again (a snapshot follows).
-        // Their pending forwards are not given up: a forward or its answer may have been lost with the link,
-        // so each is sent again (same id; the receiving node answers a duplicate without delivering it twice)
-        // once its node is heard, or goes to the mailbox if the node stays silent for `nodeTimeoutMs`.
         let now = loop.now
         for index in nodes.indices where nodes[index].alive {
             nodes[index].alive = false
             nodes[index].unheardSince = now
-            core.remoteNodeGone(UInt16(index))
         }
+        reconciles.removeAll()
+        snapshotJobs.removeAll()
         heartbeat()
     }
 
     // MARK: ClusterSeam (calls from the core)
 
     func deviceJoined(user: UserID, deviceID: String, contacts: [UserID]) {
-        var w = Writer(kind: .joined, node: configuration.node, epoch: epoch)
+        // A login here may have taken the device over from another node's entry (the core dropped it).
+        resync(user)
+        var w = ClusterWriter(kind: .joined, node: configuration.node, epoch: epoch)
         w.u32(user); w.string(deviceID); w.u32(UInt32(contacts.count)); for c in contacts { w.u32(c) }
         publish("sb.presence", w.bytes)
         statistics.presenceEventsOut += 1
     }
 
     func deviceLeft(user: UserID, deviceID: String) {
-        var w = Writer(kind: .left, node: configuration.node, epoch: epoch)
+        var w = ClusterWriter(kind: .left, node: configuration.node, epoch: epoch)
         w.u32(user); w.string(deviceID)
         publish("sb.presence", w.bytes)
         statistics.presenceEventsOut += 1
@@ -171,7 +191,7 @@ final class ClusterRouter: ClusterSeam {
                  multiCopy: Bool) {
         let key = ForwardKey(sender: sender, messageID: messageID, node: node)
         guard Int(node) < nodes.count, nodes[Int(node)].alive || nodes[Int(node)].unheardSince != 0 else {
-            core.forwardUndeliverable(sender: sender, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs, body: body.array)
+            host.forwardUndeliverable(sender: sender, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs, body: body.array)
             statistics.forwardsToMailbox += 1
             return
         }
@@ -180,15 +200,15 @@ final class ClusterRouter: ClusterSeam {
             if multiCopy {
                 // One of several copies (the recipient has devices elsewhere too): a lost copy, not a refusal of the
                 // message; the last lost copy sends it to the mailbox.
-                core.forwardUndeliverable(sender: sender, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs,
+                host.forwardUndeliverable(sender: sender, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs,
                                           body: body.array)
                 return
             }
-            core.forwardRefused(sender: sender, messageID: messageID, code: .busyRetryLater,
+            host.forwardRefused(sender: sender, messageID: messageID, code: .busyRetryLater,
                                 message: "too many messages waiting for other servers of the cluster; try again later")
             return
         }
-        var record = Writer()
+        var record = ClusterWriter()
         record.bytes.reserveCapacity(PendingForward.headerBytes + body.count)
         record.u32(sender); record.u32(recipient); record.u64(messageID); record.u64(sentAtMs); record.u8(multiCopy ? 1 : 0)
         record.u32(UInt32(body.count))
@@ -204,7 +224,7 @@ final class ClusterRouter: ClusterSeam {
         pendingBytes += record.bytes.count
     }
 
-    private func queueForward(_ record: [UInt8], to node: UInt16) {
+    func queueForward(_ record: [UInt8], to node: UInt16) {
         // Mutated in place (the dictionary's default subscript): a copy-and-store would copy the batch's bytes
         // at every forward.
         forwardBatches[node, default: (0, [])].count += 1
@@ -214,21 +234,23 @@ final class ClusterRouter: ClusterSeam {
 
     private func flushForwards(to node: UInt16) {
         guard let batch = forwardBatches.removeValue(forKey: node), batch.count > 0 else { return }
-        var w = Writer(kind: .forwards, node: configuration.node, epoch: epoch)
+        var w = ClusterWriter(kind: .forwards, node: configuration.node, epoch: epoch)
         w.u32(batch.count)
         w.bytes += batch.bytes
-        // A publish that cannot be queued (the 8 MiB bound while NATS is away) loses nothing: the forwards
-        // stay pending and go to the mailbox when their node is declared gone or they time out.
+        // A publish that cannot be made (link down, or the 8 MiB bound) loses nothing: the forwards stay
+        // pending, are sent again when their node is heard after a reconnect, or go to the mailbox when it is
+        // declared gone or they time out.
         publish("sb.node.\(nodes[Int(node)].name)", w.bytes)
     }
 
-    /// Sends this turn's forwards and answers, one NATS message per destination node (RelayServer calls it at
-    /// the end of every loop turn).
+    /// Sends this turn's forwards and answers, one NATS message per destination node, then does one bounded
+    /// batch of directory upkeep and snapshot output if any waits (RelayServer calls it at the end of every
+    /// loop turn, and keeps turning while `hasBackgroundWork`).
     func flush() {
         if !forwardBatches.isEmpty { for node in Array(forwardBatches.keys) { flushForwards(to: node) } }
         if !answerBatches.isEmpty {
             for (target, batch) in answerBatches where Int(target) < nodes.count {
-                var w = Writer(kind: .answers, node: configuration.node, epoch: epoch)
+                var w = ClusterWriter(kind: .answers, node: configuration.node, epoch: epoch)
                 w.u32(batch.count)
                 w.bytes += batch.bytes
                 publish("sb.node.\(nodes[Int(target)].name)", w.bytes)
@@ -236,6 +258,8 @@ final class ClusterRouter: ClusterSeam {
             answerBatches.removeAll(keepingCapacity: true)
         }
         if !deviceBatches.isEmpty { for node in Array(deviceBatches.keys) { flushDeviceNotes(to: node) } }
+        if !drops.isEmpty { dropBatch() }
+        if !snapshotJobs.isEmpty { sendSnapshotChunks() }
     }
 
     func inboundSettled(sender: UserID, messageID: UInt64, status: SendStatus) {
@@ -268,26 +292,26 @@ final class ClusterRouter: ClusterSeam {
         }
     }
 
-    private func deviceNote(to node: UInt16, _ fill: (inout Writer) -> Void) {
+    private func deviceNote(to node: UInt16, _ fill: (inout ClusterWriter) -> Void) {
         deviceBatches[node, default: (0, [])].count += 1
-        Writer.append(to: &deviceBatches[node, default: (0, [])].bytes, fill)
+        ClusterWriter.append(to: &deviceBatches[node, default: (0, [])].bytes, fill)
         if deviceBatches[node]!.bytes.count >= maxBatchBytes { flushDeviceNotes(to: node) }
     }
 
     private func flushDeviceNotes(to node: UInt16) {
         guard let batch = deviceBatches.removeValue(forKey: node), batch.count > 0 else { return }
-        var w = Writer(kind: .deviceNotes, node: configuration.node, epoch: epoch)
+        var w = ClusterWriter(kind: .deviceNotes, node: configuration.node, epoch: epoch)
         w.u32(batch.count)
         w.bytes += batch.bytes
         publish("sb.node.\(nodes[Int(node)].name)", w.bytes)
     }
 
-    private func answer(_ key: PendingKey, _ fill: (inout Writer) -> Void) {
+    private func answer(_ key: PendingKey, _ fill: (inout ClusterWriter) -> Void) {
         guard let targets = inboundReplies.removeValue(forKey: key) else { return }
         func add(_ target: UInt16) {
             answerBatches[target, default: (0, [])].count += 1
             // Written straight into the batch (in place): no buffer per answer.
-            Writer.append(to: &answerBatches[target, default: (0, [])].bytes) { w in
+            ClusterWriter.append(to: &answerBatches[target, default: (0, [])].bytes) { w in
                 w.u32(key.sender); w.u64(key.messageID)
                 fill(&w)
             }
@@ -298,6 +322,12 @@ final class ClusterRouter: ClusterSeam {
 
     // MARK: timers
 
+    /// Routes the router's timer tokens; false when `token` is not one of them.
+    func handleTimer(_ token: UInt64) -> Bool {
+        if token == timerToken { timerFired(); return true }
+        return token == workToken  // only wakes the loop: the turn's `flush` resumes the snapshot output
+    }
+
     func timerFired() {
         heartbeat()
         let now = loop.now
@@ -305,12 +335,13 @@ final class ClusterRouter: ClusterSeam {
             nodeGone(UInt16(index), why: "no heartbeat for \(now &- nodes[index].lastHeardMs) ms")
         }
         for index in nodes.indices where nodes[index].unheardSince != 0 && now &- nodes[index].unheardSince > configuration.nodeTimeoutMs {
-            // Silent since our link came back: it is gone; its forwards go to the mailbox.
-            nodes[index].unheardSince = 0
-            statistics.nodesGone += 1
-            logger.warning("cluster node not heard again after the NATS link came back", metadata: ["node": "\(nodes[index].name)"])
-            let orphaned = pending.filter { $0.value.node == UInt16(index) }.map(\.key)
-            for key in orphaned { toMailbox(key) }
+            // Silent since our link came back: it is gone.
+            nodeGone(UInt16(index), why: "not heard again \(configuration.nodeTimeoutMs) ms after the NATS link came back")
+        }
+        for (index, reconcile) in reconciles where reconcile.deadline <= now && nodes[Int(index)].alive {
+            logger.notice("cluster snapshot incomplete in time; asking again", metadata: ["node": "\(nodes[Int(index)].name)"])
+            statistics.snapshotRerequests += 1
+            startReconcile(index)
         }
         var expired: [ForwardKey] = []
         for (key, forward) in pending where forward.deadline <= now { expired.append(key) }
@@ -322,17 +353,24 @@ final class ClusterRouter: ClusterSeam {
     }
 
     private func heartbeat() {
-        var w = Writer(kind: .heartbeat, node: configuration.node, epoch: epoch)
-        w.u32(UInt32(clamping: core.core.onlineCount))
+        var w = ClusterWriter(kind: .heartbeat, node: configuration.node, epoch: epoch)
+        w.u32(UInt32(clamping: host.localUserCount))
         publish("sb.hb", w.bytes)
     }
 
-    private func nodeGone(_ index: UInt16, why: String, keepForwards: Bool = false) {
+    /// The node stopped answering (heartbeats, or not heard again after our reconnect): its forwards go to the
+    /// mailbox now, its users leave the directory over the next turns.
+    private func nodeGone(_ index: UInt16, why: String) {
         nodes[Int(index)].alive = false
+        nodes[Int(index)].unheardSince = 0
         statistics.nodesGone += 1
         logger.warning("cluster node gone", metadata: ["node": "\(nodes[Int(index)].name)", "why": "\(why)"])
-        core.remoteNodeGone(index)
-        guard !keepForwards else { return }
+        reconciles[index] = nil
+        startDrop(index)
+        forwardsToMailbox(of: index)
+    }
+
+    func forwardsToMailbox(of index: UInt16) {
         let orphaned = pending.filter { $0.value.node == index }.map(\.key)
         for key in orphaned { toMailbox(key) }
     }
@@ -341,14 +379,14 @@ final class ClusterRouter: ClusterSeam {
         guard let forward = pending.removeValue(forKey: key) else { return }
         pendingBytes -= forward.record.count
         statistics.forwardsToMailbox += 1
-        core.forwardUndeliverable(sender: key.sender, recipient: forward.recipient, messageID: key.messageID,
+        host.forwardUndeliverable(sender: key.sender, recipient: forward.recipient, messageID: key.messageID,
                                   sentAtMs: forward.sentAtMs, body: Array(forward.body))
     }
 
     // MARK: receiving
 
     private func received(_ message: NATSMessage) {
-        var r = Reader(message.payload)
+        var r = ClusterReader(message.payload)
         guard let kindByte = r.u8(), let kind = ClusterWireKind(rawValue: kindByte), let name = r.string(), let epoch = r.u64() else {
             statistics.malformed += 1
             return
@@ -369,18 +407,22 @@ final class ClusterRouter: ClusterSeam {
         let index = heard(name, epoch: epoch)
         switch kind {
         case .heartbeat:
-            nodes[Int(index)].users = Int(r.u32() ?? 0)
+            guard let users = r.u32() else { return malformed() }
+            heartbeatCount(Int(users), from: index)
         case .joined:
             guard let user = r.u32(), let device = r.string(), let count = r.u32(), count <= 1_000_000 else { return malformed() }
             var contacts: [UserID] = []
             contacts.reserveCapacity(Int(count))
             for _ in 0..<count { guard let c = r.u32() else { return malformed() }; contacts.append(c) }
             statistics.presenceEventsIn += 1
-            core.remoteDeviceJoined(user: user, node: index, deviceID: device, contacts: contacts)
+            host.remoteDeviceJoined(user: user, node: index, deviceID: device, contacts: contacts)
+            resync(user)
+            confirmed(user, on: index)
         case .left:
             guard let user = r.u32(), let device = r.string() else { return malformed() }
             statistics.presenceEventsIn += 1
-            core.remoteDeviceLeft(user: user, node: index, deviceID: device)
+            host.remoteDeviceLeft(user: user, node: index, deviceID: device)
+            resync(user)
         case .forwards:
             guard let count = r.u32() else { return malformed() }
             message.payload.withUnsafeBytes { raw in
@@ -396,7 +438,7 @@ final class ClusterRouter: ClusterSeam {
                     }
                     let body = UnsafeRawBufferPointer(rebasing: raw[r.offset..<(r.offset + Int(length))])
                     r.offset += Int(length)
-                    core.inboundMessage(from: sender, to: recipient, messageID: messageID, sentAtMs: sentAtMs,
+                    host.inboundMessage(from: sender, to: recipient, messageID: messageID, sentAtMs: sentAtMs,
                                         body: ByteView(borrowing: body), multiCopy: flags & 1 != 0)
                 }
             }
@@ -420,12 +462,12 @@ final class ClusterRouter: ClusterSeam {
                 pendingBytes -= forward.record.count
                 statistics.forwardsAnswered += 1
                 if outcome == 2 {
-                    core.forwardUndeliverable(sender: sender, recipient: forward.recipient, messageID: messageID,
+                    host.forwardUndeliverable(sender: sender, recipient: forward.recipient, messageID: messageID,
                                               sentAtMs: forward.sentAtMs, body: Array(forward.body))
                 } else if let status {
-                    core.forwardAnswered(sender: sender, messageID: messageID, status: status)
+                    host.forwardAnswered(sender: sender, messageID: messageID, status: status)
                 } else if let (code, text) = refusal {
-                    core.forwardRefused(sender: sender, messageID: messageID, code: ErrorCode(rawValue: code) ?? .internalError, message: text)
+                    host.forwardRefused(sender: sender, messageID: messageID, code: ErrorCode(rawValue: code) ?? .internalError, message: text)
                 }
             }
         case .deviceNotes:
@@ -439,14 +481,14 @@ final class ClusterRouter: ClusterSeam {
                               Int(length) <= raw.count - r.offset else { return malformed() }
                         let body = UnsafeRawBufferPointer(rebasing: raw[r.offset..<(r.offset + Int(length))])
                         r.offset += Int(length)
-                        core.remoteSentCopy(sender: sender, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs,
+                        host.remoteSentCopy(sender: sender, recipient: recipient, messageID: messageID, sentAtMs: sentAtMs,
                                             body: ByteView(borrowing: body))
                     case 1:
                         guard let raw = r.u8(), let status = SendStatus(rawValue: raw) else { return malformed() }
-                        core.remoteSenderAnswered(sender: sender, messageID: messageID, answer: .ack(status))
+                        host.remoteSenderAnswered(sender: sender, messageID: messageID, answer: .ack(status))
                     case 2:
                         guard let code = r.u16(), let text = r.string() else { return malformed() }
-                        core.remoteSenderAnswered(sender: sender, messageID: messageID,
+                        host.remoteSenderAnswered(sender: sender, messageID: messageID,
                                                   answer: .error(ErrorCode(rawValue: code) ?? .internalError, text))
                     default:
                         return malformed()
@@ -454,24 +496,20 @@ final class ClusterRouter: ClusterSeam {
                 }
             }
         case .snapshotRequest:
-            sendSnapshot(to: name)
-        case .snapshot:
-            guard let count = r.u32() else { return malformed() }
-            for _ in 0..<count {
-                guard let user = r.u32(), let device = r.string(), let n = r.u32(), n <= 1_000_000 else { return malformed() }
-                var contacts: [UserID] = []
-                for _ in 0..<n { guard let c = r.u32() else { return malformed() }; contacts.append(c) }
-                core.remoteDeviceJoined(user: user, node: index, deviceID: device, contacts: contacts)
-            }
+            guard let requestID = r.u32() else { return malformed() }
+            snapshotRequested(by: name, requestID: requestID)
+        case .snapshotChunk:
+            snapshotChunk(&r, from: index)
         }
     }
 
-    private func malformed() {
+    func malformed() {
         statistics.malformed += 1
     }
 
-    /// Records that `name` spoke with `epoch`; a node first heard of, back after it was gone, or with a new
-    /// epoch is (re)learnt: what was known of it is dropped and a snapshot of its devices requested.
+    /// Records that `name` spoke with `epoch`; a node first heard of, back after it was gone or after our link
+    /// broke, or with a new epoch is reconciled: a snapshot of its devices is asked for, and what the directory
+    /// has of it stays until that snapshot says otherwise.
     private func heard(_ name: String, epoch: UInt64) -> UInt16 {
         let index: UInt16
         if let known = nodeIndex[name] {
@@ -487,14 +525,18 @@ final class ClusterRouter: ClusterSeam {
             // step is the same process after a link break (it still holds what we handed it), a jump a restart.
             let old = nodes[i].epoch
             let reconnected = old != 0 && epoch > old && epoch - old < 1_000
-            if nodes[i].alive { nodeGone(index, why: reconnected ? "its NATS link was re-established" : "restarted (new epoch)",
-                                         keepForwards: reconnected) }
+            if nodes[i].alive && !reconnected {
+                // A new process: what was handed to the old one is lost with it.
+                statistics.nodesGone += 1
+                logger.warning("cluster node restarted (new epoch)", metadata: ["node": "\(name)"])
+                forwardsToMailbox(of: index)
+            }
             let waited = nodes[i].unheardSince != 0 || reconnected
             nodes[i].unheardSince = 0
             nodes[i].alive = true
             nodes[i].epoch = epoch
             if waited {
-                // Heard again after our link broke: what it may have missed is sent again.
+                // Heard again after a link broke: what it may have missed is sent again.
                 let again = pending.filter { $0.value.node == index }
                 for (_, forward) in again { queueForward(forward.record, to: index) }
                 if !again.isEmpty {
@@ -503,38 +545,20 @@ final class ClusterRouter: ClusterSeam {
                 }
             }
             logger.info("cluster node joined", metadata: ["node": "\(name)"])
-            let w = Writer(kind: .snapshotRequest, node: configuration.node, epoch: self.epoch)
-            publish("sb.node.\(name)", w.bytes)
+            nodes[i].lastHeardMs = loop.now
+            startReconcile(index)
         }
         nodes[i].lastHeardMs = loop.now
         return index
     }
 
-    /// Every device online here, in chunks of at most ~256 KiB.
-    private func sendSnapshot(to node: String) {
-        var entries: [[UInt8]] = []
-        for session in core.core.sessions.values {
-            let contacts = core.core.acceptedContacts(of: session.userID)
-            for device in session.devices {
-                var e = Writer()
-                e.u32(session.userID); e.string(device.deviceID); e.u32(UInt32(contacts.count)); for c in contacts { e.u32(c) }
-                entries.append(e.bytes)
-            }
+    /// Publishes, unless the link is down: NATSConnection would queue it and replay it after the reconnect,
+    /// when this node may already have given up on it (see the invariants above).
+    func publish(_ subject: String, _ payload: [UInt8]) {
+        guard nats.isConnected else {
+            statistics.publishesSkippedOffline += 1
+            return
         }
-        var start = 0
-        repeat {
-            var size = 0
-            var end = start
-            while end < entries.count && (end == start || size + entries[end].count < 256 << 10) { size += entries[end].count; end += 1 }
-            var w = Writer(kind: .snapshot, node: configuration.node, epoch: epoch)
-            w.u32(UInt32(end - start))
-            for e in entries[start..<end] { w.bytes.append(contentsOf: e) }
-            publish("sb.node.\(node)", w.bytes)
-            start = end
-        } while start < entries.count
-    }
-
-    private func publish(_ subject: String, _ payload: [UInt8]) {
         do {
             try nats.publish(subject, payload: payload)
         } catch {
@@ -545,56 +569,6 @@ final class ClusterRouter: ClusterSeam {
     /// For the metrics and `admin stats`: nodes alive, forwards pending.
     var aliveNodes: Int { nodes.reduce(0) { $0 + ($1.alive ? 1 : 0) } }
     var pendingForwards: Int { pending.count }
-}
-
-/// Little-endian fields; strings as u16 length + UTF-8.
-private struct Writer {
-    var bytes: [UInt8] = []
-    init() {}
-    init(kind: ClusterWireKind, node: String, epoch: UInt64) {
-        bytes.reserveCapacity(64)
-        u8(kind.rawValue); string(node); u64(epoch)
-    }
-    /// Appends fields to `bytes` in place.
-    static func append(to bytes: inout [UInt8], _ body: (inout Writer) -> Void) {
-        var w = Writer()
-        swap(&w.bytes, &bytes)
-        body(&w)
-        swap(&w.bytes, &bytes)
-    }
-    mutating func u8(_ v: UInt8) { bytes.append(v) }
-    mutating func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
-    mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
-    mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
-    mutating func string(_ s: String) {
-        let utf8 = Array(s.utf8.prefix(Int(UInt16.max)))
-        u16(UInt16(utf8.count)); bytes.append(contentsOf: utf8)
-    }
-}
-
-/// The first byte of every cluster message.
-private enum ClusterWireKind: UInt8 {
-    case joined = 1, left = 2, heartbeat = 3
-    case forwards = 14, answers = 15, snapshotRequest = 12, snapshot = 13
-    /// SENT_COPYs and SEND_ACK/SEND_ERRORs for a sender's devices on the receiving node.
-    case deviceNotes = 16
-}
-
-private struct Reader {
-    let bytes: [UInt8]
-    var offset = 0
-    init(_ bytes: [UInt8]) { self.bytes = bytes }
-    mutating func take(_ n: Int) -> ArraySlice<UInt8>? {
-        guard n >= 0, bytes.count - offset >= n else { return nil }
-        defer { offset += n }
-        return bytes[offset..<offset + n]
-    }
-    mutating func u8() -> UInt8? { take(1)?.first }
-    mutating func u16() -> UInt16? { take(2).map { s in s.reversed().reduce(0) { $0 << 8 | UInt16($1) } } }
-    mutating func u32() -> UInt32? { take(4).map { s in s.reversed().reduce(0) { $0 << 8 | UInt32($1) } } }
-    mutating func u64() -> UInt64? { take(8).map { s in s.reversed().reduce(0) { $0 << 8 | UInt64($1) } } }
-    mutating func string() -> String? {
-        guard let n = u16(), let s = take(Int(n)) else { return nil }
-        return String(validating: s, as: UTF8.self)
-    }
+    /// The index this router gave node `name` (tests).
+    func index(ofNode name: String) -> UInt16? { nodeIndex[name] }
 }

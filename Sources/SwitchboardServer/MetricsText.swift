@@ -172,6 +172,17 @@ enum MetricsText {
             w.sample("switchboard_cluster_presence_events_total", "direction=\"in\"", router.presenceEventsIn)
             w.metric("switchboard_cluster_nodes_gone_total", "counter", "Times another node was declared gone (heartbeats stopped, restart).", router.nodesGone)
             w.metric("switchboard_cluster_malformed_total", "counter", "Cluster messages dropped as malformed.", router.malformed)
+            w.metric("switchboard_cluster_publishes_skipped_offline_total", "counter", "Router publishes not made while the NATS link was down (rebuilt by epochs and snapshots, never replayed late).", router.publishesSkippedOffline)
+            w.header("switchboard_cluster_snapshots_total", "counter", "Directory snapshots: asked of other nodes, asked again (incomplete, or a heartbeat's user count disagreed), served whole to others.")
+            w.sample("switchboard_cluster_snapshots_total", "kind=\"requested\"", router.snapshotsRequested)
+            w.sample("switchboard_cluster_snapshots_total", "kind=\"rerequested\"", router.snapshotRerequests)
+            w.sample("switchboard_cluster_snapshots_total", "kind=\"served\"", router.snapshotsServed)
+            w.metric("switchboard_cluster_snapshot_chunks_sent_total", "counter", "Snapshot chunks sent to other nodes.", router.snapshotChunksSent)
+            w.metric("switchboard_cluster_snapshot_chunk_deferrals_total", "counter", "Times a snapshot chunk waited for the NATS queue to drain (retried, never dropped).", router.snapshotChunkDeferrals)
+            w.metric("switchboard_cluster_directory_reconciled_total", "counter", "Directory devices a snapshot added or removed (what really changed while events were missed).", router.directoryEntriesReconciled)
+            w.metric("switchboard_cluster_directory_dropped_users_total", "counter", "Users dropped from the directory (their node gone, or no longer in its snapshot), in batches per loop turn.", router.directoryUsersDropped)
+            w.header("switchboard_cluster_directory_batch_max_seconds", "gauge", "Longest single batch of directory upkeep on the loop.")
+            w.sample("switchboard_cluster_directory_batch_max_seconds", Double(router.longestDirectoryBatchNs) / 1e9)
             w.metric("switchboard_cluster_duplicate_node_name_total", "counter", "Messages seen from another process under this node's --node name (it must be unique).", router.duplicateNodeName)
         }
 

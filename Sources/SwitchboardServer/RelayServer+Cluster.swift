@@ -20,13 +20,14 @@ final class ClusterMode {
     /// What the NATS link is doing, for the log and /healthz.
     private(set) var linkState = "connecting"
     static let routerToken = ServerCore.reservedTokens - 8
-    static let openToken = ServerCore.reservedTokens - 9
+    static let openToken = ServerCore.reservedTokens - 10
     /// Loop ms when the node joined NATS' subjects; clients are accepted no sooner than `nameCheckMs` after it
     /// (two heartbeat periods: long enough to hear another process that runs under this node's name).
     private var startedAtMs: UInt64 = 0
     private var caughtUp = false
     private(set) var duplicateNameHeard = false
     static let nameCheckMs: UInt64 = 2_000
+    static let routerWorkToken = ServerCore.reservedTokens - 9
     static let natsTokenBase: UInt64 = 0x4E41_5453_0000_0000
 
     init(server: RelayServer, servers: String, node: String) throws {
@@ -41,7 +42,8 @@ final class ClusterMode {
         log = try ClusterLog(loop: server.loop, nats: nats, store: server.store, node: node, configuration: logConfiguration,
                              logger: server.driverLogger)
         router = ClusterRouter(configuration: ClusterRouterConfiguration(node: node), nats: nats, loop: server.loop,
-                               core: server.core, logger: server.driverLogger, timerToken: Self.routerToken)
+                               host: server.core, logger: server.driverLogger, timerToken: Self.routerToken,
+                               workToken: Self.routerWorkToken)
         let previous = nats.onEvent
         nats.onEvent = { [unowned self] event in
             previous?(event)
@@ -118,7 +120,7 @@ final class ClusterMode {
 
     /// Routes the loop's timer tokens that belong to the cluster mode.
     func timerFired(_ token: UInt64) -> Bool {
-        if token == Self.routerToken { router.timerFired(); return true }
+        if router.handleTimer(token) { return true }
         if token == Self.openToken { openWhenChecked(); return true }
         if nats.handleTimer(token) { return true }
         if log.handleTimer(token) { return true }
@@ -132,5 +134,27 @@ final class ClusterMode {
         nats.flushOutput()
         log.close()
         nats.close()
+    }
+}
+
+/// The router's view of the core: local sessions for snapshots and heartbeats, the directory, and the core's
+/// cluster calls (Core+Cluster.swift).
+extension ServerCore: ClusterRouterHost {
+    var localUserCount: Int { core.onlineCount }
+
+    func localUserIDs() -> [UserID] {
+        var users: [UserID] = []
+        users.reserveCapacity(core.sessions.count)
+        for (user, _) in core.sessions { users.append(user) }
+        return users
+    }
+
+    func localDevices(of user: UserID) -> (devices: [String], contacts: [UserID])? {
+        guard let session = core.sessions[user] else { return nil }
+        return (session.devices.map(\.deviceID), core.acceptedContacts(of: user))
+    }
+
+    func remoteDevices(of user: UserID) -> [(node: UInt16, deviceID: String)] {
+        core.remote[user]?.devices ?? []
     }
 }

@@ -152,7 +152,10 @@ public final class RelayServer: EventHandler, SessionDriver {
         try workers.storeResults.attach(to: loop) { [unowned self] in self.core.commitCompleted($0) }
         loop.onTurnEnd = { [unowned self] in self.endOfTurn() }
         loop.onTimer = { [unowned self] in self.timerFired($0) }
-        loop.hasPendingWork = { [unowned self] in self.core.hasPendingWork || !self.bufferedReads.isEmpty }
+        loop.hasPendingWork = { [unowned self] in
+            // The cluster router's directory upkeep and snapshot output go on a bounded batch per turn.
+            self.core.hasPendingWork || !self.bufferedReads.isEmpty || (self.clusterMode?.router.hasBackgroundWork ?? false)
+        }
         try startOps()
         core.start()
         try clusterMode?.start()

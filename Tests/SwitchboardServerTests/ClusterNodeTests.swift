@@ -451,6 +451,38 @@ func exchange(_ sender: ChatSession, _ receiver: ChatSession, _ id: UInt64) thro
         #expect(twice.isEmpty, "received twice: \(twice.prefix(10))")
     }
 
+    /// A node's NATS server dies; the node is on another server within the first reconnect pass (well inside the
+    /// 3.5 s node timeout). Before, the other node dropped its whole directory of that node at the new epoch and
+    /// rebuilt it from the snapshot: every user there read offline, then online again. Now it reconciles: nobody
+    /// who stayed logged in gets a PRESENCE change.
+    @Test(.enabled(if: natsServerPath() != nil, "nats-server is not installed (make test installs it)"))
+    func aNodesNATSServerDyingFlapsNobodysPresence() throws {
+        let cluster = try TestCluster(name: "noflap", basePort: 28800, nodes: 2)
+        let (alice, bob, bobID) = try cluster.friends(0, 1)
+        let aliceID = try userID(of: "alice", in: bob)
+        try alice.send(to: bobID, messageID: 1, body: Array("before".utf8))
+        #expect(try exchange(alice, bob, 1) == .delivered)
+        var presence: [Bool] = []
+        func drain(_ ms: UInt64) throws {
+            let until = Clock.monotonicMs() + ms
+            while Clock.monotonicMs() < until {
+                while let frame = try bob.connection.nextFrame(timeoutMs: 20) {
+                    if case .presence(aliceID, let online) = frame { presence.append(online) }
+                }
+            }
+        }
+        try drain(300)
+        presence.removeAll()
+        cluster.nats.kill9(0)  // n0 lists server 0 first: its link breaks, it reconnects elsewhere with a new epoch
+        try drain(3_000)
+        let reconnected = cluster.nodes[0].log.contains("cluster: NATS connected") &&
+            cluster.nodes[0].log.components(separatedBy: "cluster: NATS connected").count >= 3
+        #expect(reconnected, "n0 did not reconnect to another NATS server\n\(cluster.logs())")
+        #expect(presence.isEmpty, "bob saw alice's presence change across n0's reconnect: \(presence)")
+        try alice.send(to: bobID, messageID: 2, body: Array("after".utf8))
+        #expect(try exchange(alice, bob, 2) == .delivered, "\(cluster.logs())")
+    }
+
     @Test(.enabled(if: natsServerPath() != nil, "nats-server is not installed (make test installs it)"))
     func killingTheLogLeadersNATSServerLosesNoStoredMail() throws {
         let cluster = try TestCluster(name: "killnats", basePort: 27200, nodes: 2)
@@ -535,6 +567,8 @@ func exchange(_ sender: ChatSession, _ receiver: ChatSession, _ id: UInt64) thro
         let after = try scrape(monitor)
         #expect(after["switchboard_cluster_nats_connected"] == 1 && after["switchboard_cluster_nodes_alive"] == 1)
         #expect((after["switchboard_cluster_forwards_total{result=\"answered\"}"] ?? 0) >= 1)
+        // The router published nothing while the link was down (its heartbeats at least were skipped, not queued).
+        #expect((after["switchboard_cluster_publishes_skipped_offline_total"] ?? 0) >= 1)
         print("cluster: live cross-node relay again \(Clock.monotonicMs() - recovered) ms after NATS restarted")
     }
 }
