@@ -112,6 +112,11 @@ final class ClusterRouter: ClusterSeam {
     /// (`flush`), or sooner when one passes `maxBatchBytes`.
     private var forwardBatches: [UInt16: (count: UInt32, bytes: [UInt8])] = [:]
     private var answerBatches: [UInt16: (count: UInt32, bytes: [UInt8])] = [:]
+    /// Answers that NATS could not queue (its outbound bound, link up) are kept and tried again from this loop
+    /// time on: a lost answer would make the sending node time the forward out and store it (a second copy).
+    private var answersResumeAt: UInt64 = 0
+    /// Answers kept for one node at most; past it the oldest batch is dropped (counted).
+    static let maxHeldAnswerBytes = 8 << 20
     /// SENT_COPYs and final answers for the sender's devices on other nodes, per node, sent like the answers.
     private var deviceBatches: [UInt16: (count: UInt32, bytes: [UInt8])] = [:]
     private let maxBatchBytes = 256 << 10
@@ -248,14 +253,27 @@ final class ClusterRouter: ClusterSeam {
     /// loop turn, and keeps turning while `hasBackgroundWork`).
     func flush() {
         if !forwardBatches.isEmpty { for node in Array(forwardBatches.keys) { flushForwards(to: node) } }
-        if !answerBatches.isEmpty {
-            for (target, batch) in answerBatches where Int(target) < nodes.count {
+        if !answerBatches.isEmpty && loop.now >= answersResumeAt {
+            var held = false
+            for target in Array(answerBatches.keys) {
+                guard let batch = answerBatches[target], Int(target) < nodes.count else { answerBatches[target] = nil; continue }
                 var w = ClusterWriter(kind: .answers, node: configuration.node, epoch: epoch)
                 w.u32(batch.count)
                 w.bytes += batch.bytes
-                publish("sb.node.\(nodes[Int(target)].name)", w.bytes)
+                if publishOrKeep("sb.node.\(nodes[Int(target)].name)", w.bytes) {
+                    answerBatches[target] = nil
+                } else if batch.bytes.count > Self.maxHeldAnswerBytes {
+                    statistics.answersDropped += UInt64(batch.count)
+                    answerBatches[target] = nil
+                } else {
+                    held = true
+                }
             }
-            answerBatches.removeAll(keepingCapacity: true)
+            if held {
+                statistics.answerDeferrals += 1
+                answersResumeAt = loop.now + 5
+                loop.schedule(at: answersResumeAt, token: workToken)
+            }
         }
         if !deviceBatches.isEmpty { for node in Array(deviceBatches.keys) { flushDeviceNotes(to: node) } }
         if !drops.isEmpty { dropBatch() }
@@ -554,6 +572,23 @@ final class ClusterRouter: ClusterSeam {
 
     /// Publishes, unless the link is down: NATSConnection would queue it and replay it after the reconnect,
     /// when this node may already have given up on it (see the invariants above).
+    /// Publishes; false only when the link is up and NATS refused to queue it (its outbound bound): the caller
+    /// keeps it. While the link is down it is skipped as by `publish` (what the others missed is sent again once
+    /// they hear this node's new epoch).
+    func publishOrKeep(_ subject: String, _ payload: [UInt8]) -> Bool {
+        guard nats.isConnected else {
+            statistics.publishesSkippedOffline += 1
+            return true
+        }
+        do {
+            try nats.publish(subject, payload: payload)
+            return true
+        } catch {
+            statistics.publishFailures += 1
+            return false
+        }
+    }
+
     func publish(_ subject: String, _ payload: [UInt8]) {
         guard nats.isConnected else {
             statistics.publishesSkippedOffline += 1

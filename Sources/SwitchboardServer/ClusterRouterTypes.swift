@@ -42,6 +42,9 @@ public struct ClusterRouterStatistics: Sendable {
     public var presenceEventsOut: UInt64 = 0
     public var nodesGone: UInt64 = 0
     public var publishFailures: UInt64 = 0
+    /// Turns whose answers NATS could not queue (kept, tried again 5 ms later), and answers dropped past the bound.
+    public var answerDeferrals: UInt64 = 0
+    public var answersDropped: UInt64 = 0
     public var malformed: UInt64 = 0
     /// Heartbeats or events under this node's own name from another process.
     public var duplicateNodeName: UInt64 = 0

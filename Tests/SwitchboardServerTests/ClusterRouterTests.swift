@@ -67,7 +67,8 @@ final class FakeHost: ClusterRouterHost {
 
     func inboundMessage(from sender: UserID, to recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: ByteView,
                         multiCopy: Bool) { inbound.append(messageID) }
-    func forwardAnswered(sender: UserID, messageID: UInt64, status: SendStatus) {}
+    var answered: [UInt64] = []
+    func forwardAnswered(sender: UserID, messageID: UInt64, status: SendStatus) { answered.append(messageID) }
     func forwardRefused(sender: UserID, messageID: UInt64, code: ErrorCode, message: String) {}
     func forwardUndeliverable(sender: UserID, recipient: UserID, messageID: UInt64, sentAtMs: UInt64, body: [UInt8]) {
         undeliverable.append(messageID)
@@ -248,6 +249,51 @@ final class RouterHarness {
         #expect(a.router.statistics.publishesSkippedOffline > 0)
         // The directories are whole again on both sides (rebuilt by the snapshots).
         #expect(b.host.remote.count == 10 && a.host.remote.count == 10 + 1)  // a also sees 42 on b
+    }
+
+    /// Bug: an answer NATS could not queue (its outbound bound reached, link up: no new epoch, so the sending node
+    /// never resends) was dropped; the sending node timed the forward out and stored it: a second copy. Here b's
+    /// NATS queue is full (the server stopped reading) when it answers 50 forwards; the answers wait and go once
+    /// the server reads again, and a stores nothing.
+    @Test(.enabled(if: natsServerPath() != nil, "nats-server is not installed (make test installs it)"))
+    func answersNATSCouldNotQueueAreKeptAndSentLater() throws {
+        let t = try RouterHarness(name: "answers", port: 28716)
+        let slow: (inout ClusterRouterConfiguration) -> Void = { $0.nodeTimeoutMs = 10_000 }
+        let a = try t.node("a", setUp: { $0.addLocalUsers(1, 1) }, tweak: slow)
+        let b = try t.node("b", maxOutboundBytes: 256 << 10, setUp: { $0.addLocalUsers(100, 1) }, tweak: slow)
+        #expect(try t.run { t.settled() })
+        let bIndex = a.router.index(ofNode: "b") ?? 0
+        let body: [UInt8] = Array("answer me".utf8)
+        for id in 1...50 as ClosedRange<UInt64> {
+            body.withUnsafeBytes { raw in
+                a.router.forward(to: bIndex, sender: 1, recipient: 100, messageID: id, sentAtMs: 1, body: ByteView(borrowing: raw),
+                                 multiCopy: false)
+            }
+        }
+        #expect(try t.run { b.host.inbound.count == 50 })
+
+        t.server.signal(SIGSTOP)
+        defer { t.server.signal(SIGCONT) }
+        // Fill b's NATS queue: the server reads nothing, the kernel's buffers fill, then the client's bound.
+        var full = false
+        for size in [16 << 10, 1 << 10, 16] {
+            let junk = [UInt8](repeating: 0x6A, count: size)
+            full = false
+            for _ in 0..<8_000 where !full {
+                do { try b.nats.publish("sb.junk", payload: junk) } catch { full = true }
+                if !full && size > 16 { try t.loop.runOnce(maxWaitMs: 0) }
+            }
+        }
+        #expect(full, "b's NATS queue never filled")
+        for id in 1...50 as ClosedRange<UInt64> { b.router.inboundSettled(sender: 1, messageID: id, status: .delivered) }
+        try t.sleep(100)
+        #expect(b.router.statistics.answerDeferrals > 0, "the answers were not held: \(b.router.statistics)")
+        #expect(a.host.answered.isEmpty)
+
+        t.server.signal(SIGCONT)
+        #expect(try t.run(timeoutMs: 8_000) { a.host.answered.count == 50 },
+                "a got \(a.host.answered.count) of 50 answers; b dropped \(b.router.statistics.answersDropped)")
+        #expect(a.router.pendingForwards == 0 && a.host.undeliverable.isEmpty)
     }
 
     /// Bug: a snapshot was queued whole in one turn; past the NATS outbound bound its chunks were silently dropped,
