@@ -239,13 +239,18 @@ final class ClusterRouter: ClusterSeam {
 
     private func flushForwards(to node: UInt16) {
         guard let batch = forwardBatches.removeValue(forKey: node), batch.count > 0 else { return }
-        var w = ClusterWriter(kind: .forwards, node: configuration.node, epoch: epoch)
-        w.u32(batch.count)
-        w.bytes += batch.bytes
         // A publish that cannot be made (link down, or the 8 MiB bound) loses nothing: the forwards stay
         // pending, are sent again when their node is heard after a reconnect, or go to the mailbox when it is
         // declared gone or they time out.
-        publish("sb.node.\(nodes[Int(node)].name)", w.bytes)
+        publish("sb.node.\(nodes[Int(node)].name)", batchMessage(.forwards, batch))
+    }
+
+    /// One NATS message of a batch of records of `kind` (forwards, answers, device notes): header, count, records.
+    private func batchMessage(_ kind: ClusterWireKind, _ batch: (count: UInt32, bytes: [UInt8])) -> [UInt8] {
+        var w = ClusterWriter(kind: kind, node: configuration.node, epoch: epoch)
+        w.u32(batch.count)
+        w.bytes += batch.bytes
+        return w.bytes
     }
 
     /// Sends this turn's forwards and answers, one NATS message per destination node, then does one bounded
@@ -257,10 +262,7 @@ final class ClusterRouter: ClusterSeam {
             var held = false
             for target in Array(answerBatches.keys) {
                 guard let batch = answerBatches[target], Int(target) < nodes.count else { answerBatches[target] = nil; continue }
-                var w = ClusterWriter(kind: .answers, node: configuration.node, epoch: epoch)
-                w.u32(batch.count)
-                w.bytes += batch.bytes
-                if publishOrKeep("sb.node.\(nodes[Int(target)].name)", w.bytes) {
+                if publishOrKeep("sb.node.\(nodes[Int(target)].name)", batchMessage(.answers, batch)) {
                     answerBatches[target] = nil
                 } else if batch.bytes.count > Self.maxHeldAnswerBytes {
                     statistics.answersDropped += UInt64(batch.count)
@@ -318,10 +320,7 @@ final class ClusterRouter: ClusterSeam {
 
     private func flushDeviceNotes(to node: UInt16) {
         guard let batch = deviceBatches.removeValue(forKey: node), batch.count > 0 else { return }
-        var w = ClusterWriter(kind: .deviceNotes, node: configuration.node, epoch: epoch)
-        w.u32(batch.count)
-        w.bytes += batch.bytes
-        publish("sb.node.\(nodes[Int(node)].name)", w.bytes)
+        publish("sb.node.\(nodes[Int(node)].name)", batchMessage(.deviceNotes, batch))
     }
 
     private func answer(_ key: PendingKey, _ fill: (inout ClusterWriter) -> Void) {
