@@ -9,7 +9,6 @@
 import SwitchboardProtocol
 import SwitchboardStore
 
-/// The server's handle for one connection (opaque to the core).
 /// A message as its sender names it.
 public struct MessageKey: Hashable, Sendable {
     public var sender: UserID
@@ -17,6 +16,7 @@ public struct MessageKey: Hashable, Sendable {
     public init(sender: UserID, messageID: UInt64) { self.sender = sender; self.messageID = messageID }
 }
 
+/// The server's handle for one connection (opaque to the core).
 public struct ConnectionID: Hashable, Sendable, CustomStringConvertible {
     public let raw: UInt64
     public init(_ raw: UInt64) { self.raw = raw }
