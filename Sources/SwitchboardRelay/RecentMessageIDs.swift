@@ -114,6 +114,14 @@ public final class RecentMessageIDs {
             table[i].pending = pendingCopies
             return
         }
+        insertAbsentInFlight(id, pendingCopies: pendingCopies)
+    }
+
+    /// `insertInFlight` of an id the caller just looked up and found absent (the relay's route: one probe
+    /// fewer per message).
+    @inline(__always)
+    public func insertAbsentInFlight(_ id: UInt64, pendingCopies: UInt16 = 0) {
+        assert(find(id) == nil, "insertAbsentInFlight of a remembered id")
         if next == 0 && filled == ringCount && ringCount < capacity { grow() }
         if next < filled {
             let evicted = ring[next]

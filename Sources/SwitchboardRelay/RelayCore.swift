@@ -539,7 +539,8 @@ public final class RelayCore {
             history = SenderHistory(capacity: limits.dedupeWindow)
             recentIDs[sender] = history
         }
-        history.ids.insertInFlight(messageID, pendingCopies: UInt16(clamping: pendingCopies))
+        // Only called by `route` after its lookup found the id absent (nothing changed the table since).
+        history.ids.insertAbsentInFlight(messageID, pendingCopies: UInt16(clamping: pendingCopies))
     }
 
     func forget(sender: UserID, messageID: UInt64) {
